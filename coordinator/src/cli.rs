@@ -1,0 +1,120 @@
+//! Command-line entry point.
+//!
+//! Exit codes of `validate` and `plan`: 0 valid, 1 invalid (the report is printed), 2 the file
+//! cannot be read or parsed (or the arguments are wrong).
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use shared::dag::{Dag, DagSpec, Limits, ValidationReport, compile};
+
+/// Exit code for a valid DAG.
+pub const EXIT_VALID: u8 = 0;
+/// Exit code for a DAG with validation errors.
+pub const EXIT_INVALID: u8 = 1;
+/// Exit code when the input cannot be read or parsed.
+pub const EXIT_UNREADABLE: u8 = 2;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "coordinator",
+    version,
+    about = "GreenLang Orchestrator coordinator"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate a JSON or YAML DAG file and print the report as JSON.
+    Validate(FileArgs),
+    /// Print the DAG's hash, topological levels and canonical order as JSON.
+    Plan(FileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct FileArgs {
+    /// Path of the DAG document (`.json`, `.yaml` or `.yml`; anything else is detected).
+    path: PathBuf,
+    /// Most nodes a DAG may have.
+    #[arg(long, env = "GL_ORCHESTRATOR_MAX_DAG_NODES", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    max_dag_nodes: u32,
+}
+
+/// Runs the command line `args` (program name first), writing to `out` and `err`; returns the
+/// process exit code.
+pub fn run(
+    args: impl IntoIterator<Item = OsString>,
+    out: &mut dyn Write,
+    err: &mut dyn Write,
+) -> u8 {
+    let cli = match Cli::try_parse_from(args) {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = write!(err, "{}", e.render());
+            return if e.use_stderr() {
+                EXIT_UNREADABLE
+            } else {
+                EXIT_VALID
+            };
+        }
+    };
+    let (args, print): (&FileArgs, fn(&Dag) -> serde_json::Value) = match &cli.command {
+        Command::Validate(a) => (a, |dag| json!(dag.report())),
+        Command::Plan(a) => (a, plan_json),
+    };
+    let limits = Limits {
+        max_nodes: args.max_dag_nodes as usize,
+    };
+    let (code, body) = match read_spec(&args.path) {
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            return EXIT_UNREADABLE;
+        }
+        Ok(spec) => match compile(spec, &limits) {
+            Ok(dag) => (EXIT_VALID, print(&dag)),
+            Err(report) => (EXIT_INVALID, report_json(&report)),
+        },
+    };
+    let text =
+        serde_json::to_string_pretty(&body).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    if writeln!(out, "{text}").is_err() {
+        return EXIT_UNREADABLE;
+    }
+    code
+}
+
+fn read_spec(path: &Path) -> Result<DagSpec, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    let text =
+        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let extension = path
+        .extension()
+        .and_then(|e| e.to_str())
+        .map(str::to_ascii_lowercase);
+    let parsed = match extension.as_deref() {
+        Some("json") => DagSpec::from_json(&text),
+        Some("yaml" | "yml") => DagSpec::from_yaml(&text),
+        _ => DagSpec::parse(&text),
+    };
+    parsed.map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn report_json(report: &ValidationReport) -> serde_json::Value {
+    json!(report)
+}
+
+fn plan_json(dag: &Dag) -> serde_json::Value {
+    json!({
+        "dag_id": dag.id(),
+        "dag_hash": dag.hash(),
+        "topology_levels": dag.level_ids(),
+        "order": dag.order_ids(),
+    })
+}

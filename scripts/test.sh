@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# The whole test suite: starts PostgreSQL, RabbitMQ and Redis when they are not running, then runs
+# every test of the workspace in one cargo invocation (a separate build step would rebuild crates
+# with other features). CI runs exactly this script.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+# A target directory outside the clone survives between runs on the same machine; cargo tracks its
+# inputs, so reuse is always correct.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/greenlang-orchestrator/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+scripts/services.sh
+cargo fmt --all -- --check
+cargo test --workspace --locked

@@ -1,0 +1,20 @@
+//! # shared: the pure core of GreenLang Orchestrator
+//!
+//! Everything in this crate is deterministic and free of I/O: no clock, no network, no disk, no
+//! randomness that is not derived from its inputs. The coordinator and the worker wire these pieces
+//! to PostgreSQL, RabbitMQ and Redis; tests exercise them directly.
+//!
+//! - [`dag`]: the DAG document format ([`dag::DagSpec`]), its compilation into a valid
+//!   [`dag::Dag`] (validation that collects every error), planning (levels and the canonical
+//!   order), YAML and Mermaid rendering.
+//! - [`condition`]: the typed expression language of node `condition`s and the paths used by
+//!   `input_mapping`.
+//! - [`retry`]: retry decisions and delay math with jitter seeded by (execution, node, attempt).
+//! - [`canonical`]: RFC 8785 canonical JSON and the SHA-256 content hashes built on it.
+//! - [`ids`]: validated identifiers.
+
+pub mod canonical;
+pub mod condition;
+pub mod dag;
+pub mod ids;
+pub mod retry;
