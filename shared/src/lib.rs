@@ -11,6 +11,7 @@
 //!   `input_mapping`.
 //! - [`retry`]: retry decisions and delay math with jitter seeded by (execution, node, attempt).
 //! - [`canonical`]: RFC 8785 canonical JSON and the SHA-256 content hashes built on it.
+//! - [`state`]: the execution state machine (outcomes in, state changes and effects out).
 //! - [`ids`]: validated identifiers.
 
 pub mod canonical;
@@ -18,3 +19,4 @@ pub mod condition;
 pub mod dag;
 pub mod ids;
 pub mod retry;
+pub mod state;

@@ -1,0 +1,756 @@
+//! The execution state machine: outcomes go in, state changes and effects come out.
+//!
+//! [`Execution`] holds one execution's node states and decides, purely, what happens next: which
+//! nodes to dispatch (in canonical order, within `max_parallel_nodes`, honouring level barriers),
+//! when a failed attempt is retried, how failure, skip, conditions, compensation and cancellation
+//! propagate, and when the execution is finished. The coordinator persists what changed
+//! ([`Execution::take_changed`]) and carries out the [`Effect`]s; the clock is an argument.
+//!
+//! Failure semantics:
+//! - a node that fails with `on_failure: stop` under DAG `fail_fast` halts the execution: nothing
+//!   new is dispatched, running nodes finish and are recorded, the failed node's dependents become
+//!   `upstream_failed` and every other node that had not started becomes `cancelled`;
+//! - under `continue`, only the dependents become `upstream_failed`; independent branches go on;
+//! - under `compensate` (or a node's `on_failure: compensate`, or `on_timeout: compensate`), the
+//!   execution halts as under `fail_fast`, then the `compensation_handler` of every completed node
+//!   runs, one at a time, in reverse canonical order;
+//! - `on_failure: skip` (and `on_timeout: skip`) ends the node `skipped` with its error kept; its
+//!   dependents run and see `null` for it; the execution does not fail because of it;
+//! - a false `condition` skips the node; a node all of whose dependencies were skipped by a false
+//!   condition (or pruned that way) is skipped too, so a false condition prunes its branch;
+//! - an unevaluable condition fails the node with `condition_error` (never retried);
+//! - cancelling dispatches nothing new, asks running nodes to stop, and ends the rest `cancelled`.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::condition::Scope;
+use crate::dag::{Dag, DagFailurePolicy, NodeFailurePolicy, NodeIndex, Scheduling, TimeoutAction};
+use crate::retry;
+
+/// Status of an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionStatus {
+    Pending,
+    /// Accepted, waiting for a concurrency slot.
+    Queued,
+    Running,
+    Completed,
+    Failed,
+    Cancelled,
+}
+
+impl ExecutionStatus {
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// Status of a node within an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Pending,
+    Running,
+    /// A failed attempt that will be retried at `retry_at_ms`.
+    Retrying,
+    Completed,
+    Failed,
+    Skipped,
+    UpstreamFailed,
+    Cancelled,
+}
+
+impl NodeStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, Self::Pending | Self::Running | Self::Retrying)
+    }
+}
+
+/// Why a node was skipped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipReason {
+    /// Its own condition was false.
+    Condition,
+    /// Every dependency was skipped by a false condition.
+    Pruned,
+    /// It failed, and its `on_failure` (or `on_timeout`) said skip.
+    Policy,
+}
+
+/// Why an execution stopped dispatching.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Halt {
+    FailFast,
+    Compensate,
+    Cancel,
+}
+
+/// An error as reported for a node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NodeError {
+    pub error_type: String,
+    pub message: String,
+}
+
+impl NodeError {
+    pub fn new(error_type: &str, message: impl Into<String>) -> Self {
+        Self {
+            error_type: error_type.to_owned(),
+            message: message.into(),
+        }
+    }
+}
+
+/// How one attempt ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "outcome", rename_all = "snake_case")]
+pub enum Outcome {
+    Succeeded { outputs: Value },
+    Failed { error: NodeError, retryable: bool },
+}
+
+/// Progress of a completed node's compensation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Compensation {
+    #[default]
+    None,
+    Running,
+    Completed,
+    Failed,
+}
+
+/// Everything persisted about one node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct NodeState {
+    pub status: NodeStatus,
+    /// Attempts dispatched so far; while running, the number of the current one.
+    pub attempt: u32,
+    pub retry_at_ms: Option<u64>,
+    pub skip_reason: Option<SkipReason>,
+    pub error: Option<NodeError>,
+    pub outputs: Option<Value>,
+    pub compensation: Compensation,
+}
+
+impl Default for NodeState {
+    fn default() -> Self {
+        Self {
+            status: NodeStatus::Pending,
+            attempt: 0,
+            retry_at_ms: None,
+            skip_reason: None,
+            error: None,
+            outputs: None,
+            compensation: Compensation::None,
+        }
+    }
+}
+
+/// What a task asks a worker to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TaskKind {
+    Run,
+    Compensate,
+}
+
+/// One attempt of one node, to be sent to a worker.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Task {
+    pub node: NodeIndex,
+    pub attempt: u32,
+    pub kind: TaskKind,
+    pub agent_id: String,
+    pub input: Value,
+    pub timeout_ms: u64,
+}
+
+/// Something the coordinator must do after a step.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Effect {
+    Dispatch(Task),
+    /// Ask the worker running this attempt to stop.
+    CancelRunning {
+        node: NodeIndex,
+        attempt: u32,
+    },
+    Finished(ExecutionStatus),
+}
+
+/// An outcome that does not apply to the current state (a duplicate, a late result of an older
+/// attempt, or a result for a node that is not running). It is acknowledged and ignored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("outcome of node {node} attempt {attempt} does not match the current state")]
+pub struct Stale {
+    pub node: NodeIndex,
+    pub attempt: u32,
+}
+
+/// The persisted part of an execution, enough to rebuild an [`Execution`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Snapshot {
+    pub status: ExecutionStatus,
+    pub halt: Option<Halt>,
+    pub nodes: Vec<NodeState>,
+}
+
+/// One execution of a DAG.
+#[derive(Debug, Clone)]
+pub struct Execution<'d> {
+    dag: &'d Dag,
+    execution_id: String,
+    input: Value,
+    status: ExecutionStatus,
+    halt: Option<Halt>,
+    nodes: Vec<NodeState>,
+    // Derived from the above; rebuilt by `restore`.
+    position: Vec<u32>,
+    waiting_on: Vec<u32>,
+    ready: BinaryHeap<Reverse<u32>>,
+    retries: BinaryHeap<Reverse<(u64, u32)>>,
+    running: u32,
+    unfinished_per_level: Vec<u32>,
+    changed: BTreeSet<NodeIndex>,
+}
+
+impl<'d> Execution<'d> {
+    /// A fresh execution: every node pending, status `pending`.
+    pub fn new(dag: &'d Dag, execution_id: &str, input: Value) -> Self {
+        let snapshot = Snapshot {
+            status: ExecutionStatus::Pending,
+            halt: None,
+            nodes: vec![NodeState::default(); dag.len()],
+        };
+        Self::restore(dag, execution_id, input, snapshot)
+    }
+
+    /// Rebuilds an execution from what was persisted.
+    pub fn restore(dag: &'d Dag, execution_id: &str, input: Value, snapshot: Snapshot) -> Self {
+        let mut position = vec![0u32; dag.len()];
+        for (p, &v) in (0..).zip(dag.order()) {
+            position[v as usize] = p;
+        }
+        let mut exec = Self {
+            dag,
+            execution_id: execution_id.to_owned(),
+            input,
+            status: snapshot.status,
+            halt: snapshot.halt,
+            nodes: snapshot.nodes,
+            position,
+            waiting_on: vec![0; dag.len()],
+            ready: BinaryHeap::new(),
+            retries: BinaryHeap::new(),
+            running: 0,
+            unfinished_per_level: vec![0; dag.levels().len()],
+            changed: BTreeSet::new(),
+        };
+        exec.nodes.resize_with(dag.len(), NodeState::default);
+        exec.rebuild();
+        exec
+    }
+
+    fn rebuild(&mut self) {
+        let mut settle_now = Vec::new();
+        for v in 0..self.dag.len() as NodeIndex {
+            let node = self.dag.node(v);
+            let state = &self.nodes[v as usize];
+            if !state.status.is_terminal() {
+                self.unfinished_per_level[node.level as usize] += 1;
+            }
+            if state.compensation == Compensation::Running {
+                self.running += 1;
+            }
+            match state.status {
+                NodeStatus::Running => self.running += 1,
+                NodeStatus::Retrying => self.retries.push(Reverse((
+                    state.retry_at_ms.unwrap_or(0),
+                    self.position[v as usize],
+                ))),
+                NodeStatus::Pending => {
+                    let waiting = node
+                        .deps
+                        .iter()
+                        .filter(|&&d| !self.nodes[d as usize].status.is_terminal())
+                        .count();
+                    self.waiting_on[v as usize] = waiting as u32;
+                    if waiting == 0 {
+                        settle_now.push(v);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if self.status == ExecutionStatus::Running {
+            for v in settle_now {
+                self.settle(v);
+            }
+        }
+    }
+
+    pub fn status(&self) -> ExecutionStatus {
+        self.status
+    }
+
+    pub fn halt(&self) -> Option<Halt> {
+        self.halt
+    }
+
+    pub fn node_state(&self, node: NodeIndex) -> &NodeState {
+        &self.nodes[node as usize]
+    }
+
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            status: self.status,
+            halt: self.halt,
+            nodes: self.nodes.clone(),
+        }
+    }
+
+    /// Nodes whose state changed since the last call.
+    pub fn take_changed(&mut self) -> BTreeSet<NodeIndex> {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// When the next retry is due, if one is waiting.
+    pub fn next_wake_ms(&self) -> Option<u64> {
+        self.retries.peek().map(|Reverse((at, _))| *at)
+    }
+
+    /// Starts a pending or queued execution.
+    pub fn start(&mut self, now_ms: u64) -> Vec<Effect> {
+        if matches!(
+            self.status,
+            ExecutionStatus::Pending | ExecutionStatus::Queued
+        ) {
+            self.status = ExecutionStatus::Running;
+            let roots: Vec<NodeIndex> = (0..self.dag.len() as NodeIndex)
+                .filter(|&v| {
+                    self.nodes[v as usize].status == NodeStatus::Pending
+                        && self.waiting_on[v as usize] == 0
+                })
+                .collect();
+            for v in roots {
+                self.settle(v);
+            }
+        }
+        self.advance(now_ms)
+    }
+
+    /// Dispatches retries that are due; call it at [`Execution::next_wake_ms`].
+    pub fn tick(&mut self, now_ms: u64) -> Vec<Effect> {
+        self.advance(now_ms)
+    }
+
+    /// Applies how attempt `attempt` of `node` ended.
+    pub fn record(
+        &mut self,
+        node: NodeIndex,
+        attempt: u32,
+        outcome: Outcome,
+        now_ms: u64,
+    ) -> Result<Vec<Effect>, Stale> {
+        let state = self
+            .nodes
+            .get(node as usize)
+            .ok_or(Stale { node, attempt })?;
+        if state.status != NodeStatus::Running
+            || state.attempt != attempt
+            || self.status != ExecutionStatus::Running
+        {
+            return Err(Stale { node, attempt });
+        }
+        self.running -= 1;
+        match outcome {
+            Outcome::Succeeded { outputs } => {
+                let state = &mut self.nodes[node as usize];
+                state.outputs = Some(outputs);
+                state.error = None;
+                self.finish_node(node, NodeStatus::Completed);
+            }
+            Outcome::Failed { error, retryable } => {
+                self.fail_attempt(node, error, retryable, now_ms)
+            }
+        }
+        Ok(self.advance(now_ms))
+    }
+
+    /// Applies how the compensation of `node` ended.
+    pub fn record_compensation(
+        &mut self,
+        node: NodeIndex,
+        outcome: Outcome,
+        now_ms: u64,
+    ) -> Result<Vec<Effect>, Stale> {
+        let state = self
+            .nodes
+            .get_mut(node as usize)
+            .ok_or(Stale { node, attempt: 1 })?;
+        if state.compensation != Compensation::Running {
+            return Err(Stale { node, attempt: 1 });
+        }
+        state.compensation = match outcome {
+            Outcome::Succeeded { .. } => Compensation::Completed,
+            Outcome::Failed { .. } => Compensation::Failed,
+        };
+        self.changed.insert(node);
+        self.running -= 1;
+        Ok(self.advance(now_ms))
+    }
+
+    /// Cancels the execution: nothing new starts, running attempts are asked to stop.
+    pub fn cancel(&mut self, now_ms: u64) -> Vec<Effect> {
+        if self.status.is_terminal() {
+            return Vec::new();
+        }
+        // A pending or queued execution is cancelled through the same path: it "runs" with
+        // nothing to dispatch and finishes at once.
+        self.status = ExecutionStatus::Running;
+        let mut effects: Vec<Effect> = (0..self.dag.len() as NodeIndex)
+            .filter(|&v| self.nodes[v as usize].status == NodeStatus::Running)
+            .map(|v| Effect::CancelRunning {
+                node: v,
+                attempt: self.nodes[v as usize].attempt,
+            })
+            .collect();
+        self.halt_with(Halt::Cancel, None);
+        effects.extend(self.advance(now_ms));
+        effects
+    }
+
+    fn fail_attempt(&mut self, node: NodeIndex, error: NodeError, retryable: bool, now_ms: u64) {
+        let compiled = self.dag.node(node);
+        let attempt = self.nodes[node as usize].attempt;
+        if self.halt.is_none()
+            && retry::should_retry(&compiled.retry, attempt, &error.error_type, retryable)
+        {
+            let delay = retry::retry_delay(
+                &compiled.retry,
+                attempt,
+                &self.execution_id,
+                self.dag.node_id(node),
+            );
+            let at = now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
+            let state = &mut self.nodes[node as usize];
+            state.status = NodeStatus::Retrying;
+            state.retry_at_ms = Some(at);
+            state.error = Some(error);
+            self.changed.insert(node);
+            self.retries
+                .push(Reverse((at, self.position[node as usize])));
+            return;
+        }
+        let timed_out = error.error_type == "timeout";
+        self.nodes[node as usize].error = Some(error);
+        if self.halt == Some(Halt::Cancel) {
+            return self.finish_node(node, NodeStatus::Cancelled);
+        }
+        let on_timeout = if timed_out {
+            compiled.timeout.on_timeout
+        } else {
+            TimeoutAction::Fail
+        };
+        let policy = self.dag.node_spec(node).on_failure;
+        if on_timeout == TimeoutAction::Skip
+            || (on_timeout == TimeoutAction::Fail && policy == NodeFailurePolicy::Skip)
+        {
+            self.nodes[node as usize].skip_reason = Some(SkipReason::Policy);
+            return self.finish_node(node, NodeStatus::Skipped);
+        }
+        self.finish_node(node, NodeStatus::Failed);
+        let compensate = on_timeout == TimeoutAction::Compensate
+            || policy == NodeFailurePolicy::Compensate
+            || self.dag.on_failure() == DagFailurePolicy::Compensate;
+        if compensate {
+            self.halt_with(Halt::Compensate, Some(node));
+        } else if self.dag.on_failure() == DagFailurePolicy::FailFast {
+            self.halt_with(Halt::FailFast, Some(node));
+        }
+    }
+
+    /// Stops dispatching. Dependents of `failed` become `upstream_failed` (through `settle`);
+    /// every other node that has not started becomes `cancelled`.
+    fn halt_with(&mut self, halt: Halt, failed: Option<NodeIndex>) {
+        if self.halt.is_none() || halt == Halt::Cancel {
+            self.halt = Some(halt);
+        }
+        self.ready.clear();
+        self.retries.clear();
+        let mut seen = vec![false; self.dag.len()];
+        let mut work: Vec<NodeIndex> = failed.into_iter().collect();
+        while let Some(v) = work.pop() {
+            for &c in &self.dag.node(v).children {
+                if !std::mem::replace(&mut seen[c as usize], true) {
+                    if self.nodes[c as usize].status == NodeStatus::Pending {
+                        self.set_status(c, NodeStatus::UpstreamFailed);
+                    }
+                    work.push(c);
+                }
+            }
+        }
+        for v in 0..self.dag.len() as NodeIndex {
+            if matches!(
+                self.nodes[v as usize].status,
+                NodeStatus::Pending | NodeStatus::Retrying
+            ) {
+                self.nodes[v as usize].retry_at_ms = None;
+                self.set_status(v, NodeStatus::Cancelled);
+            }
+        }
+    }
+
+    /// Marks `node` terminal and settles every dependent that no longer waits on anything.
+    fn finish_node(&mut self, node: NodeIndex, status: NodeStatus) {
+        self.set_status(node, status);
+        let mut work = vec![node];
+        while let Some(v) = work.pop() {
+            for &c in &self.dag.node(v).children {
+                let waiting = &mut self.waiting_on[c as usize];
+                *waiting = waiting.saturating_sub(1);
+                if *waiting == 0 && self.nodes[c as usize].status == NodeStatus::Pending {
+                    if let Some(terminal) = self.settled_status(c) {
+                        if terminal == NodeStatus::Skipped {
+                            self.nodes[c as usize].skip_reason = Some(SkipReason::Pruned);
+                        }
+                        self.set_status(c, terminal);
+                        work.push(c);
+                    } else {
+                        self.ready.push(Reverse(self.position[c as usize]));
+                    }
+                }
+            }
+        }
+    }
+
+    /// A pending node whose dependencies are all terminal: either it is decided without running
+    /// (returned), or it is ready.
+    fn settle(&mut self, node: NodeIndex) {
+        match self.settled_status(node) {
+            Some(terminal) => {
+                if terminal == NodeStatus::Skipped {
+                    self.nodes[node as usize].skip_reason = Some(SkipReason::Pruned);
+                }
+                self.finish_node(node, terminal);
+            }
+            None => self.ready.push(Reverse(self.position[node as usize])),
+        }
+    }
+
+    fn settled_status(&self, node: NodeIndex) -> Option<NodeStatus> {
+        let deps = &self.dag.node(node).deps;
+        let dep_state = |d: &NodeIndex| &self.nodes[*d as usize];
+        if self.halt.is_some() {
+            return Some(NodeStatus::Cancelled);
+        }
+        if deps.iter().map(dep_state).any(|s| {
+            matches!(
+                s.status,
+                NodeStatus::Failed | NodeStatus::UpstreamFailed | NodeStatus::Cancelled
+            )
+        }) {
+            return Some(NodeStatus::UpstreamFailed);
+        }
+        let pruned = |s: &NodeState| {
+            s.status == NodeStatus::Skipped
+                && matches!(
+                    s.skip_reason,
+                    Some(SkipReason::Condition | SkipReason::Pruned)
+                )
+        };
+        if !deps.is_empty() && deps.iter().map(dep_state).all(pruned) {
+            return Some(NodeStatus::Skipped);
+        }
+        None
+    }
+
+    fn set_status(&mut self, node: NodeIndex, status: NodeStatus) {
+        let state = &mut self.nodes[node as usize];
+        let was_terminal = state.status.is_terminal();
+        state.status = status;
+        if status.is_terminal() && !was_terminal {
+            self.unfinished_per_level[self.dag.node(node).level as usize] -= 1;
+        }
+        self.changed.insert(node);
+    }
+
+    fn advance(&mut self, now_ms: u64) -> Vec<Effect> {
+        let mut effects = Vec::new();
+        if self.status != ExecutionStatus::Running {
+            return effects;
+        }
+        while let Some(&Reverse((at, p))) = self.retries.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.retries.pop();
+            self.ready.push(Reverse(p));
+        }
+        let limit = self.dag.max_parallel_nodes();
+        while self.halt.is_none() && self.running < limit {
+            let Some(&Reverse(p)) = self.ready.peek() else {
+                break;
+            };
+            let v = self.dag.order()[p as usize];
+            if self.dag.scheduling() == Scheduling::LevelBarrier && !self.level_open(v) {
+                break;
+            }
+            self.ready.pop();
+            self.start_node(v, now_ms, &mut effects);
+        }
+        if self.running == 0 && self.ready.is_empty() && self.retries.is_empty() {
+            self.finish_or_compensate(&mut effects);
+        }
+        effects
+    }
+
+    /// Under level barriers a node may start only once every lower level has finished.
+    fn level_open(&self, node: NodeIndex) -> bool {
+        let level = self.dag.node(node).level as usize;
+        self.unfinished_per_level[..level].iter().all(|&n| n == 0)
+    }
+
+    fn start_node(&mut self, node: NodeIndex, now_ms: u64, effects: &mut Vec<Effect>) {
+        let compiled = self.dag.node(node);
+        let first_attempt = self.nodes[node as usize].attempt == 0;
+        if let (true, Some(condition)) = (first_attempt, &compiled.condition) {
+            let results = self.results_for(condition.referenced_nodes().into_iter());
+            match condition.evaluate(&Scope {
+                input: &self.input,
+                results: &results,
+            }) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.nodes[node as usize].skip_reason = Some(SkipReason::Condition);
+                    return self.finish_node(node, NodeStatus::Skipped);
+                }
+                Err(e) => {
+                    self.nodes[node as usize].attempt = 1;
+                    return self.fail_attempt(
+                        node,
+                        NodeError::new("condition_error", e.to_string()),
+                        false,
+                        now_ms,
+                    );
+                }
+            }
+        }
+        let state = &mut self.nodes[node as usize];
+        state.attempt += 1;
+        state.retry_at_ms = None;
+        let attempt = state.attempt;
+        self.set_status(node, NodeStatus::Running);
+        self.running += 1;
+        effects.push(Effect::Dispatch(Task {
+            node,
+            attempt,
+            kind: TaskKind::Run,
+            agent_id: self.dag.node_spec(node).agent_id.clone(),
+            input: self.node_input(node),
+            timeout_ms: timeout_ms(compiled.timeout.timeout_seconds),
+        }));
+    }
+
+    /// The input object an agent receives: the `input_mapping` applied, or, without one,
+    /// `{"_input": <execution input>, "<dep id>": <dep outputs or null>, ...}`.
+    pub fn node_input(&self, node: NodeIndex) -> Value {
+        let compiled = self.dag.node(node);
+        if compiled.input_mapping.is_empty() {
+            let mut object = Map::new();
+            object.insert("_input".to_owned(), self.input.clone());
+            for &d in &compiled.deps {
+                let outputs = self.nodes[d as usize]
+                    .outputs
+                    .clone()
+                    .unwrap_or(Value::Null);
+                object.insert(self.dag.node_id(d).to_owned(), outputs);
+            }
+            return Value::Object(object);
+        }
+        let results = self.results_for(compiled.input_mapping.iter().filter_map(|(_, p)| p.node()));
+        let scope = Scope {
+            input: &self.input,
+            results: &results,
+        };
+        Value::Object(
+            compiled
+                .input_mapping
+                .iter()
+                .map(|(target, path)| (target.clone(), path.lookup(&scope)))
+                .collect(),
+        )
+    }
+
+    fn results_for<'a>(&self, nodes: impl Iterator<Item = &'a str>) -> BTreeMap<String, Value> {
+        nodes
+            .filter_map(|id| {
+                let v = self.dag.index_of(id)?;
+                Some((id.to_owned(), self.nodes[v as usize].outputs.clone()?))
+            })
+            .collect()
+    }
+
+    fn finish_or_compensate(&mut self, effects: &mut Vec<Effect>) {
+        if self.halt == Some(Halt::Compensate) {
+            if let Some(task) = self.next_compensation() {
+                self.running += 1;
+                effects.push(Effect::Dispatch(task));
+                return;
+            }
+        }
+        let any_failed = self.nodes.iter().any(|s| s.status == NodeStatus::Failed);
+        self.status = match self.halt {
+            Some(Halt::Cancel) => ExecutionStatus::Cancelled,
+            _ if any_failed => ExecutionStatus::Failed,
+            _ => ExecutionStatus::Completed,
+        };
+        effects.push(Effect::Finished(self.status));
+    }
+
+    /// The next completed node, in reverse canonical order, whose handler has not run.
+    fn next_compensation(&mut self) -> Option<Task> {
+        let failed = self
+            .dag
+            .order()
+            .iter()
+            .find(|&&v| self.nodes[v as usize].status == NodeStatus::Failed)
+            .map(|&v| self.dag.node_id(v).to_owned());
+        let node = self.dag.order().iter().rev().copied().find(|&v| {
+            let s = &self.nodes[v as usize];
+            s.status == NodeStatus::Completed
+                && s.compensation == Compensation::None
+                && self.dag.node_spec(v).compensation_handler.is_some()
+        })?;
+        let handler = self.dag.node_spec(node).compensation_handler.clone()?;
+        self.nodes[node as usize].compensation = Compensation::Running;
+        self.changed.insert(node);
+        let input = serde_json::json!({
+            "node_id": self.dag.node_id(node),
+            "outputs": self.nodes[node as usize].outputs,
+            "failed_node": failed,
+        });
+        Some(Task {
+            node,
+            attempt: 1,
+            kind: TaskKind::Compensate,
+            agent_id: handler,
+            input,
+            timeout_ms: timeout_ms(self.dag.node(node).timeout.timeout_seconds),
+        })
+    }
+}
+
+fn timeout_ms(seconds: f64) -> u64 {
+    (seconds * 1000.0).ceil().clamp(1.0, 86_400_000.0) as u64
+}
+
+#[cfg(test)]
+mod tests;

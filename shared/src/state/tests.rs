@@ -1,0 +1,529 @@
+//! Behaviour of the state machine: each failure semantic on small DAGs, then a model-based
+//! property test over random DAGs, outcomes, duplicates, reordering and crash-restore.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+use crate::dag::{DagSpec, Limits, compile};
+
+fn dag(doc: Value) -> Dag {
+    compile(
+        DagSpec::from_value(doc).expect("document"),
+        &Limits::default(),
+    )
+    .expect("valid DAG")
+}
+
+fn ok(outputs: Value) -> Outcome {
+    Outcome::Succeeded { outputs }
+}
+
+fn err(kind: &str) -> Outcome {
+    Outcome::Failed {
+        error: NodeError::new(kind, "boom"),
+        retryable: true,
+    }
+}
+
+fn dispatched(effects: &[Effect]) -> Vec<(NodeIndex, u32)> {
+    effects
+        .iter()
+        .filter_map(|e| match e {
+            Effect::Dispatch(t) => Some((t.node, t.attempt)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finished(effects: &[Effect]) -> Option<ExecutionStatus> {
+    effects.iter().find_map(|e| match e {
+        Effect::Finished(s) => Some(*s),
+        _ => None,
+    })
+}
+
+fn id(dag: &Dag, name: &str) -> NodeIndex {
+    dag.index_of(name)
+        .unwrap_or_else(|| panic!("no node {name}"))
+}
+
+fn status(exec: &Execution<'_>, name: &str) -> NodeStatus {
+    exec.node_state(id(exec.dag, name)).status
+}
+
+fn no_retry() -> Value {
+    json!({"max_retries": 0})
+}
+
+#[test]
+fn linear_chain_runs_in_order_and_passes_outputs() {
+    let d = dag(json!({"name": "t", "nodes": {
+        "a": {"agent_id": "x"}, "b": {"agent_id": "x", "depends_on": ["a"]},
+        "c": {"agent_id": "x", "depends_on": ["b"], "input_mapping": {"v": "results.a.v", "y": "input.year"}}}}));
+    let mut e = Execution::new(&d, "e1", json!({"year": 2025}));
+    let fx = e.start(0);
+    assert_eq!(dispatched(&fx), vec![(id(&d, "a"), 1)]);
+    let fx = e
+        .record(id(&d, "a"), 1, ok(json!({"v": 7})), 1)
+        .expect("current");
+    let Some(Effect::Dispatch(task)) = fx.first() else {
+        panic!("b dispatched: {fx:?}")
+    };
+    assert_eq!(task.input, json!({"_input": {"year": 2025}, "a": {"v": 7}}));
+    let fx = e.record(id(&d, "b"), 1, ok(json!({})), 2).expect("current");
+    let Some(Effect::Dispatch(task)) = fx.first() else {
+        panic!("c dispatched")
+    };
+    assert_eq!(task.input, json!({"v": 7, "y": 2025}));
+    let fx = e.record(id(&d, "c"), 1, ok(json!({})), 3).expect("current");
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Completed));
+}
+
+#[test]
+fn parallelism_is_bounded_and_follows_canonical_order() {
+    let d = dag(json!({"name": "t", "max_parallel_nodes": 2, "nodes": {
+        "d": {"agent_id": "x"}, "c": {"agent_id": "x"}, "b": {"agent_id": "x"}, "a": {"agent_id": "x", "priority": -1}}}));
+    let mut e = Execution::new(&d, "e", json!({}));
+    assert_eq!(
+        dispatched(&e.start(0)),
+        vec![(id(&d, "b"), 1), (id(&d, "c"), 1)]
+    );
+    assert_eq!(
+        dispatched(&e.record(id(&d, "c"), 1, ok(json!({})), 1).expect("ok")),
+        vec![(id(&d, "d"), 1)]
+    );
+    assert_eq!(
+        dispatched(&e.record(id(&d, "b"), 1, ok(json!({})), 1).expect("ok")),
+        vec![(id(&d, "a"), 1)]
+    );
+}
+
+#[test]
+fn a_flaky_node_is_retried_after_its_delay() {
+    let d = dag(json!({"name": "t", "nodes": {"f": {"agent_id": "flaky",
+        "retry_policy": {"max_retries": 3, "base_delay": 1, "jitter": false}}}}));
+    let f = id(&d, "f");
+    let mut e = Execution::new(&d, "e", json!({}));
+    e.start(0);
+    assert!(dispatched(&e.record(f, 1, err("TransientError"), 100).expect("ok")).is_empty());
+    assert_eq!(e.node_state(f).status, NodeStatus::Retrying);
+    assert_eq!(e.next_wake_ms(), Some(1100));
+    assert!(dispatched(&e.tick(1099)).is_empty(), "not before the delay");
+    assert_eq!(dispatched(&e.tick(1100)), vec![(f, 2)]);
+    e.record(f, 2, err("TransientError"), 2000).expect("ok");
+    assert_eq!(
+        e.next_wake_ms(),
+        Some(4000),
+        "exponential: 2 s before retry 2"
+    );
+    assert_eq!(dispatched(&e.tick(4000)), vec![(f, 3)]);
+    let fx = e.record(f, 3, ok(json!({"attempt": 3})), 4100).expect("ok");
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Completed));
+    assert_eq!(e.node_state(f).attempt, 3);
+}
+
+#[test]
+fn stale_and_duplicate_outcomes_are_ignored() {
+    let d = dag(
+        json!({"name": "t", "nodes": {"a": {"agent_id": "x", "retry_policy": {"base_delay": 0}}}}),
+    );
+    let a = id(&d, "a");
+    let mut e = Execution::new(&d, "e", json!({}));
+    e.start(0);
+    e.record(a, 1, err("X"), 0).expect("first outcome");
+    e.tick(0);
+    assert_eq!(
+        e.record(a, 1, ok(json!({})), 1),
+        Err(Stale {
+            node: a,
+            attempt: 1
+        }),
+        "late result of attempt 1"
+    );
+    e.record(a, 2, ok(json!({})), 2).expect("current attempt");
+    assert_eq!(
+        e.record(a, 2, ok(json!({})), 3),
+        Err(Stale {
+            node: a,
+            attempt: 2
+        }),
+        "duplicate"
+    );
+    assert_eq!(e.status(), ExecutionStatus::Completed);
+}
+
+fn branching(policy: &str) -> Dag {
+    dag(
+        json!({"name": "t", "on_failure": policy, "default_retry_policy": no_retry(), "nodes": {
+        "root": {"agent_id": "x"},
+        "bad": {"agent_id": "x", "depends_on": ["root"], "compensation_handler": "undo"},
+        "after_bad": {"agent_id": "x", "depends_on": ["bad"]},
+        "good": {"agent_id": "x", "depends_on": ["root"], "compensation_handler": "undo"},
+        "after_good": {"agent_id": "x", "depends_on": ["good"]},
+        "join": {"agent_id": "x", "depends_on": ["after_bad", "after_good"]}}}),
+    )
+}
+
+#[test]
+fn fail_fast_stops_dispatch_and_lets_running_nodes_finish() {
+    let d = branching("fail_fast");
+    let mut e = Execution::new(&d, "e", json!({}));
+    e.start(0);
+    let fx = e.record(id(&d, "root"), 1, ok(json!({})), 1).expect("ok");
+    assert_eq!(dispatched(&fx).len(), 2, "bad and good run in parallel");
+    let fx = e
+        .record(id(&d, "bad"), 1, err("AgentError"), 2)
+        .expect("ok");
+    assert!(
+        dispatched(&fx).is_empty() && finished(&fx).is_none(),
+        "good is still running"
+    );
+    assert_eq!(status(&e, "after_bad"), NodeStatus::UpstreamFailed);
+    assert_eq!(status(&e, "join"), NodeStatus::UpstreamFailed);
+    assert_eq!(status(&e, "after_good"), NodeStatus::Cancelled);
+    let fx = e
+        .record(id(&d, "good"), 1, ok(json!({})), 3)
+        .expect("running node is recorded");
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Failed));
+    assert_eq!(status(&e, "good"), NodeStatus::Completed);
+}
+
+#[test]
+fn continue_runs_independent_branches_to_the_end() {
+    let d = branching("continue");
+    let mut e = Execution::new(&d, "e", json!({}));
+    e.start(0);
+    e.record(id(&d, "root"), 1, ok(json!({})), 1).expect("ok");
+    e.record(id(&d, "bad"), 1, err("AgentError"), 2)
+        .expect("ok");
+    let fx = e.record(id(&d, "good"), 1, ok(json!({})), 3).expect("ok");
+    assert_eq!(dispatched(&fx), vec![(id(&d, "after_good"), 1)]);
+    let fx = e
+        .record(id(&d, "after_good"), 1, ok(json!({})), 4)
+        .expect("ok");
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Failed));
+    assert_eq!(status(&e, "after_bad"), NodeStatus::UpstreamFailed);
+    assert_eq!(status(&e, "join"), NodeStatus::UpstreamFailed);
+}
+
+#[test]
+fn compensate_runs_handlers_in_reverse_canonical_order() {
+    let d = dag(
+        json!({"name": "t", "on_failure": "compensate", "default_retry_policy": no_retry(), "nodes": {
+        "a": {"agent_id": "x", "compensation_handler": "undo_a"},
+        "b": {"agent_id": "x", "depends_on": ["a"], "compensation_handler": "undo_b"},
+        "c": {"agent_id": "x", "depends_on": ["b"]},
+        "d": {"agent_id": "x", "depends_on": ["c"]}}}),
+    );
+    let mut e = Execution::new(&d, "e", json!({}));
+    e.start(0);
+    e.record(id(&d, "a"), 1, ok(json!({"a": 1})), 1)
+        .expect("ok");
+    e.record(id(&d, "b"), 1, ok(json!({"b": 1})), 2)
+        .expect("ok");
+    let fx = e.record(id(&d, "c"), 1, err("AgentError"), 3).expect("ok");
+    let Some(Effect::Dispatch(first)) = fx.first() else {
+        panic!("compensation starts: {fx:?}")
+    };
+    assert_eq!(
+        (first.node, first.kind, first.agent_id.as_str()),
+        (id(&d, "b"), TaskKind::Compensate, "undo_b")
+    );
+    assert_eq!(
+        first.input,
+        json!({"node_id": "b", "outputs": {"b": 1}, "failed_node": "c"})
+    );
+    let fx = e
+        .record_compensation(id(&d, "b"), ok(json!({})), 4)
+        .expect("ok");
+    let Some(Effect::Dispatch(second)) = fx.first() else {
+        panic!("then a")
+    };
+    assert_eq!(second.agent_id, "undo_a");
+    let fx = e
+        .record_compensation(id(&d, "a"), ok(json!({})), 5)
+        .expect("ok");
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Failed));
+    assert_eq!(
+        e.node_state(id(&d, "a")).compensation,
+        Compensation::Completed
+    );
+    assert_eq!(status(&e, "d"), NodeStatus::UpstreamFailed);
+}
+
+#[test]
+fn skip_policy_keeps_the_error_and_lets_dependents_run() {
+    let d = dag(
+        json!({"name": "t", "default_retry_policy": no_retry(), "nodes": {
+        "s": {"agent_id": "x", "on_failure": "skip"}, "after": {"agent_id": "x", "depends_on": ["s"]}}}),
+    );
+    let mut e = Execution::new(&d, "e", json!({}));
+    e.start(0);
+    let fx = e.record(id(&d, "s"), 1, err("AgentError"), 1).expect("ok");
+    let Some(Effect::Dispatch(task)) = fx.first() else {
+        panic!("dependent runs")
+    };
+    assert_eq!(task.input["s"], Value::Null);
+    let state = e.node_state(id(&d, "s"));
+    assert_eq!(
+        (state.status, state.skip_reason),
+        (NodeStatus::Skipped, Some(SkipReason::Policy))
+    );
+    assert_eq!(
+        state.error.as_ref().map(|x| x.error_type.as_str()),
+        Some("AgentError")
+    );
+    let fx = e.record(id(&d, "after"), 1, ok(json!({})), 2).expect("ok");
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Completed));
+}
+
+#[test]
+fn a_false_condition_prunes_its_branch_only() {
+    let d = dag(json!({"name": "t", "nodes": {
+        "gate": {"agent_id": "x", "condition": "input.run == true"},
+        "under": {"agent_id": "x", "depends_on": ["gate"]},
+        "deeper": {"agent_id": "x", "depends_on": ["under"]},
+        "other": {"agent_id": "x"},
+        "mixed": {"agent_id": "x", "depends_on": ["gate", "other"]}}}));
+    let mut e = Execution::new(&d, "e", json!({"run": false}));
+    let fx = e.start(0);
+    assert_eq!(dispatched(&fx), vec![(id(&d, "other"), 1)]);
+    assert_eq!(status(&e, "gate"), NodeStatus::Skipped);
+    assert_eq!(
+        e.node_state(id(&d, "deeper")).skip_reason,
+        Some(SkipReason::Pruned)
+    );
+    let fx = e.record(id(&d, "other"), 1, ok(json!({})), 1).expect("ok");
+    assert_eq!(
+        dispatched(&fx),
+        vec![(id(&d, "mixed"), 1)],
+        "one live dependency is enough"
+    );
+    let fx = e.record(id(&d, "mixed"), 1, ok(json!({})), 2).expect("ok");
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Completed));
+}
+
+#[test]
+fn an_unevaluable_condition_fails_closed() {
+    let d =
+        dag(json!({"name": "t", "nodes": {"a": {"agent_id": "x", "condition": "input.name > 3"}}}));
+    let mut e = Execution::new(&d, "e", json!({"name": "text"}));
+    let fx = e.start(0);
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Failed));
+    let state = e.node_state(0);
+    assert_eq!(
+        state.error.as_ref().map(|x| x.error_type.as_str()),
+        Some("condition_error")
+    );
+    assert_eq!(state.attempt, 1, "counted as one attempt, never retried");
+}
+
+#[test]
+fn on_timeout_is_honoured() {
+    let d = dag(
+        json!({"name": "t", "default_retry_policy": no_retry(), "nodes": {
+        "slow": {"agent_id": "x", "timeout_policy": {"timeout_seconds": 1, "on_timeout": "skip"}},
+        "after": {"agent_id": "x", "depends_on": ["slow"]}}}),
+    );
+    let mut e = Execution::new(&d, "e", json!({}));
+    let fx = e.start(0);
+    let Some(Effect::Dispatch(task)) = fx.first() else {
+        panic!()
+    };
+    assert_eq!(task.timeout_ms, 1000);
+    let fx = e
+        .record(id(&d, "slow"), 1, err("timeout"), 1000)
+        .expect("ok");
+    assert_eq!(status(&e, "slow"), NodeStatus::Skipped);
+    assert_eq!(dispatched(&fx), vec![(id(&d, "after"), 1)]);
+}
+
+#[test]
+fn cancel_stops_running_nodes_and_cancels_the_rest() {
+    let d = dag(json!({"name": "t", "nodes": {
+        "a": {"agent_id": "x"}, "b": {"agent_id": "x"}, "c": {"agent_id": "x", "depends_on": ["a"]}}}));
+    let mut e = Execution::new(&d, "e", json!({}));
+    e.start(0);
+    let fx = e.cancel(1);
+    assert_eq!(
+        fx.iter()
+            .filter(|x| matches!(x, Effect::CancelRunning { .. }))
+            .count(),
+        2
+    );
+    assert_eq!(status(&e, "c"), NodeStatus::Cancelled);
+    e.record(id(&d, "a"), 1, err("cancelled"), 2).expect("ok");
+    assert_eq!(status(&e, "a"), NodeStatus::Cancelled);
+    let fx = e
+        .record(id(&d, "b"), 1, ok(json!({})), 3)
+        .expect("a finished node stays finished");
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Cancelled));
+    assert_eq!(status(&e, "b"), NodeStatus::Completed);
+    assert!(
+        e.cancel(4).is_empty(),
+        "cancelling a finished execution does nothing"
+    );
+}
+
+#[test]
+fn level_barrier_waits_for_the_whole_level() {
+    let d = dag(
+        json!({"name": "t", "scheduling": "level_barrier", "nodes": {
+        "a": {"agent_id": "x"}, "slow": {"agent_id": "x"}, "b": {"agent_id": "x", "depends_on": ["a"]}}}),
+    );
+    let mut e = Execution::new(&d, "e", json!({}));
+    e.start(0);
+    assert!(dispatched(&e.record(id(&d, "a"), 1, ok(json!({})), 1).expect("ok")).is_empty());
+    assert_eq!(
+        dispatched(&e.record(id(&d, "slow"), 1, ok(json!({})), 2).expect("ok")),
+        vec![(id(&d, "b"), 1)]
+    );
+}
+
+#[test]
+fn restore_continues_where_it_stopped() {
+    let d = branching("continue");
+    let mut e = Execution::new(&d, "e", json!({}));
+    e.start(0);
+    e.record(id(&d, "root"), 1, ok(json!({})), 1).expect("ok");
+    let snapshot = e.snapshot();
+    let mut again = Execution::restore(&d, "e", json!({}), snapshot);
+    assert_eq!(
+        again
+            .record(id(&d, "good"), 1, ok(json!({})), 2)
+            .map(|fx| dispatched(&fx)),
+        Ok(vec![(id(&d, "after_good"), 1)])
+    );
+}
+
+// ---- model-based property test ----
+
+#[derive(Debug, Clone)]
+enum Step {
+    /// Deliver the outcome of the oldest in-flight attempt (index into in-flight list).
+    Deliver(usize, bool),
+    /// Deliver an outcome twice.
+    Duplicate(usize, bool),
+    /// Crash: rebuild from the snapshot and lose nothing.
+    Restore,
+    /// Let time pass so retries fall due.
+    Tick,
+    Cancel,
+}
+
+fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
+    proptest::collection::vec(
+        prop_oneof![
+            6 => (0usize..8, any::<bool>()).prop_map(|(i, ok)| Step::Deliver(i, ok)),
+            1 => (0usize..8, any::<bool>()).prop_map(|(i, ok)| Step::Duplicate(i, ok)),
+            1 => Just(Step::Restore),
+            2 => Just(Step::Tick),
+            1 => Just(Step::Cancel),
+        ],
+        0..200,
+    )
+}
+
+fn random_dag(n: usize, edges: &[(usize, usize)], policy: usize, parallel: u32) -> Dag {
+    let policies = ["fail_fast", "continue", "compensate"];
+    let nodes: serde_json::Map<String, Value> = (0..n)
+        .map(|i| {
+            let deps: Vec<String> = edges.iter().filter(|(_, to)| *to == i).map(|(f, _)| format!("n{f}")).collect();
+            let on_failure = if i % 4 == 3 { "skip" } else { "stop" };
+            (format!("n{i}"), json!({"agent_id": "x", "depends_on": deps, "on_failure": on_failure,
+                                     "compensation_handler": "undo",
+                                     "retry_policy": {"max_retries": i % 3, "base_delay": 0.01, "jitter": false}}))
+        })
+        .collect();
+    dag(
+        json!({"name": "p", "on_failure": policies[policy], "max_parallel_nodes": parallel, "nodes": nodes}),
+    )
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
+    #[test]
+    fn random_interleavings_never_lose_or_double_record(
+        (n, edges) in (1usize..10).prop_flat_map(|n| {
+            let edge = (0..n).prop_flat_map(move |to| (0..to.max(1), Just(to)));
+            (Just(n), proptest::collection::vec(edge, 0..n * 2))
+        }),
+        policy in 0usize..3,
+        parallel in 1u32..4,
+        steps in arb_steps(),
+    ) {
+        let edges: Vec<(usize, usize)> = edges.into_iter().filter(|(f, t)| f < t).collect();
+        let d = random_dag(n, &edges, policy, parallel);
+        let mut e = Execution::new(&d, "prop", json!({}));
+        let mut now = 0u64;
+        let mut in_flight: Vec<Task> = Vec::new();
+        let mut recorded: std::collections::HashSet<(NodeIndex, u32, TaskKind)> = Default::default();
+        let mut sent: std::collections::HashSet<(NodeIndex, u32, TaskKind)> = Default::default();
+        let mut absorb = |fx: Vec<Effect>, in_flight: &mut Vec<Task>, e: &Execution<'_>| {
+            for effect in fx {
+                if let Effect::Dispatch(task) = effect {
+                    assert!(sent.insert((task.node, task.attempt, task.kind)), "attempt dispatched twice: {task:?}");
+                    // Every dispatched node has all dependencies completed or skipped.
+                    for &dep in &d.node(task.node).deps {
+                        let s = e.node_state(dep).status;
+                        assert!(matches!(s, NodeStatus::Completed | NodeStatus::Skipped), "dep {dep} is {s:?}");
+                    }
+                    in_flight.push(task);
+                }
+            }
+            let running = (0..d.len() as NodeIndex).filter(|&v| e.node_state(v).status == NodeStatus::Running).count();
+            assert!(running as u32 <= parallel, "{running} running with max {parallel}");
+        };
+        let fx = e.start(now);
+        absorb(fx, &mut in_flight, &e);
+        let all_steps = steps.into_iter().chain(std::iter::repeat_n(Step::Deliver(0, true), 400));
+        for step in all_steps {
+            if e.status().is_terminal() { break; }
+            now += 5;
+            let fx = match step {
+                Step::Deliver(i, success) | Step::Duplicate(i, success) if !in_flight.is_empty() => {
+                    let i = i % in_flight.len();
+                    let task = if matches!(step, Step::Duplicate(..)) { in_flight[i].clone() } else { in_flight.remove(i) };
+                    let outcome = if success { ok(json!({"from": task.node})) } else { err("AgentError") };
+                    let result = match task.kind {
+                        TaskKind::Run => e.record(task.node, task.attempt, outcome, now),
+                        TaskKind::Compensate => e.record_compensation(task.node, outcome, now),
+                    };
+                    match result {
+                        Ok(fx) => {
+                            prop_assert!(recorded.insert((task.node, task.attempt, task.kind)), "recorded twice");
+                            fx
+                        }
+                        Err(_) => Vec::new(),
+                    }
+                }
+                Step::Restore => {
+                    let snap = e.snapshot();
+                    e = Execution::restore(&d, "prop", json!({}), snap);
+                    Vec::new()
+                }
+                Step::Cancel => e.cancel(now),
+                _ => { now += 100; e.tick(now) }
+            };
+            absorb(fx, &mut in_flight, &e);
+            if in_flight.is_empty() && !e.status().is_terminal() {
+                now = now.max(e.next_wake_ms().unwrap_or(now));
+                let fx = e.tick(now);
+                absorb(fx, &mut in_flight, &e);
+            }
+        }
+        prop_assert!(e.status().is_terminal(), "execution did not finish: {:?}", e.snapshot());
+        for v in 0..d.len() as NodeIndex {
+            let s = e.node_state(v);
+            prop_assert!(s.status.is_terminal(), "node {v} left {:?}", s.status);
+            prop_assert_eq!(s.status == NodeStatus::Completed, s.outputs.is_some());
+        }
+        let any_failed = (0..d.len() as NodeIndex).any(|v| e.node_state(v).status == NodeStatus::Failed);
+        match e.status() {
+            ExecutionStatus::Completed => prop_assert!(!any_failed),
+            ExecutionStatus::Failed => prop_assert!(any_failed),
+            _ => prop_assert_eq!(e.halt(), Some(Halt::Cancel)),
+        }
+    }
+}
