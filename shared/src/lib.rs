@@ -10,13 +10,17 @@
 //! - [`condition`]: the typed expression language of node `condition`s and the paths used by
 //!   `input_mapping`.
 //! - [`retry`]: retry decisions and delay math with jitter seeded by (execution, node, attempt).
+//! - [`provenance`]: node and execution content hashes, the timing record chain, verification.
 //! - [`canonical`]: RFC 8785 canonical JSON and the SHA-256 content hashes built on it.
 //! - [`state`]: the execution state machine (outcomes in, state changes and effects out).
+//! - [`messages`]: the versioned wire envelopes between coordinators and workers.
 //! - [`ids`]: validated identifiers.
 
 pub mod canonical;
 pub mod condition;
 pub mod dag;
 pub mod ids;
+pub mod messages;
+pub mod provenance;
 pub mod retry;
 pub mod state;
