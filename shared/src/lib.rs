@@ -14,10 +14,12 @@
 //! - [`canonical`]: RFC 8785 canonical JSON and the SHA-256 content hashes built on it.
 //! - [`state`]: the execution state machine (outcomes in, state changes and effects out).
 //! - [`messages`]: the versioned wire envelopes between coordinators and workers.
+//! - [`config`]: typed, validated settings from defaults, a file and the environment.
 //! - [`ids`]: validated identifiers.
 
 pub mod canonical;
 pub mod condition;
+pub mod config;
 pub mod dag;
 pub mod ids;
 pub mod messages;

@@ -23,6 +23,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -204,8 +205,8 @@ pub struct Snapshot {
 
 /// One execution of a DAG.
 #[derive(Debug, Clone)]
-pub struct Execution<'d> {
-    dag: &'d Dag,
+pub struct Execution {
+    dag: Arc<Dag>,
     execution_id: String,
     input: Value,
     status: ExecutionStatus,
@@ -221,9 +222,9 @@ pub struct Execution<'d> {
     changed: BTreeSet<NodeIndex>,
 }
 
-impl<'d> Execution<'d> {
+impl Execution {
     /// A fresh execution: every node pending, status `pending`.
-    pub fn new(dag: &'d Dag, execution_id: &str, input: Value) -> Self {
+    pub fn new(dag: Arc<Dag>, execution_id: &str, input: Value) -> Self {
         let snapshot = Snapshot {
             status: ExecutionStatus::Pending,
             halt: None,
@@ -233,11 +234,13 @@ impl<'d> Execution<'d> {
     }
 
     /// Rebuilds an execution from what was persisted.
-    pub fn restore(dag: &'d Dag, execution_id: &str, input: Value, snapshot: Snapshot) -> Self {
+    pub fn restore(dag: Arc<Dag>, execution_id: &str, input: Value, snapshot: Snapshot) -> Self {
         let mut position = vec![0u32; dag.len()];
         for (p, &v) in (0..).zip(dag.order()) {
             position[v as usize] = p;
         }
+        let levels = dag.levels().len();
+        let len = dag.len();
         let mut exec = Self {
             dag,
             execution_id: execution_id.to_owned(),
@@ -246,14 +249,14 @@ impl<'d> Execution<'d> {
             halt: snapshot.halt,
             nodes: snapshot.nodes,
             position,
-            waiting_on: vec![0; dag.len()],
+            waiting_on: vec![0; len],
             ready: BinaryHeap::new(),
             retries: BinaryHeap::new(),
             running: 0,
-            unfinished_per_level: vec![0; dag.levels().len()],
+            unfinished_per_level: vec![0; levels],
             changed: BTreeSet::new(),
         };
-        exec.nodes.resize_with(dag.len(), NodeState::default);
+        exec.nodes.resize_with(len, NodeState::default);
         exec.rebuild();
         exec
     }
@@ -294,6 +297,14 @@ impl<'d> Execution<'d> {
                 self.settle(v);
             }
         }
+    }
+
+    pub fn dag(&self) -> &Arc<Dag> {
+        &self.dag
+    }
+
+    pub fn input(&self) -> &Value {
+        &self.input
     }
 
     pub fn status(&self) -> ExecutionStatus {
@@ -485,10 +496,11 @@ impl<'d> Execution<'d> {
         }
         self.ready.clear();
         self.retries.clear();
-        let mut seen = vec![false; self.dag.len()];
+        let dag = Arc::clone(&self.dag);
+        let mut seen = vec![false; dag.len()];
         let mut work: Vec<NodeIndex> = failed.into_iter().collect();
         while let Some(v) = work.pop() {
-            for &c in &self.dag.node(v).children {
+            for &c in &dag.node(v).children {
                 if !std::mem::replace(&mut seen[c as usize], true) {
                     if self.nodes[c as usize].status == NodeStatus::Pending {
                         self.set_status(c, NodeStatus::UpstreamFailed);
@@ -511,9 +523,10 @@ impl<'d> Execution<'d> {
     /// Marks `node` terminal and settles every dependent that no longer waits on anything.
     fn finish_node(&mut self, node: NodeIndex, status: NodeStatus) {
         self.set_status(node, status);
+        let dag = Arc::clone(&self.dag);
         let mut work = vec![node];
         while let Some(v) = work.pop() {
-            for &c in &self.dag.node(v).children {
+            for &c in &dag.node(v).children {
                 let waiting = &mut self.waiting_on[c as usize];
                 *waiting = waiting.saturating_sub(1);
                 if *waiting == 0 && self.nodes[c as usize].status == NodeStatus::Pending {
@@ -619,7 +632,8 @@ impl<'d> Execution<'d> {
     }
 
     fn start_node(&mut self, node: NodeIndex, now_ms: u64, effects: &mut Vec<Effect>) {
-        let compiled = self.dag.node(node);
+        let dag = Arc::clone(&self.dag);
+        let compiled = dag.node(node);
         let first_attempt = self.nodes[node as usize].attempt == 0;
         if let (true, Some(condition)) = (first_attempt, &compiled.condition) {
             let results = self.results_for(condition.referenced_nodes().into_iter());

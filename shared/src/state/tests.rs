@@ -7,12 +7,14 @@ use serde_json::{Value, json};
 use super::*;
 use crate::dag::{DagSpec, Limits, compile};
 
-fn dag(doc: Value) -> Dag {
-    compile(
-        DagSpec::from_value(doc).expect("document"),
-        &Limits::default(),
+fn dag(doc: Value) -> Arc<Dag> {
+    Arc::new(
+        compile(
+            DagSpec::from_value(doc).expect("document"),
+            &Limits::default(),
+        )
+        .expect("valid DAG"),
     )
-    .expect("valid DAG")
 }
 
 fn ok(outputs: Value) -> Outcome {
@@ -48,8 +50,8 @@ fn id(dag: &Dag, name: &str) -> NodeIndex {
         .unwrap_or_else(|| panic!("no node {name}"))
 }
 
-fn status(exec: &Execution<'_>, name: &str) -> NodeStatus {
-    exec.node_state(id(exec.dag, name)).status
+fn status(exec: &Execution, name: &str) -> NodeStatus {
+    exec.node_state(id(exec.dag(), name)).status
 }
 
 fn no_retry() -> Value {
@@ -61,7 +63,7 @@ fn linear_chain_runs_in_order_and_passes_outputs() {
     let d = dag(json!({"name": "t", "nodes": {
         "a": {"agent_id": "x"}, "b": {"agent_id": "x", "depends_on": ["a"]},
         "c": {"agent_id": "x", "depends_on": ["b"], "input_mapping": {"v": "results.a.v", "y": "input.year"}}}}));
-    let mut e = Execution::new(&d, "e1", json!({"year": 2025}));
+    let mut e = Execution::new(d.clone(), "e1", json!({"year": 2025}));
     let fx = e.start(0);
     assert_eq!(dispatched(&fx), vec![(id(&d, "a"), 1)]);
     let fx = e
@@ -84,7 +86,7 @@ fn linear_chain_runs_in_order_and_passes_outputs() {
 fn parallelism_is_bounded_and_follows_canonical_order() {
     let d = dag(json!({"name": "t", "max_parallel_nodes": 2, "nodes": {
         "d": {"agent_id": "x"}, "c": {"agent_id": "x"}, "b": {"agent_id": "x"}, "a": {"agent_id": "x", "priority": -1}}}));
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     assert_eq!(
         dispatched(&e.start(0)),
         vec![(id(&d, "b"), 1), (id(&d, "c"), 1)]
@@ -104,7 +106,7 @@ fn a_flaky_node_is_retried_after_its_delay() {
     let d = dag(json!({"name": "t", "nodes": {"f": {"agent_id": "flaky",
         "retry_policy": {"max_retries": 3, "base_delay": 1, "jitter": false}}}}));
     let f = id(&d, "f");
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     e.start(0);
     assert!(dispatched(&e.record(f, 1, err("TransientError"), 100).expect("ok")).is_empty());
     assert_eq!(e.node_state(f).status, NodeStatus::Retrying);
@@ -129,7 +131,7 @@ fn stale_and_duplicate_outcomes_are_ignored() {
         json!({"name": "t", "nodes": {"a": {"agent_id": "x", "retry_policy": {"base_delay": 0}}}}),
     );
     let a = id(&d, "a");
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     e.start(0);
     e.record(a, 1, err("X"), 0).expect("first outcome");
     e.tick(0);
@@ -153,7 +155,7 @@ fn stale_and_duplicate_outcomes_are_ignored() {
     assert_eq!(e.status(), ExecutionStatus::Completed);
 }
 
-fn branching(policy: &str) -> Dag {
+fn branching(policy: &str) -> Arc<Dag> {
     dag(
         json!({"name": "t", "on_failure": policy, "default_retry_policy": no_retry(), "nodes": {
         "root": {"agent_id": "x"},
@@ -168,7 +170,7 @@ fn branching(policy: &str) -> Dag {
 #[test]
 fn fail_fast_stops_dispatch_and_lets_running_nodes_finish() {
     let d = branching("fail_fast");
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     e.start(0);
     let fx = e.record(id(&d, "root"), 1, ok(json!({})), 1).expect("ok");
     assert_eq!(dispatched(&fx).len(), 2, "bad and good run in parallel");
@@ -192,7 +194,7 @@ fn fail_fast_stops_dispatch_and_lets_running_nodes_finish() {
 #[test]
 fn continue_runs_independent_branches_to_the_end() {
     let d = branching("continue");
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     e.start(0);
     e.record(id(&d, "root"), 1, ok(json!({})), 1).expect("ok");
     e.record(id(&d, "bad"), 1, err("AgentError"), 2)
@@ -216,7 +218,7 @@ fn compensate_runs_handlers_in_reverse_canonical_order() {
         "c": {"agent_id": "x", "depends_on": ["b"]},
         "d": {"agent_id": "x", "depends_on": ["c"]}}}),
     );
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     e.start(0);
     e.record(id(&d, "a"), 1, ok(json!({"a": 1})), 1)
         .expect("ok");
@@ -258,7 +260,7 @@ fn skip_policy_keeps_the_error_and_lets_dependents_run() {
         json!({"name": "t", "default_retry_policy": no_retry(), "nodes": {
         "s": {"agent_id": "x", "on_failure": "skip"}, "after": {"agent_id": "x", "depends_on": ["s"]}}}),
     );
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     e.start(0);
     let fx = e.record(id(&d, "s"), 1, err("AgentError"), 1).expect("ok");
     let Some(Effect::Dispatch(task)) = fx.first() else {
@@ -286,7 +288,7 @@ fn a_false_condition_prunes_its_branch_only() {
         "deeper": {"agent_id": "x", "depends_on": ["under"]},
         "other": {"agent_id": "x"},
         "mixed": {"agent_id": "x", "depends_on": ["gate", "other"]}}}));
-    let mut e = Execution::new(&d, "e", json!({"run": false}));
+    let mut e = Execution::new(d.clone(), "e", json!({"run": false}));
     let fx = e.start(0);
     assert_eq!(dispatched(&fx), vec![(id(&d, "other"), 1)]);
     assert_eq!(status(&e, "gate"), NodeStatus::Skipped);
@@ -308,7 +310,7 @@ fn a_false_condition_prunes_its_branch_only() {
 fn an_unevaluable_condition_fails_closed() {
     let d =
         dag(json!({"name": "t", "nodes": {"a": {"agent_id": "x", "condition": "input.name > 3"}}}));
-    let mut e = Execution::new(&d, "e", json!({"name": "text"}));
+    let mut e = Execution::new(d.clone(), "e", json!({"name": "text"}));
     let fx = e.start(0);
     assert_eq!(finished(&fx), Some(ExecutionStatus::Failed));
     let state = e.node_state(0);
@@ -326,7 +328,7 @@ fn on_timeout_is_honoured() {
         "slow": {"agent_id": "x", "timeout_policy": {"timeout_seconds": 1, "on_timeout": "skip"}},
         "after": {"agent_id": "x", "depends_on": ["slow"]}}}),
     );
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     let fx = e.start(0);
     let Some(Effect::Dispatch(task)) = fx.first() else {
         panic!()
@@ -343,7 +345,7 @@ fn on_timeout_is_honoured() {
 fn cancel_stops_running_nodes_and_cancels_the_rest() {
     let d = dag(json!({"name": "t", "nodes": {
         "a": {"agent_id": "x"}, "b": {"agent_id": "x"}, "c": {"agent_id": "x", "depends_on": ["a"]}}}));
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     e.start(0);
     let fx = e.cancel(1);
     assert_eq!(
@@ -372,7 +374,7 @@ fn level_barrier_waits_for_the_whole_level() {
         json!({"name": "t", "scheduling": "level_barrier", "nodes": {
         "a": {"agent_id": "x"}, "slow": {"agent_id": "x"}, "b": {"agent_id": "x", "depends_on": ["a"]}}}),
     );
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     e.start(0);
     assert!(dispatched(&e.record(id(&d, "a"), 1, ok(json!({})), 1).expect("ok")).is_empty());
     assert_eq!(
@@ -384,11 +386,11 @@ fn level_barrier_waits_for_the_whole_level() {
 #[test]
 fn restore_continues_where_it_stopped() {
     let d = branching("continue");
-    let mut e = Execution::new(&d, "e", json!({}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
     e.start(0);
     e.record(id(&d, "root"), 1, ok(json!({})), 1).expect("ok");
     let snapshot = e.snapshot();
-    let mut again = Execution::restore(&d, "e", json!({}), snapshot);
+    let mut again = Execution::restore(d.clone(), "e", json!({}), snapshot);
     assert_eq!(
         again
             .record(id(&d, "good"), 1, ok(json!({})), 2)
@@ -425,7 +427,7 @@ fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
     )
 }
 
-fn random_dag(n: usize, edges: &[(usize, usize)], policy: usize, parallel: u32) -> Dag {
+fn random_dag(n: usize, edges: &[(usize, usize)], policy: usize, parallel: u32) -> Arc<Dag> {
     let policies = ["fail_fast", "continue", "compensate"];
     let nodes: serde_json::Map<String, Value> = (0..n)
         .map(|i| {
@@ -455,12 +457,12 @@ proptest! {
     ) {
         let edges: Vec<(usize, usize)> = edges.into_iter().filter(|(f, t)| f < t).collect();
         let d = random_dag(n, &edges, policy, parallel);
-        let mut e = Execution::new(&d, "prop", json!({}));
+        let mut e = Execution::new(d.clone(), "prop", json!({}));
         let mut now = 0u64;
         let mut in_flight: Vec<Task> = Vec::new();
         let mut recorded: std::collections::HashSet<(NodeIndex, u32, TaskKind)> = Default::default();
         let mut sent: std::collections::HashSet<(NodeIndex, u32, TaskKind)> = Default::default();
-        let mut absorb = |fx: Vec<Effect>, in_flight: &mut Vec<Task>, e: &Execution<'_>| {
+        let mut absorb = |fx: Vec<Effect>, in_flight: &mut Vec<Task>, e: &Execution| {
             for effect in fx {
                 if let Effect::Dispatch(task) = effect {
                     assert!(sent.insert((task.node, task.attempt, task.kind)), "attempt dispatched twice: {task:?}");
@@ -500,7 +502,7 @@ proptest! {
                 }
                 Step::Restore => {
                     let snap = e.snapshot();
-                    e = Execution::restore(&d, "prop", json!({}), snap);
+                    e = Execution::restore(d.clone(), "prop", json!({}), snap);
                     Vec::new()
                 }
                 Step::Cancel => e.cancel(now),
