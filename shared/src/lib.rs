@@ -1,8 +1,10 @@
 //! # shared: the pure core of GreenLang Orchestrator
 //!
-//! Everything in this crate is deterministic and free of I/O: no clock, no network, no disk, no
-//! randomness that is not derived from its inputs. The coordinator and the worker wire these pieces
-//! to PostgreSQL, RabbitMQ and Redis; tests exercise them directly.
+//! Everything in this crate except [`amqp`] is deterministic and free of I/O: no clock, no
+//! network, no disk, no randomness that is not derived from its inputs. The coordinator and the
+//! worker wire these pieces to PostgreSQL, RabbitMQ and Redis; tests exercise them directly.
+//!
+//! - [`amqp`]: the RabbitMQ adapter shared by coordinators and workers (the one module with I/O).
 //!
 //! - [`dag`]: the DAG document format ([`dag::DagSpec`]), its compilation into a valid
 //!   [`dag::Dag`] (validation that collects every error), planning (levels and the canonical
@@ -17,6 +19,7 @@
 //! - [`config`]: typed, validated settings from defaults, a file and the environment.
 //! - [`ids`]: validated identifiers.
 
+pub mod amqp;
 pub mod canonical;
 pub mod condition;
 pub mod config;
@@ -26,3 +29,4 @@ pub mod messages;
 pub mod provenance;
 pub mod retry;
 pub mod state;
+pub mod telemetry;

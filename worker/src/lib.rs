@@ -1,0 +1,249 @@
+//! # worker
+//!
+//! A stateless worker: it consumes task messages from its pools' queues, runs each attempt's
+//! agent under the attempt's timeout, publishes the result with a publisher confirm, and only
+//! then acknowledges the task. A worker that dies holding a task leaves it unacknowledged, so the
+//! broker redelivers it; a task that keeps killing workers exceeds the queue's delivery limit and
+//! is dead-lettered, which the coordinator records as a `poison` failure.
+//!
+//! - [`agents`]: the agent registry (built-in, `http`, `command`).
+//! - [`run`]: the consume → run → report loop, with reconnects and graceful shutdown.
+
+pub mod agents;
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use chrono::{SecondsFormat, Utc};
+use futures_util::StreamExt;
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use shared::amqp::{Broker, BrokerError, Topology, delivery_count};
+use shared::messages::{Message, ResultMessage, TaskMessage, WIRE_VERSION};
+use shared::state::{NodeError, Outcome};
+use tokio::sync::{Notify, Semaphore, watch};
+
+use agents::{Call, Registry};
+
+/// How a worker is set up.
+#[derive(Debug, Clone)]
+pub struct WorkerOptions {
+    pub amqp_url: String,
+    pub topology: Topology,
+    /// The node `queue`s (worker pools) to consume.
+    pub pools: Vec<String>,
+    pub concurrency: u32,
+    pub worker_id: String,
+    /// How long in-flight attempts may run after a shutdown request.
+    pub grace: Duration,
+    pub registry: Registry,
+}
+
+type AttemptKey = (String, String, u32);
+
+/// Attempts running now, so a cancel message can stop one.
+type Running = Arc<Mutex<HashMap<AttemptKey, Arc<Notify>>>>;
+
+/// Runs until `shutdown` resolves, reconnecting (with backoff) whenever the broker goes away.
+pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let options = Arc::new(options);
+    let session_loop = async {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match session(options.clone(), stop_rx.clone()).await {
+                Ok(()) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, worker_id = %options.worker_id, "broker session ended; reconnecting")
+                }
+            }
+            if *stop_rx.borrow() {
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_secs(5));
+        }
+    };
+    tokio::pin!(session_loop);
+    tokio::select! {
+        () = &mut session_loop => {}
+        () = shutdown => {
+            let _ = stop_tx.send(true);
+            session_loop.await;
+        }
+    }
+}
+
+/// One connection's life: consume until stopped or until the connection fails.
+async fn session(
+    options: Arc<WorkerOptions>,
+    mut stop: watch::Receiver<bool>,
+) -> Result<(), BrokerError> {
+    let broker = Arc::new(
+        Broker::connect(
+            &options.amqp_url,
+            &options.worker_id,
+            options.topology.clone(),
+        )
+        .await?,
+    );
+    let permits = Arc::new(Semaphore::new(options.concurrency as usize));
+    let running: Running = Arc::default();
+    let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
+    let mut consumers = Vec::new();
+    for pool in &options.pools {
+        broker.declare_pool(pool).await?;
+        let tag = format!("{}-{pool}", options.worker_id);
+        consumers.push(
+            broker
+                .consume(&options.topology.task_queue(pool), &tag, prefetch)
+                .await?,
+        );
+    }
+    let (_cancel_channel, mut cancels) = broker
+        .consume_cancels(&format!("{}-cancel", options.worker_id))
+        .await?;
+    let mut streams = futures_util::stream::select_all(consumers.iter_mut().map(|(_, c)| c));
+    tracing::info!(worker_id = %options.worker_id, pools = ?options.pools, "worker consuming");
+    let outcome = loop {
+        tokio::select! {
+            _ = stop.changed() => break Ok(()),
+            next = streams.next() => match next {
+                Some(Ok(delivery)) => {
+                    let permit = permits.clone().acquire_owned().await;
+                    let (broker, options, running) = (broker.clone(), options.clone(), running.clone());
+                    tokio::spawn(async move {
+                        handle(&broker, &options, &running, delivery).await;
+                        drop(permit);
+                    });
+                }
+                Some(Err(e)) => break Err(BrokerError::from(e)),
+                None => break Err(BrokerError::Amqp(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)))),
+            },
+            cancel = cancels.next() => if let Some(Ok(delivery)) = cancel {
+                if let Ok(Message::Cancel(c)) = Message::from_bytes(&delivery.data) {
+                    let key = (c.execution_id, c.node_id, c.attempt);
+                    if let Some(notify) = running.lock().ok().and_then(|r| r.get(&key).cloned()) {
+                        notify.notify_one();
+                    }
+                }
+                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+            },
+        }
+    };
+    drop(streams);
+    // Stop taking work; let in-flight attempts finish within the grace period. Whatever is still
+    // unacknowledged when the connection closes goes back to the queue.
+    for (channel, _) in &consumers {
+        let _ = channel.close(200, "draining".into()).await;
+    }
+    let all = u32::try_from(options.concurrency).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(options.grace, permits.acquire_many(all)).await;
+    broker.close().await;
+    outcome
+}
+
+async fn handle(broker: &Broker, options: &WorkerOptions, running: &Running, delivery: Delivery) {
+    let task = match Message::from_bytes(&delivery.data) {
+        Ok(Message::Task(task)) => task,
+        other => {
+            tracing::error!(problem = ?other.err(), "not a task message; dead-lettering it");
+            let _ = delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: false })
+                .await;
+            return;
+        }
+    };
+    let deliveries = delivery_count(&delivery.properties);
+    let result = execute(options, running, &task, deliveries).await;
+    let body = Message::Result(result).to_bytes();
+    let exchange = options.topology.results_exchange();
+    match broker
+        .publish(&exchange, Topology::RESULT_KEY, &body, &Default::default())
+        .await
+    {
+        Ok(()) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, execution_id = %task.execution_id, node_id = %task.node_id, attempt = task.attempt,
+                "result not confirmed; returning the task to the queue");
+            let _ = delivery
+                .acker
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+    }
+}
+
+/// Runs one attempt under its timeout and cancel signal.
+async fn execute(
+    options: &WorkerOptions,
+    running: &Running,
+    task: &TaskMessage,
+    deliveries: u32,
+) -> ResultMessage {
+    let key = (
+        task.execution_id.clone(),
+        task.node_id.clone(),
+        task.attempt,
+    );
+    let cancel = Arc::new(Notify::new());
+    if let Ok(mut r) = running.lock() {
+        r.insert(key.clone(), cancel.clone());
+    }
+    let started_at = now_text();
+    let clock = Instant::now();
+    let call = Call {
+        execution_id: task.execution_id.clone(),
+        node_id: task.node_id.clone(),
+        attempt: task.attempt,
+        clock: task.clock.clone(),
+        params: task.params.clone(),
+        input: task.input.clone(),
+    };
+    let timeout = Duration::from_millis(task.timeout_ms);
+    tracing::debug!(execution_id = %task.execution_id, node_id = %task.node_id, attempt = task.attempt, "running attempt");
+    // Dropping the agent's future (on timeout or cancel) stops it; a command's process is killed.
+    let outcome = tokio::select! {
+        result = options.registry.run(&task.agent_id, &call) => match result {
+            Ok(outputs) => Outcome::Succeeded { outputs: serde_json::Value::Object(outputs) },
+            Err(e) => Outcome::Failed { error: NodeError::new(&e.error_type, e.message), retryable: e.retryable },
+        },
+        () = tokio::time::sleep(timeout) => Outcome::Failed {
+            error: NodeError::new("timeout", format!("the attempt ran longer than {} ms", task.timeout_ms)),
+            retryable: true,
+        },
+        () = cancel.notified() => Outcome::Failed {
+            error: NodeError::new("cancelled", "the execution was cancelled"),
+            retryable: false,
+        },
+    };
+    if let Ok(mut r) = running.lock() {
+        r.remove(&key);
+    }
+    ResultMessage {
+        v: WIRE_VERSION,
+        execution_id: task.execution_id.clone(),
+        node_id: task.node_id.clone(),
+        attempt: task.attempt,
+        kind: task.kind,
+        worker_id: options.worker_id.clone(),
+        started_at,
+        completed_at: now_text(),
+        duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
+        deliveries,
+        outcome,
+    }
+}
+
+/// The wall clock as RFC 3339 UTC with microseconds (timing only; never in a content hash).
+pub fn now_text() -> String {
+    Utc::now().to_rfc3339_opts(SecondsFormat::Micros, true)
+}
