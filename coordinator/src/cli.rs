@@ -9,7 +9,11 @@ use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
 use serde_json::json;
+use shared::config::Settings;
 use shared::dag::{Dag, DagSpec, Limits, ValidationReport, compile};
+
+use crate::app::Coordinator;
+use crate::db::Db;
 
 /// Exit code for a valid DAG.
 pub const EXIT_VALID: u8 = 0;
@@ -31,6 +35,10 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Run the REST API, the scheduler, the outbox relay and the result consumer.
+    Serve,
+    /// Apply the database migrations and exit.
+    Migrate,
     /// Validate a JSON or YAML DAG file and print the report as JSON.
     Validate(FileArgs),
     /// Print the DAG's hash, topological levels and canonical order as JSON.
@@ -68,6 +76,8 @@ pub fn run(
     let (args, print): (&FileArgs, fn(&Dag) -> serde_json::Value) = match &cli.command {
         Command::Validate(a) => (a, |dag| json!(dag.report())),
         Command::Plan(a) => (a, plan_json),
+        Command::Serve => return run_async(serve(), err),
+        Command::Migrate => return run_async(migrate(), err),
     };
     let limits = Limits {
         max_nodes: args.max_dag_nodes as usize,
@@ -88,6 +98,73 @@ pub fn run(
         return EXIT_UNREADABLE;
     }
     code
+}
+
+/// Runs a service command on a fresh runtime; its error, if any, goes to `err` (exit 1).
+fn run_async(
+    command: impl std::future::Future<Output = Result<(), String>>,
+    err: &mut dyn Write,
+) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = writeln!(err, "error: cannot start the runtime: {e}");
+            return 1;
+        }
+    };
+    match runtime.block_on(command) {
+        Ok(()) => 0,
+        Err(message) => {
+            let _ = writeln!(err, "error: {message}");
+            1
+        }
+    }
+}
+
+fn settings() -> Result<Settings, String> {
+    let file = std::env::var("GL_ORCHESTRATOR_CONFIG_FILE").ok();
+    let text = file
+        .map(|f| {
+            std::fs::read_to_string(&f)
+                .map_err(|e| format!("GL_ORCHESTRATOR_CONFIG_FILE: {f}: {e}"))
+        })
+        .transpose()?;
+    Settings::load(std::env::vars(), text.as_deref()).map_err(|e| e.to_string())
+}
+
+async fn serve() -> Result<(), String> {
+    let settings = settings()?;
+    shared::telemetry::init_logging(&settings.log_level);
+    if settings.auth == shared::config::AuthMode::Enabled {
+        settings.check_auth().map_err(|e| e.to_string())?;
+    }
+    let name = format!("coordinator-{}-{}", hostname(), std::process::id());
+    let coordinator = Coordinator::start(settings, &name)
+        .await
+        .map_err(|e| e.to_string())?;
+    shared::telemetry::shutdown_signal().await;
+    tracing::info!("shutting down");
+    coordinator.shutdown().await;
+    Ok(())
+}
+
+async fn migrate() -> Result<(), String> {
+    let settings = settings()?;
+    shared::telemetry::init_logging(&settings.log_level);
+    let db = Db::connect(&settings).await.map_err(|e| e.to_string())?;
+    db.migrate().await.map_err(|e| e.to_string())?;
+    tracing::info!("migrations applied");
+    Ok(())
+}
+
+fn hostname() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "local".to_owned())
 }
 
 fn read_spec(path: &Path) -> Result<DagSpec, String> {

@@ -1,10 +1,22 @@
 //! # coordinator
 //!
-//! The coordinator validates and plans DAGs. Today it offers the offline commands
-//! (`validate`, `plan`); the REST API, the scheduler and `migrate` are added on top of the same
-//! library by the distributed-execution work.
+//! The coordinator validates and plans DAGs, stores them, and drives executions: it leases
+//! executions, runs their state machines, dispatches ready nodes through an outbox to RabbitMQ,
+//! and records every result with its checkpoint and provenance, all in PostgreSQL. Any number of
+//! replicas may run; any of them can serve any request.
 //!
-//! - [`cli`]: argument parsing and the offline commands, written against `Write` handles so that
-//!   tests run exactly what the binary runs.
+//! - [`cli`]: the command line (`serve`, `migrate`, `validate`, `plan`).
+//! - [`app`]: startup wiring; [`app::Coordinator::start`] is what `serve` and the tests run.
+//! - [`api`]: the REST API and its problem+json errors.
+//! - [`db`]: persistence; every SQL statement.
+//! - [`scheduler`]: leases and the per-execution driver.
+//! - [`relay`]: the outbox relay (confirmed publishing).
+//! - [`inbox`]: the result consumer.
 
+pub mod api;
+pub mod app;
 pub mod cli;
+pub mod db;
+pub mod inbox;
+pub mod relay;
+pub mod scheduler;

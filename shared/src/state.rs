@@ -218,6 +218,8 @@ pub struct Execution {
     ready: BinaryHeap<Reverse<u32>>,
     retries: BinaryHeap<Reverse<(u64, u32)>>,
     running: u32,
+    /// Operator cap on nodes in flight (`GL_ORCHESTRATOR_MAX_PARALLEL_NODES`), over the DAG's own.
+    parallel_cap: u32,
     unfinished_per_level: Vec<u32>,
     changed: BTreeSet<NodeIndex>,
 }
@@ -253,6 +255,7 @@ impl Execution {
             ready: BinaryHeap::new(),
             retries: BinaryHeap::new(),
             running: 0,
+            parallel_cap: u32::MAX,
             unfinished_per_level: vec![0; levels],
             changed: BTreeSet::new(),
         };
@@ -297,6 +300,11 @@ impl Execution {
                 self.settle(v);
             }
         }
+    }
+
+    /// Caps nodes in flight below the DAG's `max_parallel_nodes`.
+    pub fn set_parallel_cap(&mut self, cap: u32) {
+        self.parallel_cap = cap.max(1);
     }
 
     pub fn dag(&self) -> &Arc<Dag> {
@@ -607,7 +615,7 @@ impl Execution {
             self.retries.pop();
             self.ready.push(Reverse(p));
         }
-        let limit = self.dag.max_parallel_nodes();
+        let limit = self.dag.max_parallel_nodes().min(self.parallel_cap);
         while self.halt.is_none() && self.running < limit {
             let Some(&Reverse(p)) = self.ready.peek() else {
                 break;

@@ -1,0 +1,486 @@
+//! The REST API under `/api/v1/orchestrator` (the subset the execution engine needs so far).
+//!
+//! Every error is an RFC 9457 `application/problem+json` body with a stable `type`.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{Value, json};
+use shared::config::Settings;
+use shared::dag::{DagSpec, Limits, ValidationReport, compile};
+use shared::provenance;
+use uuid::Uuid;
+
+use crate::db::{Created, Db, DbError, NewExecution};
+
+/// What handlers share.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub db: Db,
+    pub settings: Arc<Settings>,
+}
+
+/// Tenant of every request until authentication assigns one.
+const TENANT: &str = "default";
+const SERVICE: &str = "greenlang-orchestrator";
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.max_body_bytes;
+    let api = Router::new()
+        .route("/health", get(health))
+        .route("/dags", post(create_dag))
+        .route("/dags/{dag_id}", get(get_dag))
+        .route("/dags/{dag_id}/execute", post(execute))
+        .route("/executions/{execution_id}", get(get_execution))
+        .route("/executions/{execution_id}/trace", get(trace))
+        .route("/executions/{execution_id}/cancel", post(cancel))
+        .route("/executions/{execution_id}/provenance", get(provenance_of))
+        .with_state(state);
+    Router::new()
+        .nest("/api/v1/orchestrator", api)
+        .layer(DefaultBodyLimit::max(limit))
+}
+
+/// An API error: a status, a stable problem type and a sentence.
+#[derive(Debug)]
+pub enum ApiError {
+    BadRequest(String),
+    UnsupportedMediaType,
+    Invalid(ValidationReport),
+    NotFound(String),
+    Conflict(String),
+    Unavailable(String),
+    Internal(String),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            ApiError::BadRequest(_) => (
+                StatusCode::BAD_REQUEST,
+                "bad-request",
+                "The request is malformed",
+            ),
+            ApiError::UnsupportedMediaType => (
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported-media-type",
+                "The body must be application/json",
+            ),
+            ApiError::Invalid(_) => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "validation-failed",
+                "The DAG is not valid",
+            ),
+            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "No such resource"),
+            ApiError::Conflict(_) => (
+                StatusCode::CONFLICT,
+                "conflict",
+                "The request conflicts with the current state",
+            ),
+            ApiError::Unavailable(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "service-unavailable",
+                "A dependency is unavailable",
+            ),
+            ApiError::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "internal",
+                "Internal error",
+            ),
+        }
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            e if e.is_unavailable() => ApiError::Unavailable("the database is unavailable".into()),
+            e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, slug, title) = self.parts();
+        let mut body = json!({
+            "type": format!("urn:greenlang:orchestrator:problem:{slug}"),
+            "title": title,
+            "status": status.as_u16(),
+        });
+        match self {
+            ApiError::Invalid(report) => {
+                body["detail"] = json!(format!("{} validation error(s)", report.error_count));
+                body["errors"] = json!(report.errors);
+                body["warnings"] = json!(report.warnings);
+            }
+            ApiError::Internal(cause) => {
+                // Log the cause once, here; the client gets a generic sentence.
+                tracing::error!(cause = %cause, "internal error");
+                body["detail"] = json!("the server could not complete the request");
+            }
+            ApiError::BadRequest(d)
+            | ApiError::NotFound(d)
+            | ApiError::Conflict(d)
+            | ApiError::Unavailable(d) => {
+                body["detail"] = json!(d);
+            }
+            ApiError::UnsupportedMediaType => {
+                body["detail"] = json!("send the body as application/json")
+            }
+        }
+        let mut response = (status, Json(body)).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("application/problem+json"),
+        );
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+        }
+        response
+    }
+}
+
+type ApiResult<T> = Result<T, ApiError>;
+
+fn json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    if !body.is_empty() && !content_type.starts_with("application/json") {
+        return Err(ApiError::UnsupportedMediaType);
+    }
+    String::from_utf8(body.to_vec())
+        .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))
+}
+
+fn parse_uuid(id: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no execution {id:?}")))
+}
+
+async fn health(State(state): State<AppState>) -> Json<Value> {
+    let database =
+        match tokio::time::timeout(std::time::Duration::from_millis(80), state.db.ping()).await {
+            Ok(Ok(())) => "ok",
+            _ => "unavailable",
+        };
+    let status = if database == "ok" {
+        "healthy"
+    } else {
+        "degraded"
+    };
+    Json(json!({
+        "status": status,
+        "service": SERVICE,
+        "version": env!("CARGO_PKG_VERSION"),
+        "checks": {"database": database, "queue": "unknown", "redis": "unknown"},
+    }))
+}
+
+fn dag_json(row: &crate::db::DagRow) -> Value {
+    let mut dag = row.definition.clone();
+    if let Some(obj) = dag.as_object_mut() {
+        obj.insert("dag_hash".into(), json!(row.dag_hash));
+        obj.insert("revision".into(), json!(row.revision));
+        obj.insert("created_at".into(), json!(row.created_at));
+        obj.insert("updated_at".into(), json!(row.updated_at));
+    }
+    dag
+}
+
+async fn create_dag(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let text = json_body(&headers, &body)?;
+    let spec = DagSpec::from_json(&text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let dag = compile(
+        spec,
+        &Limits {
+            max_nodes: state.settings.max_dag_nodes,
+        },
+    )
+    .map_err(ApiError::Invalid)?;
+    let row = state.db.insert_dag(TENANT, &dag).await?;
+    let body = json!({"dag": dag_json(&row), "message": "DAG created", "warnings": dag.warnings()});
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+async fn get_dag(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = state
+        .db
+        .get_dag(TENANT, &dag_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
+    Ok(Json(json!({"dag": dag_json(&row)})))
+}
+
+async fn execute(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    if !state.settings.accept_new_executions {
+        return Err(ApiError::Unavailable(
+            "new executions are switched off (GL_ORCHESTRATOR_ACCEPT_NEW_EXECUTIONS=false)".into(),
+        ));
+    }
+    let text = json_body(&headers, &body)?;
+    let request: Value = if text.trim().is_empty() {
+        json!({})
+    } else {
+        serde_json::from_str(&text)
+            .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?
+    };
+    let Some(fields) = request.as_object() else {
+        return Err(ApiError::BadRequest(
+            "the body must be a JSON object".into(),
+        ));
+    };
+    if let Some(unknown) = fields
+        .keys()
+        .find(|k| !matches!(k.as_str(), "input_data" | "execution_options"))
+    {
+        return Err(ApiError::BadRequest(format!("unknown field {unknown:?}")));
+    }
+    let input = fields
+        .get("input_data")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    if !input.is_object() {
+        return Err(ApiError::BadRequest(
+            "input_data must be a JSON object".into(),
+        ));
+    }
+    let options = fields
+        .get("execution_options")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
+    let priority = options
+        .get("priority")
+        .and_then(Value::as_i64)
+        .and_then(|p| i32::try_from(p).ok())
+        .unwrap_or(0);
+    let clock = match options.get("clock") {
+        Some(Value::String(c)) => chrono::DateTime::parse_from_rfc3339(c)
+            .map_err(|_| {
+                ApiError::BadRequest("execution_options.clock must be an RFC 3339 time".into())
+            })?
+            .with_timezone(&chrono::Utc)
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        Some(_) => {
+            return Err(ApiError::BadRequest(
+                "execution_options.clock must be a string".into(),
+            ));
+        }
+        None => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+    };
+    let row = state
+        .db
+        .get_dag(TENANT, &dag_id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
+    let spec =
+        DagSpec::from_value(row.definition).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let dag = compile(
+        spec,
+        &Limits {
+            max_nodes: usize::MAX,
+        },
+    )
+    .map_err(ApiError::Invalid)?;
+    let input_hash = provenance::hash_value(&input);
+    let key = headers
+        .get("idempotency-key")
+        .map(|v| v.to_str().map(str::to_owned));
+    let key = key
+        .transpose()
+        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    let request_hash = provenance::hash_value(
+        &json!({"dag_id": dag_id, "input_data": input, "execution_options": options}),
+    );
+    let created = state
+        .db
+        .create_execution(NewExecution {
+            tenant: TENANT,
+            dag_id: &dag_id,
+            dag: &dag,
+            input: &input,
+            input_hash: input_hash.as_str(),
+            options: &options,
+            priority,
+            clock: &clock,
+            idempotency: key.as_deref().map(|k| (k, request_hash.as_str())),
+        })
+        .await
+        .map_err(|e| match e {
+            DbError::Conflict(what) => ApiError::Conflict(what),
+            e => e.into(),
+        })?;
+    let (id, message) = match created {
+        Created::New(id) => (id, "Execution accepted"),
+        Created::Existing(id) => (id, "Execution already accepted for this Idempotency-Key"),
+    };
+    let body =
+        json!({"execution_id": id, "dag_id": dag_id, "status": "pending", "message": message});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+fn execution_json(e: &crate::db::ExecutionRow) -> Value {
+    json!({
+        "execution_id": e.execution_id,
+        "dag_id": e.dag_id,
+        "dag_hash": e.dag_hash,
+        "status": e.status,
+        "submitted_at": e.submitted_at,
+        "started_at": e.started_at,
+        "completed_at": e.completed_at,
+        "error": e.error,
+        "total_nodes": e.total_nodes,
+        "completed_nodes": e.completed_nodes,
+        "failed_nodes": e.failed_nodes,
+        "skipped_nodes": e.skipped_nodes,
+        "provenance_chain_hash": e.provenance_chain_hash,
+        "input_data": e.input_data,
+        "input_hash": e.input_hash,
+        "clock": e.clock,
+    })
+}
+
+async fn get_execution(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_uuid(&id)?;
+    let e = state
+        .db
+        .execution(TENANT, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    Ok(Json(json!({"execution": execution_json(&e)})))
+}
+
+async fn trace(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_uuid(&id)?;
+    let e = state
+        .db
+        .execution(TENANT, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let nodes: Vec<Value> = state
+        .db
+        .nodes(id)
+        .await?
+        .into_iter()
+        .map(|n| {
+            json!({
+                "node_id": n.node_id, "agent_id": n.agent_id, "status": n.status, "level_index": n.level_index,
+                "attempt_count": n.attempt, "input_hash": n.input_hash, "output_hash": n.output_hash,
+                "error_type": n.error_type, "error": n.error, "skip_reason": n.skip_reason,
+                "compensation": n.compensation, "started_at": n.started_at, "completed_at": n.completed_at,
+                "duration_ms": n.duration_ms, "worker_id": n.worker_id, "trace_id": n.trace_id,
+                "outputs": n.outputs,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({"execution_id": id, "status": e.status, "nodes": nodes}),
+    ))
+}
+
+async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_uuid(&id)?;
+    let e = state
+        .db
+        .execution(TENANT, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    if !state.db.request_cancel(TENANT, id).await? {
+        return Err(ApiError::Conflict(format!(
+            "execution {id} already finished as {}",
+            e.status
+        )));
+    }
+    let body = json!({"execution_id": id, "status": e.status, "message": "Execution cancellation requested"});
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn provenance_of(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let id = parse_uuid(&id)?;
+    let e = state
+        .db
+        .execution(TENANT, id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let definition = state
+        .db
+        .definition(&e.dag_hash)
+        .await?
+        .ok_or_else(|| ApiError::Internal("pinned definition missing".into()))?;
+    let spec =
+        DagSpec::from_value(definition).map_err(|err| ApiError::Internal(err.to_string()))?;
+    let dag = compile(
+        spec,
+        &Limits {
+            max_nodes: usize::MAX,
+        },
+    )
+    .map_err(|r| ApiError::Internal(format!("{:?}", r.errors)))?;
+    let records: Vec<provenance::Record> = state
+        .db
+        .records(id)
+        .await?
+        .into_iter()
+        .map(|(_, r)| r)
+        .collect();
+    let stored = e
+        .provenance_chain_hash
+        .as_deref()
+        .and_then(|h| shared::canonical::ContentHash::parse(h).ok());
+    let verdict = provenance::verify(
+        &dag,
+        &id.to_string(),
+        &e.input_data,
+        &records,
+        stored.as_ref(),
+    );
+    let nodes: Vec<Value> = records
+        .iter()
+        .zip(&verdict.nodes)
+        .map(|(r, v)| {
+            let mut node = serde_json::to_value(r).unwrap_or_default();
+            node["valid"] = json!(v.valid);
+            node["problems"] = json!(v.problems);
+            node["expected_parent_hashes"] = json!(v.expected_parent_hashes);
+            node
+        })
+        .collect();
+    Ok(Json(json!({
+        "execution_id": id,
+        "dag_hash": e.dag_hash,
+        "input_hash": e.input_hash,
+        "provenance_chain_hash": e.provenance_chain_hash,
+        "recomputed_chain_hash": verdict.recomputed_chain_hash,
+        "chain_valid": verdict.chain_valid && (e.provenance_chain_hash.is_some() || e.status != "completed"),
+        "problems": verdict.problems,
+        "node_count": records.len(),
+        "nodes": nodes,
+    })))
+}

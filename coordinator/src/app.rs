@@ -1,0 +1,123 @@
+//! Startup: builds every component of a coordinator from its settings and runs them until a
+//! shutdown signal. Tests use the same entry point with port 0.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use shared::amqp::Topology;
+use shared::config::Settings;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::api::{self, AppState};
+use crate::db::{Db, DbError};
+use crate::scheduler::{self, SchedulerOptions};
+use crate::{inbox, relay};
+
+/// A coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A running coordinator.
+#[derive(Debug)]
+pub struct Coordinator {
+    /// The address the API actually listens on (useful with port 0).
+    pub addr: SocketAddr,
+    pub name: String,
+    stop: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Coordinator {
+    /// Connects to PostgreSQL, binds the API and starts the scheduler, the outbox relay and the
+    /// result consumer. RabbitMQ is connected in the background (with retries), so the API
+    /// answers even while the broker is down.
+    pub async fn start(settings: Settings, name: &str) -> Result<Self, StartError> {
+        let db = Db::connect(&settings).await?;
+        let listener = tokio::net::TcpListener::bind(settings.http_addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                addr: settings.http_addr,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind {
+            addr: settings.http_addr,
+            source,
+        })?;
+        let (stop, stop_rx) = watch::channel(false);
+        let topology = Topology::new(&settings.queue_prefix, settings.delivery_limit);
+        let amqp = settings.amqp_url.expose().to_owned();
+        let options = SchedulerOptions {
+            owner: name.to_owned(),
+            lease_ttl: Duration::from_secs(u64::from(settings.lease_ttl_seconds)),
+            topology: topology.clone(),
+            parallel_cap: settings.max_parallel_nodes,
+            max_owned: settings.max_concurrent_executions as usize,
+        };
+        let state = AppState {
+            db: db.clone(),
+            settings: Arc::new(settings),
+        };
+        let app = api::router(state);
+        let mut http_stop = stop_rx.clone();
+        let tasks = vec![
+            tokio::spawn(scheduler::run(db.clone(), options, stop_rx.clone())),
+            tokio::spawn(relay::run(
+                db.clone(),
+                amqp.clone(),
+                topology.clone(),
+                name.to_owned(),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(inbox::run(
+                db.clone(),
+                amqp,
+                topology,
+                name.to_owned(),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(async move {
+                let shutdown = async move {
+                    let _ = http_stop.changed().await;
+                };
+                if let Err(e) = axum::serve(listener, app)
+                    .with_graceful_shutdown(shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "the HTTP server stopped");
+                }
+            }),
+        ];
+        tracing::info!(%addr, name, "coordinator started");
+        Ok(Self {
+            addr,
+            name: name.to_owned(),
+            stop,
+            tasks,
+        })
+    }
+
+    /// Stops accepting work, hands leases back and waits for every component.
+    pub async fn shutdown(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            let _ = task.await;
+        }
+    }
+
+    /// Stops every component at once without handing leases back (a crash, for tests).
+    pub fn abort(self) {
+        for task in &self.tasks {
+            task.abort();
+        }
+    }
+}

@@ -1,0 +1,933 @@
+//! Persistence: every SQL statement of the coordinator lives here.
+//!
+//! What is stored durably, and why: DAG definitions by content (`dag_definitions`) and by name
+//! (`dag_workflows`); each execution with its pinned `dag_hash`, input, lease and counters; the
+//! state of every node (`node_traces`); every attempt result received (`node_attempts`, which is
+//! also the inbox of the coordinator driving the execution); checkpoints; append-only provenance
+//! records; and the outbox of messages not yet confirmed by RabbitMQ. Nothing else: a
+//! coordinator's memory only caches what these tables say.
+//!
+//! Every state change of an execution goes through [`Db::commit_step`], which first performs a
+//! compare-and-set on the execution's lease (owner, epoch, not expired, by the database clock)
+//! and writes nothing when it fails.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use serde_json::Value;
+use shared::canonical::ContentHash;
+use shared::config::Settings;
+use shared::dag::Dag;
+use shared::messages::ResultMessage;
+use shared::provenance::Record;
+use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::{PgPool, Row};
+use uuid::Uuid;
+
+/// Migrations embedded from the workspace's `migrations/` folder.
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
+
+/// The database pool.
+#[derive(Debug, Clone)]
+pub struct Db {
+    pool: PgPool,
+}
+
+/// A database operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database: {0}")]
+    Sql(#[from] sqlx::Error),
+    #[error("migration: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("{0} already exists")]
+    Conflict(String),
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+impl DbError {
+    /// The pool had no free connection in time, or the server is unreachable.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            DbError::Sql(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
+        )
+    }
+}
+
+/// A stored DAG.
+#[derive(Debug, Clone)]
+pub struct DagRow {
+    pub dag_id: String,
+    pub dag_hash: String,
+    pub definition: Value,
+    pub revision: i64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// An execution row.
+#[derive(Debug, Clone)]
+pub struct ExecutionRow {
+    pub execution_id: Uuid,
+    pub dag_id: String,
+    pub dag_hash: String,
+    pub status: String,
+    pub halt: Option<String>,
+    pub input_data: Value,
+    pub input_hash: String,
+    pub clock: String,
+    pub cancel_requested: bool,
+    pub submitted_at: chrono::DateTime<chrono::Utc>,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub error: Option<String>,
+    pub provenance_chain_hash: Option<String>,
+    pub last_record_hash: Option<String>,
+    pub total_nodes: i32,
+    pub completed_nodes: i32,
+    pub failed_nodes: i32,
+    pub skipped_nodes: i32,
+    pub lease_owner: Option<String>,
+    pub lease_epoch: i64,
+}
+
+/// `SELECT <every execution column> FROM dag_executions <tail>`, as a literal (no dynamic SQL).
+macro_rules! select_execution {
+    ($tail:literal) => {
+        concat!(
+            "SELECT execution_id, dag_id, dag_hash, status, halt, input_data, input_hash, clock, cancel_requested, \
+             submitted_at, started_at, completed_at, error, provenance_chain_hash, last_record_hash, total_nodes, \
+             completed_nodes, failed_nodes, skipped_nodes, lease_owner, lease_epoch FROM dag_executions ",
+            $tail
+        )
+    };
+}
+
+fn execution_row(r: &PgRow) -> Result<ExecutionRow, sqlx::Error> {
+    Ok(ExecutionRow {
+        execution_id: r.try_get("execution_id")?,
+        dag_id: r.try_get("dag_id")?,
+        dag_hash: r.try_get("dag_hash")?,
+        status: r.try_get("status")?,
+        halt: r.try_get("halt")?,
+        input_data: r.try_get("input_data")?,
+        input_hash: r.try_get("input_hash")?,
+        clock: r.try_get("clock")?,
+        cancel_requested: r.try_get("cancel_requested")?,
+        submitted_at: r.try_get("submitted_at")?,
+        started_at: r.try_get("started_at")?,
+        completed_at: r.try_get("completed_at")?,
+        error: r.try_get("error")?,
+        provenance_chain_hash: r.try_get("provenance_chain_hash")?,
+        last_record_hash: r.try_get("last_record_hash")?,
+        total_nodes: r.try_get("total_nodes")?,
+        completed_nodes: r.try_get("completed_nodes")?,
+        failed_nodes: r.try_get("failed_nodes")?,
+        skipped_nodes: r.try_get("skipped_nodes")?,
+        lease_owner: r.try_get("lease_owner")?,
+        lease_epoch: r.try_get("lease_epoch")?,
+    })
+}
+
+/// A node's row, as traced.
+#[derive(Debug, Clone)]
+pub struct NodeRow {
+    pub node_id: String,
+    pub agent_id: String,
+    pub status: String,
+    pub attempt: i32,
+    pub level_index: i32,
+    pub retry_at_ms: Option<i64>,
+    pub skip_reason: Option<String>,
+    pub error_type: Option<String>,
+    pub error: Option<String>,
+    pub input_hash: Option<String>,
+    pub output_hash: Option<String>,
+    pub compensation: String,
+    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub duration_ms: Option<i64>,
+    pub worker_id: Option<String>,
+    pub trace_id: Option<String>,
+    /// From the checkpoint, when there is one.
+    pub outputs: Option<Value>,
+}
+
+/// One node's new state, written by a step.
+#[derive(Debug, Clone, Default)]
+pub struct NodeUpdate {
+    pub node_id: String,
+    pub status: String,
+    pub attempt: i32,
+    pub retry_at_ms: Option<i64>,
+    pub skip_reason: Option<String>,
+    pub error_type: Option<String>,
+    pub error: Option<String>,
+    pub compensation: String,
+    /// Set `started_at` to the database's now (the node was just dispatched).
+    pub dispatched: bool,
+    /// Timing reported by the worker, RFC 3339.
+    pub started_at: Option<String>,
+    pub completed_at: Option<String>,
+    pub duration_ms: Option<i64>,
+    pub worker_id: Option<String>,
+    pub input_hash: Option<String>,
+    pub output_hash: Option<String>,
+}
+
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct OutboxMessage {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+/// Everything one step of an execution writes, atomically.
+#[derive(Debug, Default)]
+pub struct StepWrite {
+    pub status: String,
+    pub halt: Option<String>,
+    pub finished: bool,
+    pub completed_nodes: i32,
+    pub failed_nodes: i32,
+    pub skipped_nodes: i32,
+    pub provenance_chain_hash: Option<String>,
+    pub last_record_hash: Option<String>,
+    pub error: Option<String>,
+    pub nodes: Vec<NodeUpdate>,
+    /// (node id, outputs, output hash, attempt count)
+    pub checkpoints: Vec<(String, Value, String, i32)>,
+    /// (sequence number, record)
+    pub records: Vec<(i32, Record)>,
+    pub outbox: Vec<OutboxMessage>,
+    /// Inbox entries consumed: (node id, attempt, kind).
+    pub processed: Vec<(String, i32, String)>,
+}
+
+/// The lease a coordinator holds on an execution.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Lease {
+    pub execution_id: Uuid,
+    pub epoch: i64,
+}
+
+/// An unsent outbox row.
+#[derive(Debug, Clone)]
+pub struct OutboxRow {
+    pub id: i64,
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+}
+
+/// What an execute request turned into.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Created {
+    New(Uuid),
+    /// The same idempotency key and body were seen before.
+    Existing(Uuid),
+}
+
+/// A new execution.
+#[derive(Debug)]
+pub struct NewExecution<'a> {
+    pub tenant: &'a str,
+    pub dag_id: &'a str,
+    pub dag: &'a Dag,
+    pub input: &'a Value,
+    pub input_hash: &'a str,
+    pub options: &'a Value,
+    pub priority: i32,
+    pub clock: &'a str,
+    /// (key, hash of the request body)
+    pub idempotency: Option<(&'a str, &'a str)>,
+}
+
+/// Notification channel: an attempt result arrived (payload: execution id).
+pub const INBOX_CHANNEL: &str = "gl_orchestrator_inbox";
+/// Notification channel: outbox rows were written.
+pub const OUTBOX_CHANNEL: &str = "gl_orchestrator_outbox";
+
+impl Db {
+    pub async fn connect(settings: &Settings) -> Result<Self, DbError> {
+        let pool = PgPoolOptions::new()
+            .max_connections(settings.db_max_connections())
+            .min_connections(0)
+            .acquire_timeout(Duration::from_secs(3))
+            .connect(settings.database_url.expose())
+            .await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &PgPool {
+        &self.pool
+    }
+
+    pub async fn migrate(&self) -> Result<(), DbError> {
+        MIGRATOR.run(&self.pool).await?;
+        Ok(())
+    }
+
+    pub async fn ping(&self) -> Result<(), DbError> {
+        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// Stores a new DAG; `Conflict` when the id is taken.
+    pub async fn insert_dag(&self, tenant: &str, dag: &Dag) -> Result<DagRow, DbError> {
+        let definition =
+            serde_json::to_value(dag.definition()).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO dag_definitions (dag_hash, definition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(dag.hash().as_str())
+            .bind(&definition)
+            .execute(&mut *tx)
+            .await?;
+        let spec = dag.definition();
+        let inserted = sqlx::query(
+            "INSERT INTO dag_workflows (tenant_id, dag_id, name, description, version, dag_hash, node_count)
+             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING
+             RETURNING revision, created_at, updated_at",
+        )
+        .bind(tenant)
+        .bind(dag.id().as_str())
+        .bind(&spec.name)
+        .bind(&spec.description)
+        .bind(&spec.version)
+        .bind(dag.hash().as_str())
+        .bind(i32::try_from(dag.len()).unwrap_or(i32::MAX))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = inserted else {
+            return Err(DbError::Conflict(format!("DAG {}", dag.id())));
+        };
+        tx.commit().await?;
+        Ok(DagRow {
+            dag_id: dag.id().to_string(),
+            dag_hash: dag.hash().to_string(),
+            definition,
+            revision: row.try_get("revision")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+        })
+    }
+
+    pub async fn get_dag(&self, tenant: &str, dag_id: &str) -> Result<Option<DagRow>, DbError> {
+        let row = sqlx::query(
+            "SELECT w.dag_id, w.dag_hash, d.definition, w.revision, w.created_at, w.updated_at
+             FROM dag_workflows w JOIN dag_definitions d USING (dag_hash)
+             WHERE w.tenant_id = $1 AND w.dag_id = $2",
+        )
+        .bind(tenant)
+        .bind(dag_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| {
+            Ok(DagRow {
+                dag_id: r.try_get("dag_id")?,
+                dag_hash: r.try_get("dag_hash")?,
+                definition: r.try_get("definition")?,
+                revision: r.try_get("revision")?,
+                created_at: r.try_get("created_at")?,
+                updated_at: r.try_get("updated_at")?,
+            })
+        })
+        .transpose()
+    }
+
+    /// A pinned definition by its hash.
+    pub async fn definition(&self, dag_hash: &str) -> Result<Option<Value>, DbError> {
+        Ok(
+            sqlx::query_scalar("SELECT definition FROM dag_definitions WHERE dag_hash = $1")
+                .bind(dag_hash)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Creates an execution and its node rows; with an idempotency key seen before, returns the
+    /// earlier execution (same body) or `Conflict` (another body).
+    pub async fn create_execution(&self, new: NewExecution<'_>) -> Result<Created, DbError> {
+        let mut tx = self.pool.begin().await?;
+        if let Some((key, request_hash)) = new.idempotency {
+            let seen: Option<(Uuid, Option<String>)> = sqlx::query_as(
+                "SELECT execution_id, request_hash FROM dag_executions WHERE tenant_id = $1 AND idempotency_key = $2",
+            )
+            .bind(new.tenant)
+            .bind(key)
+            .fetch_optional(&mut *tx)
+            .await?;
+            if let Some((id, hash)) = seen {
+                return match hash.as_deref() == Some(request_hash) {
+                    true => Ok(Created::Existing(id)),
+                    false => Err(DbError::Conflict(format!(
+                        "idempotency key {key:?} with another request"
+                    ))),
+                };
+            }
+        }
+        let id = Uuid::now_v7();
+        let dag = new.dag;
+        let inserted = sqlx::query(
+            "INSERT INTO dag_executions (execution_id, tenant_id, dag_id, dag_hash, input_data, input_hash, options,
+                                         priority, clock, idempotency_key, request_hash, total_nodes)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(id)
+        .bind(new.tenant)
+        .bind(new.dag_id)
+        .bind(dag.hash().as_str())
+        .bind(new.input)
+        .bind(new.input_hash)
+        .bind(new.options)
+        .bind(new.priority)
+        .bind(new.clock)
+        .bind(new.idempotency.map(|(k, _)| k))
+        .bind(new.idempotency.map(|(_, h)| h))
+        .bind(i32::try_from(dag.len()).unwrap_or(i32::MAX))
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            // A concurrent request with the same key won the race; ask again.
+            return Err(DbError::Conflict(
+                "idempotency key in use by a concurrent request".into(),
+            ));
+        }
+        let ids: Vec<String> = (0..dag.len() as u32)
+            .map(|v| dag.node_id(v).to_owned())
+            .collect();
+        let agents: Vec<String> = (0..dag.len() as u32)
+            .map(|v| dag.node_spec(v).agent_id.clone())
+            .collect();
+        let levels: Vec<i32> = dag
+            .nodes()
+            .iter()
+            .map(|n| i32::try_from(n.level).unwrap_or(i32::MAX))
+            .collect();
+        sqlx::query(
+            "INSERT INTO node_traces (execution_id, node_id, agent_id, level_index)
+             SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::int[])",
+        )
+        .bind(id)
+        .bind(&ids)
+        .bind(&agents)
+        .bind(&levels)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(Created::New(id))
+    }
+
+    pub async fn execution(&self, tenant: &str, id: Uuid) -> Result<Option<ExecutionRow>, DbError> {
+        let sql = select_execution!("WHERE tenant_id = $1 AND execution_id = $2");
+        let row = sqlx::query(sql)
+            .bind(tenant)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.as_ref().map(execution_row).transpose()?)
+    }
+
+    async fn execution_by_id(&self, id: Uuid) -> Result<Option<ExecutionRow>, DbError> {
+        let sql = select_execution!("WHERE execution_id = $1");
+        let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
+        Ok(row.as_ref().map(execution_row).transpose()?)
+    }
+
+    /// Node rows with their checkpointed outputs.
+    pub async fn nodes(&self, id: Uuid) -> Result<Vec<NodeRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT n.node_id, n.agent_id, n.status, n.attempt, n.level_index, n.retry_at_ms, n.skip_reason,
+                    n.error_type, n.error, n.input_hash, n.output_hash, n.compensation, n.started_at,
+                    n.completed_at, n.duration_ms, n.worker_id, n.trace_id, c.outputs
+             FROM node_traces n LEFT JOIN dag_checkpoints c USING (execution_id, node_id)
+             WHERE n.execution_id = $1 ORDER BY n.level_index, n.node_id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(NodeRow {
+                    node_id: r.try_get("node_id")?,
+                    agent_id: r.try_get("agent_id")?,
+                    status: r.try_get("status")?,
+                    attempt: r.try_get("attempt")?,
+                    level_index: r.try_get("level_index")?,
+                    retry_at_ms: r.try_get("retry_at_ms")?,
+                    skip_reason: r.try_get("skip_reason")?,
+                    error_type: r.try_get("error_type")?,
+                    error: r.try_get("error")?,
+                    input_hash: r.try_get("input_hash")?,
+                    output_hash: r.try_get("output_hash")?,
+                    compensation: r.try_get("compensation")?,
+                    started_at: r.try_get("started_at")?,
+                    completed_at: r.try_get("completed_at")?,
+                    duration_ms: r.try_get("duration_ms")?,
+                    worker_id: r.try_get("worker_id")?,
+                    trace_id: r.try_get("trace_id")?,
+                    outputs: r.try_get("outputs")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Provenance records of an execution, in commit order.
+    pub async fn records(&self, id: Uuid) -> Result<Vec<(i32, Record)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT seq, node_id, agent_id, input, outputs, input_hash, output_hash, parent_hashes, chain_hash,
+                    attempt_count, started_at, completed_at, duration_ms, worker_id, prev_record_hash, record_hash
+             FROM execution_provenance WHERE execution_id = $1 ORDER BY seq",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let hash = |r: &PgRow, c: &str| -> Result<ContentHash, DbError> {
+            let text: String = r.try_get(c)?;
+            ContentHash::parse(&text)
+                .map_err(|_| DbError::Corrupt(format!("{c} {text:?} is not a hash")))
+        };
+        rows.iter()
+            .map(|r| {
+                let parents: Value = r.try_get("parent_hashes")?;
+                let parent_hashes =
+                    serde_json::from_value(parents).map_err(|e| DbError::Corrupt(e.to_string()))?;
+                let record = Record {
+                    node_id: r.try_get("node_id")?,
+                    agent_id: r.try_get("agent_id")?,
+                    input: r.try_get("input")?,
+                    outputs: r.try_get("outputs")?,
+                    input_hash: hash(r, "input_hash")?,
+                    output_hash: hash(r, "output_hash")?,
+                    parent_hashes,
+                    chain_hash: hash(r, "chain_hash")?,
+                    timing: shared::provenance::Timing {
+                        attempt_count: u32::try_from(r.try_get::<i32, _>("attempt_count")?)
+                            .unwrap_or(0),
+                        started_at: r.try_get("started_at")?,
+                        completed_at: r.try_get("completed_at")?,
+                        duration_ms: u64::try_from(r.try_get::<i64, _>("duration_ms")?)
+                            .unwrap_or(0),
+                        worker_id: r.try_get("worker_id")?,
+                    },
+                    prev_record_hash: hash(r, "prev_record_hash")?,
+                    record_hash: hash(r, "record_hash")?,
+                };
+                Ok((r.try_get("seq")?, record))
+            })
+            .collect()
+    }
+
+    /// Takes over up to `limit` executions that no live lease holds, oldest (then highest
+    /// priority) first. Each claim bumps the lease epoch, fencing off the previous holder.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        ttl: Duration,
+        limit: i64,
+    ) -> Result<Vec<Lease>, DbError> {
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "UPDATE dag_executions e
+             SET lease_owner = $1, lease_epoch = e.lease_epoch + 1,
+                 lease_expires_at = now() + make_interval(secs => $2)
+             WHERE e.execution_id IN (
+                 SELECT execution_id FROM dag_executions
+                 WHERE status IN ('pending', 'queued', 'running')
+                   AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                 ORDER BY submitted_at, priority DESC
+                 LIMIT $3 FOR UPDATE SKIP LOCKED)
+             RETURNING e.execution_id, e.lease_epoch",
+        )
+        .bind(owner)
+        .bind(ttl.as_secs_f64())
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(execution_id, epoch)| Lease {
+                execution_id,
+                epoch,
+            })
+            .collect())
+    }
+
+    /// Extends the leases still held (same owner and epoch, not expired); returns those.
+    pub async fn renew(
+        &self,
+        owner: &str,
+        leases: &[Lease],
+        ttl: Duration,
+    ) -> Result<Vec<Lease>, DbError> {
+        let ids: Vec<Uuid> = leases.iter().map(|l| l.execution_id).collect();
+        let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
+        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
+            "UPDATE dag_executions e SET lease_expires_at = now() + make_interval(secs => $2)
+             FROM UNNEST($3::uuid[], $4::bigint[]) AS held(id, epoch)
+             WHERE e.execution_id = held.id AND e.lease_epoch = held.epoch AND e.lease_owner = $1
+               AND e.lease_expires_at > now()
+             RETURNING e.execution_id, e.lease_epoch",
+        )
+        .bind(owner)
+        .bind(ttl.as_secs_f64())
+        .bind(&ids)
+        .bind(&epochs)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(execution_id, epoch)| Lease {
+                execution_id,
+                epoch,
+            })
+            .collect())
+    }
+
+    /// Hands every lease of `owner` back (graceful shutdown), so another replica takes over at
+    /// once instead of after the lease expires.
+    pub async fn release_all(&self, owner: &str) -> Result<u64, DbError> {
+        let done = sqlx::query(
+            "UPDATE dag_executions SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
+        )
+        .bind(owner)
+        .execute(&self.pool)
+        .await?;
+        Ok(done.rows_affected())
+    }
+
+    /// The execution row behind a lease, if the lease is still ours.
+    pub async fn leased_execution(&self, lease: Lease) -> Result<Option<ExecutionRow>, DbError> {
+        Ok(self
+            .execution_by_id(lease.execution_id)
+            .await?
+            .filter(|e| e.lease_epoch == lease.epoch))
+    }
+
+    /// Unprocessed attempt results of an execution, in arrival order, and whether a cancel was
+    /// requested.
+    pub async fn inbox(&self, id: Uuid) -> Result<(Vec<ResultMessage>, bool), DbError> {
+        let results: Vec<Value> = sqlx::query_scalar(
+            "SELECT result FROM node_attempts WHERE execution_id = $1 AND processed_at IS NULL
+             ORDER BY received_at, node_id, attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let cancel: Option<bool> = sqlx::query_scalar(
+            "SELECT cancel_requested FROM dag_executions WHERE execution_id = $1",
+        )
+        .bind(id)
+        .fetch_optional(&self.pool)
+        .await?;
+        let messages = results
+            .into_iter()
+            .filter_map(|v| serde_json::from_value::<ResultMessage>(v).ok())
+            .collect();
+        Ok((messages, cancel.unwrap_or(false)))
+    }
+
+    /// Records attempt results (duplicates are ignored by the primary key) and wakes the
+    /// coordinators; results for unknown executions are dropped.
+    pub async fn record_results(&self, results: &[ResultMessage]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        for r in results {
+            let Ok(id) = Uuid::parse_str(&r.execution_id) else {
+                continue;
+            };
+            let kind = match r.kind {
+                shared::state::TaskKind::Run => "run",
+                shared::state::TaskKind::Compensate => "compensate",
+            };
+            let body = serde_json::to_value(r).map_err(|e| DbError::Corrupt(e.to_string()))?;
+            sqlx::query(
+                "INSERT INTO node_attempts (execution_id, node_id, attempt, kind, result)
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM dag_executions WHERE execution_id = $1)
+                 ON CONFLICT DO NOTHING",
+            )
+            .bind(id)
+            .bind(&r.node_id)
+            .bind(i32::try_from(r.attempt).unwrap_or(i32::MAX))
+            .bind(kind)
+            .bind(&body)
+            .execute(&mut *tx)
+            .await?;
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(INBOX_CHANNEL)
+                .bind(id.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Writes one step of an execution if `lease` is still held; returns false (and writes
+    /// nothing) when it is not.
+    pub async fn commit_step(
+        &self,
+        owner: &str,
+        lease: Lease,
+        step: &StepWrite,
+    ) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let held = sqlx::query(
+            "UPDATE dag_executions SET status = $4, halt = $5,
+                 started_at = CASE WHEN $4 <> 'pending' THEN COALESCE(started_at, now()) ELSE started_at END,
+                 completed_at = CASE WHEN $6 THEN now() ELSE completed_at END,
+                 completed_nodes = $7, failed_nodes = $8, skipped_nodes = $9,
+                 provenance_chain_hash = COALESCE($10, provenance_chain_hash),
+                 last_record_hash = COALESCE($11, last_record_hash),
+                 error = COALESCE($12, error), updated_at = now()
+             WHERE execution_id = $1 AND lease_owner = $2 AND lease_epoch = $3 AND lease_expires_at > now()",
+        )
+        .bind(lease.execution_id)
+        .bind(owner)
+        .bind(lease.epoch)
+        .bind(&step.status)
+        .bind(&step.halt)
+        .bind(step.finished)
+        .bind(step.completed_nodes)
+        .bind(step.failed_nodes)
+        .bind(step.skipped_nodes)
+        .bind(&step.provenance_chain_hash)
+        .bind(&step.last_record_hash)
+        .bind(&step.error)
+        .execute(&mut *tx)
+        .await?;
+        if held.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        let id = lease.execution_id;
+        if !step.nodes.is_empty() {
+            update_nodes(&mut tx, id, &step.nodes).await?;
+        }
+        for (node_id, outputs, hash, attempts) in &step.checkpoints {
+            sqlx::query(
+                "INSERT INTO dag_checkpoints (execution_id, node_id, status, outputs, output_hash, attempt_count)
+                 VALUES ($1, $2, 'completed', $3, $4, $5)
+                 ON CONFLICT (execution_id, node_id) DO UPDATE
+                 SET outputs = EXCLUDED.outputs, output_hash = EXCLUDED.output_hash,
+                     attempt_count = EXCLUDED.attempt_count, created_at = now()",
+            )
+            .bind(id)
+            .bind(node_id)
+            .bind(outputs)
+            .bind(hash)
+            .bind(attempts)
+            .execute(&mut *tx)
+            .await?;
+        }
+        for (seq, r) in &step.records {
+            insert_record(&mut tx, id, *seq, r).await?;
+        }
+        if !step.outbox.is_empty() {
+            let exchanges: Vec<&str> = step.outbox.iter().map(|m| m.exchange.as_str()).collect();
+            let keys: Vec<&str> = step.outbox.iter().map(|m| m.routing_key.as_str()).collect();
+            let bodies: Vec<&[u8]> = step.outbox.iter().map(|m| m.body.as_slice()).collect();
+            sqlx::query("INSERT INTO outbox (exchange, routing_key, body) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[])")
+                .bind(&exchanges)
+                .bind(&keys)
+                .bind(&bodies)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query("SELECT pg_notify($1, '')")
+                .bind(OUTBOX_CHANNEL)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if !step.processed.is_empty() {
+            let nodes: Vec<&str> = step.processed.iter().map(|p| p.0.as_str()).collect();
+            let attempts: Vec<i32> = step.processed.iter().map(|p| p.1).collect();
+            let kinds: Vec<&str> = step.processed.iter().map(|p| p.2.as_str()).collect();
+            sqlx::query(
+                "UPDATE node_attempts a SET processed_at = now()
+                 FROM UNNEST($2::text[], $3::int[], $4::text[]) AS p(node_id, attempt, kind)
+                 WHERE a.execution_id = $1 AND a.node_id = p.node_id AND a.attempt = p.attempt AND a.kind = p.kind",
+            )
+            .bind(id)
+            .bind(&nodes)
+            .bind(&attempts)
+            .bind(&kinds)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Marks an execution for cancellation and wakes its driver; false when it is already
+    /// finished or unknown.
+    pub async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let done = sqlx::query(
+            "UPDATE dag_executions SET cancel_requested = true, updated_at = now()
+             WHERE tenant_id = $1 AND execution_id = $2 AND status IN ('pending', 'queued', 'running')",
+        )
+        .bind(tenant)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(INBOX_CHANNEL)
+            .bind(id.to_string())
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// Claims up to `limit` unsent outbox rows for `claim` (a relay that dies leaves them to be
+    /// claimed again when the claim expires).
+    pub async fn claim_outbox(
+        &self,
+        limit: i64,
+        claim: Duration,
+    ) -> Result<Vec<OutboxRow>, DbError> {
+        let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
+            "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2)
+             WHERE id IN (SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < now()
+                          ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
+             RETURNING id, exchange, routing_key, body",
+        )
+        .bind(limit)
+        .bind(claim.as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        let mut rows: Vec<OutboxRow> = rows
+            .into_iter()
+            .map(|(id, exchange, routing_key, body)| OutboxRow {
+                id,
+                exchange,
+                routing_key,
+                body,
+            })
+            .collect();
+        rows.sort_by_key(|r| r.id);
+        Ok(rows)
+    }
+
+    /// Deletes outbox rows whose publish was confirmed.
+    pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), DbError> {
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
+            .bind(ids)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Ids of executions with unprocessed results among `ids` (the fallback when a
+    /// notification was missed).
+    pub async fn with_pending_inbox(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, DbError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT execution_id FROM node_attempts WHERE execution_id = ANY($1) AND processed_at IS NULL
+             UNION SELECT execution_id FROM dag_executions WHERE execution_id = ANY($1) AND cancel_requested
+                   AND status IN ('pending', 'queued', 'running') AND halt IS DISTINCT FROM 'cancel'",
+        )
+        .bind(ids)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// Per-status counts (for health and tests).
+    pub async fn status_counts(&self) -> Result<HashMap<String, i64>, DbError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM dag_executions GROUP BY status")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().collect())
+    }
+}
+
+async fn update_nodes(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    nodes: &[NodeUpdate],
+) -> Result<(), DbError> {
+    let col =
+        |f: fn(&NodeUpdate) -> Option<String>| nodes.iter().map(f).collect::<Vec<Option<String>>>();
+    let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
+    let statuses: Vec<&str> = nodes.iter().map(|n| n.status.as_str()).collect();
+    let attempts: Vec<i32> = nodes.iter().map(|n| n.attempt).collect();
+    let retry_at: Vec<Option<i64>> = nodes.iter().map(|n| n.retry_at_ms).collect();
+    let compensation: Vec<&str> = nodes.iter().map(|n| n.compensation.as_str()).collect();
+    let dispatched: Vec<bool> = nodes.iter().map(|n| n.dispatched).collect();
+    let durations: Vec<Option<i64>> = nodes.iter().map(|n| n.duration_ms).collect();
+    sqlx::query(
+        "UPDATE node_traces t SET status = u.status, attempt = u.attempt, retry_at_ms = u.retry_at_ms,
+             skip_reason = u.skip_reason, error_type = u.error_type, error = u.error, compensation = u.compensation,
+             started_at = CASE WHEN u.dispatched THEN now()
+                               ELSE COALESCE(u.started_at::timestamptz, t.started_at) END,
+             completed_at = CASE WHEN u.dispatched THEN NULL
+                                 ELSE COALESCE(u.completed_at::timestamptz, t.completed_at) END,
+             duration_ms = CASE WHEN u.dispatched THEN NULL ELSE COALESCE(u.duration_ms, t.duration_ms) END,
+             worker_id = COALESCE(u.worker_id, t.worker_id),
+             input_hash = COALESCE(u.input_hash, t.input_hash),
+             output_hash = COALESCE(u.output_hash, t.output_hash)
+         FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[],
+                     $10::bool[], $11::text[], $12::text[], $13::bigint[], $14::text[], $15::text[], $16::text[])
+              AS u(node_id, status, attempt, retry_at_ms, skip_reason, error_type, error, compensation,
+                   dispatched, started_at, completed_at, duration_ms, worker_id, input_hash, output_hash)
+         WHERE t.execution_id = $1 AND t.node_id = u.node_id",
+    )
+    .bind(id)
+    .bind(&ids)
+    .bind(&statuses)
+    .bind(&attempts)
+    .bind(&retry_at)
+    .bind(col(|n| n.skip_reason.clone()))
+    .bind(col(|n| n.error_type.clone()))
+    .bind(col(|n| n.error.clone()))
+    .bind(&compensation)
+    .bind(&dispatched)
+    .bind(col(|n| n.started_at.clone()))
+    .bind(col(|n| n.completed_at.clone()))
+    .bind(&durations)
+    .bind(col(|n| n.worker_id.clone()))
+    .bind(col(|n| n.input_hash.clone()))
+    .bind(col(|n| n.output_hash.clone()))
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}
+
+async fn insert_record(
+    tx: &mut sqlx::PgConnection,
+    id: Uuid,
+    seq: i32,
+    r: &Record,
+) -> Result<(), DbError> {
+    let parents =
+        serde_json::to_value(&r.parent_hashes).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    sqlx::query(
+        "INSERT INTO execution_provenance (execution_id, seq, node_id, agent_id, input, outputs, input_hash,
+             output_hash, parent_hashes, chain_hash, attempt_count, started_at, completed_at, duration_ms,
+             worker_id, prev_record_hash, record_hash)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)",
+    )
+    .bind(id)
+    .bind(seq)
+    .bind(&r.node_id)
+    .bind(&r.agent_id)
+    .bind(&r.input)
+    .bind(&r.outputs)
+    .bind(r.input_hash.as_str())
+    .bind(r.output_hash.as_str())
+    .bind(&parents)
+    .bind(r.chain_hash.as_str())
+    .bind(i32::try_from(r.timing.attempt_count).unwrap_or(i32::MAX))
+    .bind(&r.timing.started_at)
+    .bind(&r.timing.completed_at)
+    .bind(i64::try_from(r.timing.duration_ms).unwrap_or(i64::MAX))
+    .bind(&r.timing.worker_id)
+    .bind(r.prev_record_hash.as_str())
+    .bind(r.record_hash.as_str())
+    .execute(&mut *tx)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,162 @@
+//! The result consumer: moves attempt results from RabbitMQ into the `node_attempts` inbox.
+//!
+//! A result is acknowledged only after the transaction that records it commits; a duplicate
+//! hits the primary key and is dropped. Tasks dead-lettered after too many deliveries (a poison
+//! task that kills every worker) are recorded as failed attempts with error type `poison`.
+
+use std::time::Duration;
+
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
+use shared::amqp::{Broker, BrokerError, Topology, delivery_count};
+use shared::messages::{Message, ResultMessage, WIRE_VERSION};
+use shared::state::{NodeError, Outcome};
+use tokio::sync::watch;
+
+use crate::db::Db;
+
+const BATCH: usize = 256;
+
+/// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
+pub async fn run(
+    db: Db,
+    amqp_url: String,
+    topology: Topology,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(100);
+    while !*stop.borrow() {
+        match session(&db, &amqp_url, &topology, &name, &mut stop).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "result consumer lost RabbitMQ; reconnecting"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(
+    db: &Db,
+    url: &str,
+    topology: &Topology,
+    name: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), BrokerError> {
+    let broker = Broker::connect(url, &format!("{name}-inbox"), topology.clone()).await?;
+    let (_results_channel, mut results) = broker
+        .consume(&topology.results_queue(), &format!("{name}-results"), 512)
+        .await?;
+    let (_dead_channel, mut dead) = broker
+        .consume(&topology.dead_queue(), &format!("{name}-dead"), 16)
+        .await?;
+    loop {
+        tokio::select! {
+            _ = stop.changed() => {
+                broker.close().await;
+                return Ok(());
+            }
+            first = results.next() => {
+                let Some(first) = first else { return Err(closed()) };
+                let mut batch = vec![first?];
+                while batch.len() < BATCH {
+                    match results.next().now_or_never() {
+                        Some(Some(d)) => batch.push(d?),
+                        _ => break,
+                    }
+                }
+                record(db, batch, decode_result).await;
+            }
+            poisoned = dead.next() => {
+                let Some(poisoned) = poisoned else { return Err(closed()) };
+                record(db, vec![poisoned?], poison_result).await;
+            }
+        }
+    }
+}
+
+fn closed() -> BrokerError {
+    BrokerError::Amqp(lapin::Error::from(
+        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
+    ))
+}
+
+/// Records a batch; acknowledges after commit, or returns everything to the queue on failure.
+async fn record(
+    db: &Db,
+    deliveries: Vec<Delivery>,
+    decode: fn(&Delivery) -> Option<ResultMessage>,
+) {
+    let mut good = Vec::with_capacity(deliveries.len());
+    let mut messages = Vec::with_capacity(deliveries.len());
+    for d in deliveries {
+        match decode(&d) {
+            Some(m) => {
+                messages.push(m);
+                good.push(d);
+            }
+            None => {
+                tracing::error!(size = d.data.len(), "undecodable result message dropped");
+                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+            }
+        }
+    }
+    match db.record_results(&messages).await {
+        Ok(()) => {
+            for d in good {
+                let _ = d.acker.ack(BasicAckOptions::default()).await;
+            }
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, results = messages.len(), "recording results failed; they go back to the queue");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            for d in good {
+                let _ = d
+                    .acker
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+            }
+        }
+    }
+}
+
+fn decode_result(d: &Delivery) -> Option<ResultMessage> {
+    match Message::from_bytes(&d.data) {
+        Ok(Message::Result(r)) => Some(r),
+        _ => None,
+    }
+}
+
+/// A dead-lettered task becomes a failed attempt of type `poison`, never retried.
+fn poison_result(d: &Delivery) -> Option<ResultMessage> {
+    let Ok(Message::Task(task)) = Message::from_bytes(&d.data) else {
+        return None;
+    };
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+    Some(ResultMessage {
+        v: WIRE_VERSION,
+        execution_id: task.execution_id,
+        node_id: task.node_id,
+        attempt: task.attempt,
+        kind: task.kind,
+        worker_id: "dead-letter".to_owned(),
+        started_at: now.clone(),
+        completed_at: now,
+        duration_ms: 0,
+        deliveries: delivery_count(&d.properties),
+        outcome: Outcome::Failed {
+            error: NodeError::new(
+                "poison",
+                "the task crashed or stalled every worker it was delivered to",
+            ),
+            retryable: false,
+        },
+    })
+}

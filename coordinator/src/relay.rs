@@ -1,0 +1,131 @@
+//! The outbox relay: publishes committed messages with publisher confirms, then deletes them.
+//!
+//! Rows are claimed for a short time (`claimed_until`), published with `mandatory` and confirms,
+//! and deleted only after every confirm arrived; no database connection is held while waiting
+//! on RabbitMQ. A relay that dies mid-batch leaves its claim to expire, and the rows are sent
+//! again: consumers treat duplicates as harmless. Any number of replicas may relay at once.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use shared::amqp::{Broker, BrokerError, Topology};
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+
+use crate::db::{self, Db};
+
+const BATCH: i64 = 500;
+const CLAIM: Duration = Duration::from_secs(30);
+
+/// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
+pub async fn run(
+    db: Db,
+    amqp_url: String,
+    topology: Topology,
+    name: String,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(100);
+    while !*stop.borrow() {
+        match session(&db, &amqp_url, &topology, &name, &mut stop).await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "outbox relay lost RabbitMQ; reconnecting"),
+        }
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(delay) => {}
+        }
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+async fn session(
+    db: &Db,
+    url: &str,
+    topology: &Topology,
+    name: &str,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), BrokerError> {
+    let broker = Broker::connect(url, &format!("{name}-relay"), topology.clone()).await?;
+    let mut pools: HashSet<String> = HashSet::new();
+    let mut listener = None;
+    loop {
+        if *stop.borrow() {
+            broker.close().await;
+            return Ok(());
+        }
+        if listener.is_none() {
+            listener = listen(db).await;
+        }
+        let rows = match db.claim_outbox(BATCH, CLAIM).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming outbox rows failed");
+                Vec::new()
+            }
+        };
+        if rows.is_empty() {
+            wait(&mut listener, stop).await;
+            continue;
+        }
+        // A task for a pool no worker has declared yet would be unroutable: declare it first.
+        for row in rows
+            .iter()
+            .filter(|r| r.exchange == topology.tasks_exchange())
+        {
+            if pools.insert(row.routing_key.clone()) {
+                broker.declare_pool(&row.routing_key).await?;
+            }
+        }
+        let batch: Vec<_> = rows
+            .iter()
+            .map(|r| {
+                (
+                    r.exchange.clone(),
+                    r.routing_key.clone(),
+                    r.body.clone(),
+                    Default::default(),
+                )
+            })
+            .collect();
+        broker.publish_batch(&batch).await?;
+        let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
+        if let Err(e) = db.delete_outbox(&ids).await {
+            // The messages went out; they will go out again when the claim expires (harmless).
+            tracing::warn!(error = %e, "deleting sent outbox rows failed");
+        }
+    }
+}
+
+async fn listen(db: &Db) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(db.pool()).await.ok()?;
+    listener.listen(db::OUTBOX_CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+/// Waits for a notification, a stop, or a short poll interval; drains queued notifications.
+async fn wait(listener: &mut Option<PgListener>, stop: &mut watch::Receiver<bool>) {
+    let poll = tokio::time::sleep(Duration::from_millis(500));
+    match listener.as_mut() {
+        Some(l) => {
+            tokio::select! {
+                note = l.recv() => {
+                    if note.is_err() {
+                        *listener = None;
+                    } else if let Some(l) = listener.as_mut() {
+                        while let Some(Ok(_)) = l.recv().now_or_never() {}
+                    }
+                }
+                _ = stop.changed() => {}
+                () = poll => {}
+            }
+        }
+        None => {
+            tokio::select! {
+                _ = stop.changed() => {}
+                () = poll => {}
+            }
+        }
+    }
+}

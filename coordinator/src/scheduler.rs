@@ -1,0 +1,618 @@
+//! The scheduler: leases executions and drives each one's state machine against the database.
+//!
+//! Each coordinator replica runs one scheduler. It claims executions no live lease holds
+//! (`FOR UPDATE SKIP LOCKED`, bumping the lease epoch), keeps their state machines in memory as a
+//! cache of what the database says, and advances them when results arrive (notification on
+//! [`db::INBOX_CHANNEL`], with a polling fallback), when a retry falls due, or when a cancel is
+//! requested. Every step is written by [`Db::commit_step`], fenced by the lease epoch: a replica
+//! that lost its lease (paused, partitioned) writes nothing and forgets the execution.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use shared::amqp::Topology;
+use shared::canonical::ContentHash;
+use shared::dag::{Dag, DagSpec, Limits, NodeIndex, compile};
+use shared::messages::{CancelMessage, Message, ResultMessage, TaskMessage, WIRE_VERSION};
+use shared::provenance::{self, Timing};
+use shared::state::{
+    Compensation, Effect, Execution, ExecutionStatus, Halt, NodeError, NodeState, NodeStatus,
+    Snapshot, TaskKind,
+};
+use sqlx::postgres::PgListener;
+use tokio::sync::watch;
+use uuid::Uuid;
+
+use crate::db::{self, Db, DbError, ExecutionRow, Lease, NodeUpdate, OutboxMessage, StepWrite};
+
+/// How a scheduler is set up.
+#[derive(Debug, Clone)]
+pub struct SchedulerOptions {
+    /// This replica's name, written as the lease owner.
+    pub owner: String,
+    pub lease_ttl: Duration,
+    pub topology: Topology,
+    /// `GL_ORCHESTRATOR_MAX_PARALLEL_NODES`: cap on any execution's nodes in flight.
+    pub parallel_cap: u32,
+    /// Most executions one replica drives at once.
+    pub max_owned: usize,
+}
+
+/// An execution this replica holds the lease of.
+struct Owned {
+    lease: Lease,
+    exec: Execution,
+    clock: String,
+    input_hash: ContentHash,
+    /// Chain hash of each completed node, by node id.
+    chain: HashMap<String, ContentHash>,
+    last_record: ContentHash,
+    seq: i32,
+}
+
+/// Runs until `stop` turns true, then hands its leases back.
+pub async fn run(db: Db, options: SchedulerOptions, mut stop: watch::Receiver<bool>) {
+    let mut scheduler = Scheduler {
+        db: db.clone(),
+        options,
+        owned: HashMap::new(),
+        dags: HashMap::new(),
+    };
+    let mut listener = None;
+    let mut claim = tokio::time::interval(Duration::from_millis(250));
+    let mut renew = tokio::time::interval(scheduler.options.lease_ttl / 3);
+    let mut poll = tokio::time::interval(Duration::from_secs(1));
+    for timer in [&mut claim, &mut renew, &mut poll] {
+        timer.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    }
+    loop {
+        if listener.is_none() {
+            listener = listen(&db).await;
+        }
+        let wake = scheduler.next_wake();
+        tokio::select! {
+            _ = stop.changed() => break,
+            note = next_notification(&mut listener) => match note {
+                Some(id) => scheduler.step_if_owned(id).await,
+                None => {
+                    listener = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+            },
+            _ = claim.tick() => scheduler.claim().await,
+            _ = renew.tick() => scheduler.renew().await,
+            _ = poll.tick() => scheduler.poll().await,
+            () = sleep_until_ms(wake) => scheduler.wake_due().await,
+        }
+    }
+    match db.release_all(&scheduler.options.owner).await {
+        Ok(n) => {
+            tracing::info!(owner = %scheduler.options.owner, released = n, "leases handed back")
+        }
+        Err(e) => tracing::warn!(error = %e, "could not hand leases back; they will expire"),
+    }
+}
+
+async fn listen(db: &Db) -> Option<PgListener> {
+    let mut listener = PgListener::connect_with(db.pool()).await.ok()?;
+    listener.listen(db::INBOX_CHANNEL).await.ok()?;
+    Some(listener)
+}
+
+/// The next execution id notified; `None` when the listener broke.
+async fn next_notification(listener: &mut Option<PgListener>) -> Option<Uuid> {
+    let Some(l) = listener.as_mut() else {
+        return std::future::pending().await;
+    };
+    loop {
+        match l.recv().await {
+            Ok(n) => {
+                if let Ok(id) = Uuid::parse_str(n.payload()) {
+                    return Some(id);
+                }
+            }
+            Err(_) => return None,
+        }
+    }
+}
+
+async fn sleep_until_ms(wake: Option<u64>) {
+    match wake {
+        Some(at) => tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()))).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Milliseconds since the Unix epoch on this machine (retry timing only).
+fn now_ms() -> u64 {
+    let since = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
+}
+
+struct Scheduler {
+    db: Db,
+    options: SchedulerOptions,
+    owned: HashMap<Uuid, Owned>,
+    /// Compiled pinned definitions, by `dag_hash` (immutable, so safe to cache).
+    dags: HashMap<String, Arc<Dag>>,
+}
+
+impl Scheduler {
+    fn next_wake(&self) -> Option<u64> {
+        self.owned
+            .values()
+            .filter_map(|o| o.exec.next_wake_ms())
+            .min()
+    }
+
+    async fn claim(&mut self) {
+        let room = self.options.max_owned.saturating_sub(self.owned.len());
+        if room == 0 {
+            return;
+        }
+        let leases = match self
+            .db
+            .claim(&self.options.owner, self.options.lease_ttl, room as i64)
+            .await
+        {
+            Ok(leases) => leases,
+            Err(e) => return tracing::warn!(error = %e, "claiming executions failed"),
+        };
+        for lease in leases {
+            match self.load(lease).await {
+                Ok(owned) => {
+                    tracing::info!(execution_id = %lease.execution_id, epoch = lease.epoch, "execution leased");
+                    self.owned.insert(lease.execution_id, owned);
+                    self.step(lease.execution_id).await;
+                }
+                Err(e) => {
+                    tracing::error!(execution_id = %lease.execution_id, error = %e, "cannot load execution")
+                }
+            }
+        }
+    }
+
+    async fn renew(&mut self) {
+        if self.owned.is_empty() {
+            return;
+        }
+        let leases: Vec<Lease> = self.owned.values().map(|o| o.lease).collect();
+        match self
+            .db
+            .renew(&self.options.owner, &leases, self.options.lease_ttl)
+            .await
+        {
+            Ok(held) => {
+                let held: HashSet<Uuid> = held.iter().map(|l| l.execution_id).collect();
+                self.owned.retain(|id, _| {
+                    let keep = held.contains(id);
+                    if !keep {
+                        tracing::warn!(execution_id = %id, "lease lost; forgetting the execution");
+                    }
+                    keep
+                });
+            }
+            Err(e) => tracing::warn!(error = %e, "renewing leases failed"),
+        }
+    }
+
+    async fn poll(&mut self) {
+        let ids: Vec<Uuid> = self.owned.keys().copied().collect();
+        if ids.is_empty() {
+            return;
+        }
+        match self.db.with_pending_inbox(&ids).await {
+            Ok(ready) => {
+                for id in ready {
+                    self.step(id).await;
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "polling the inbox failed"),
+        }
+    }
+
+    async fn wake_due(&mut self) {
+        let now = now_ms();
+        let due: Vec<Uuid> = self
+            .owned
+            .iter()
+            .filter(|(_, o)| o.exec.next_wake_ms().is_some_and(|at| at <= now))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in due {
+            self.step(id).await;
+        }
+    }
+
+    async fn step_if_owned(&mut self, id: Uuid) {
+        if self.owned.contains_key(&id) {
+            self.step(id).await;
+        }
+    }
+
+    async fn load(&mut self, lease: Lease) -> Result<Owned, DbError> {
+        let row =
+            self.db.leased_execution(lease).await?.ok_or_else(|| {
+                DbError::Corrupt("the execution vanished or changed hands".into())
+            })?;
+        let dag = self.dag(&row.dag_hash).await?;
+        let rows = self.db.nodes(lease.execution_id).await?;
+        let records = self.db.records(lease.execution_id).await?;
+        let snapshot = snapshot(&dag, &row, rows)?;
+        let mut exec = Execution::restore(
+            dag,
+            &row.execution_id.to_string(),
+            row.input_data.clone(),
+            snapshot,
+        );
+        exec.set_parallel_cap(self.options.parallel_cap);
+        let chain = records
+            .iter()
+            .map(|(_, r)| (r.node_id.clone(), r.chain_hash.clone()))
+            .collect();
+        let last_record = records
+            .last()
+            .map(|(_, r)| r.record_hash.clone())
+            .unwrap_or_else(|| provenance::genesis_record_hash(&row.execution_id.to_string()));
+        let input_hash = ContentHash::parse(&row.input_hash)
+            .map_err(|_| DbError::Corrupt("bad input_hash".into()))?;
+        Ok(Owned {
+            lease,
+            exec,
+            clock: row.clock,
+            input_hash,
+            chain,
+            last_record,
+            seq: records.last().map_or(0, |(s, _)| *s),
+        })
+    }
+
+    async fn dag(&mut self, hash: &str) -> Result<Arc<Dag>, DbError> {
+        if let Some(dag) = self.dags.get(hash) {
+            return Ok(dag.clone());
+        }
+        let definition = self
+            .db
+            .definition(hash)
+            .await?
+            .ok_or_else(|| DbError::Corrupt(format!("definition {hash} missing")))?;
+        let spec = DagSpec::from_value(definition).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let dag = compile(
+            spec,
+            &Limits {
+                max_nodes: usize::MAX,
+            },
+        )
+        .map_err(|r| {
+            DbError::Corrupt(format!(
+                "pinned definition {hash} no longer compiles: {:?}",
+                r.errors
+            ))
+        })?;
+        if dag.hash().as_str() != hash {
+            return Err(DbError::Corrupt(format!(
+                "definition {hash} hashes to {}",
+                dag.hash()
+            )));
+        }
+        let dag = Arc::new(dag);
+        self.dags.insert(hash.to_owned(), dag.clone());
+        Ok(dag)
+    }
+
+    /// Applies what happened to one execution and writes it, fenced by the lease.
+    async fn step(&mut self, id: Uuid) {
+        let (results, cancel) = match self.db.inbox(id).await {
+            Ok(inbox) => inbox,
+            Err(e) => {
+                return tracing::warn!(execution_id = %id, error = %e, "reading the inbox failed");
+            }
+        };
+        let Some(owned) = self.owned.get_mut(&id) else {
+            return;
+        };
+        let (write, finished) = advance(owned, results, cancel, &self.options.topology);
+        let Some(write) = write else { return };
+        let lease = owned.lease;
+        match self
+            .db
+            .commit_step(&self.options.owner, lease, &write)
+            .await
+        {
+            Ok(true) if finished => {
+                tracing::info!(execution_id = %id, status = %write.status, "execution finished");
+                self.owned.remove(&id);
+            }
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::warn!(execution_id = %id, "lease lost before the step was written; forgetting the execution");
+                self.owned.remove(&id);
+            }
+            Err(e) => {
+                // The in-memory state ran ahead of the database: rebuild it from what was committed.
+                tracing::warn!(execution_id = %id, error = %e, "writing a step failed; reloading the execution");
+                self.owned.remove(&id);
+                if let Ok(owned) = self.load(lease).await {
+                    self.owned.insert(id, owned);
+                }
+            }
+        }
+    }
+}
+
+/// Applies inbox results, a cancel request and due retries; returns what to write (none when
+/// nothing changed) and whether the execution finished.
+fn advance(
+    owned: &mut Owned,
+    results: Vec<ResultMessage>,
+    cancel: bool,
+    topology: &Topology,
+) -> (Option<StepWrite>, bool) {
+    let now = now_ms();
+    let dag = owned.exec.dag().clone();
+    let started = matches!(
+        owned.exec.status(),
+        ExecutionStatus::Pending | ExecutionStatus::Queued
+    );
+    let mut effects = if started {
+        owned.exec.start(now)
+    } else {
+        Vec::new()
+    };
+    let mut timing: HashMap<NodeIndex, ResultMessage> = HashMap::new();
+    let mut processed = Vec::with_capacity(results.len());
+    for r in results {
+        processed.push((
+            r.node_id.clone(),
+            i32::try_from(r.attempt).unwrap_or(i32::MAX),
+            text(&r.kind),
+        ));
+        let Some(v) = dag.index_of(&r.node_id) else {
+            continue;
+        };
+        let applied = match r.kind {
+            TaskKind::Run => owned.exec.record(v, r.attempt, r.outcome.clone(), now),
+            TaskKind::Compensate => owned.exec.record_compensation(v, r.outcome.clone(), now),
+        };
+        if let Ok(fx) = applied {
+            effects.extend(fx);
+            if r.kind == TaskKind::Run {
+                timing.insert(v, r);
+            }
+        }
+    }
+    if cancel && owned.exec.halt() != Some(Halt::Cancel) && !owned.exec.status().is_terminal() {
+        effects.extend(owned.exec.cancel(now));
+    }
+    effects.extend(owned.exec.tick(now));
+    let changed = owned.exec.take_changed();
+    if !started && changed.is_empty() && effects.is_empty() && processed.is_empty() {
+        return (None, false);
+    }
+    let mut write = StepWrite {
+        processed,
+        ..StepWrite::default()
+    };
+    let mut dispatched = HashSet::new();
+    let execution_id = owned.lease.execution_id.to_string();
+    for effect in &effects {
+        match effect {
+            Effect::Dispatch(task) => {
+                if task.kind == TaskKind::Run {
+                    dispatched.insert(task.node);
+                }
+                let message = Message::Task(TaskMessage {
+                    v: WIRE_VERSION,
+                    execution_id: execution_id.clone(),
+                    node_id: dag.node_id(task.node).to_owned(),
+                    attempt: task.attempt,
+                    kind: task.kind,
+                    agent_id: task.agent_id.clone(),
+                    params: dag.node_spec(task.node).params.clone(),
+                    input: task.input.clone(),
+                    timeout_ms: task.timeout_ms,
+                    clock: owned.clock.clone(),
+                });
+                write.outbox.push(OutboxMessage {
+                    exchange: topology.tasks_exchange(),
+                    routing_key: dag.queue(task.node).to_owned(),
+                    body: message.to_bytes(),
+                });
+            }
+            Effect::CancelRunning { node, attempt } => {
+                let message = Message::Cancel(CancelMessage {
+                    v: WIRE_VERSION,
+                    execution_id: execution_id.clone(),
+                    node_id: dag.node_id(*node).to_owned(),
+                    attempt: *attempt,
+                });
+                write.outbox.push(OutboxMessage {
+                    exchange: topology.cancel_exchange(),
+                    routing_key: String::new(),
+                    body: message.to_bytes(),
+                });
+            }
+            Effect::Finished(_) => write.finished = true,
+        }
+    }
+    for v in changed {
+        write.nodes.push(node_update(
+            owned,
+            &dag,
+            v,
+            dispatched.contains(&v),
+            timing.get(&v),
+            &mut write.checkpoints,
+            &mut write.records,
+        ));
+    }
+    let exec = &owned.exec;
+    let count = |s: NodeStatus| {
+        (0..dag.len() as NodeIndex)
+            .filter(|&v| exec.node_state(v).status == s)
+            .count() as i32
+    };
+    write.completed_nodes = count(NodeStatus::Completed);
+    write.failed_nodes = count(NodeStatus::Failed);
+    write.skipped_nodes = count(NodeStatus::Skipped);
+    write.status = text(&exec.status());
+    write.halt = exec.halt().map(|h| text(&h));
+    if !write.records.is_empty() {
+        write.last_record_hash = Some(owned.last_record.to_string());
+    }
+    if write.finished {
+        let in_order: Vec<ContentHash> = dag
+            .order()
+            .iter()
+            .filter_map(|&v| owned.chain.get(dag.node_id(v)).cloned())
+            .collect();
+        write.provenance_chain_hash = Some(
+            provenance::execution_chain_hash(dag.hash(), &owned.input_hash, &in_order).to_string(),
+        );
+        write.error = failure_summary(exec, &dag);
+    }
+    (Some(write), exec.status().is_terminal())
+}
+
+/// The row update of one changed node; a node that just completed also gets its checkpoint and
+/// provenance record.
+fn node_update(
+    owned: &mut Owned,
+    dag: &Dag,
+    v: NodeIndex,
+    dispatched: bool,
+    result: Option<&ResultMessage>,
+    checkpoints: &mut Vec<(String, serde_json::Value, String, i32)>,
+    records: &mut Vec<(i32, provenance::Record)>,
+) -> NodeUpdate {
+    let state = owned.exec.node_state(v).clone();
+    let node_id = dag.node_id(v).to_owned();
+    let mut update = NodeUpdate {
+        node_id: node_id.clone(),
+        status: text(&state.status),
+        attempt: i32::try_from(state.attempt).unwrap_or(i32::MAX),
+        retry_at_ms: state.retry_at_ms.and_then(|t| i64::try_from(t).ok()),
+        skip_reason: state.skip_reason.map(|s| text(&s)),
+        error_type: state.error.as_ref().map(|e| e.error_type.clone()),
+        error: state.error.as_ref().map(|e| e.message.clone()),
+        compensation: text(&state.compensation),
+        dispatched,
+        ..NodeUpdate::default()
+    };
+    if let Some(r) = result {
+        update.started_at = Some(r.started_at.clone());
+        update.completed_at = Some(r.completed_at.clone());
+        update.duration_ms = i64::try_from(r.duration_ms).ok();
+        update.worker_id = Some(r.worker_id.clone());
+    }
+    if let (NodeStatus::Completed, Some(outputs), Some(r)) =
+        (state.status, state.outputs.clone(), result)
+    {
+        let input = owned.exec.node_input(v);
+        let parents: Vec<ContentHash> = dag
+            .node(v)
+            .deps
+            .iter()
+            .filter_map(|&d| owned.chain.get(dag.node_id(d)).cloned())
+            .collect();
+        let timing = Timing {
+            attempt_count: state.attempt,
+            started_at: r.started_at.clone(),
+            completed_at: r.completed_at.clone(),
+            duration_ms: r.duration_ms,
+            worker_id: r.worker_id.clone(),
+        };
+        let execution_id = owned.lease.execution_id.to_string();
+        let agent_id = dag.node_spec(v).agent_id.clone();
+        let prev = owned.last_record.clone();
+        let record = provenance::make_record(
+            &execution_id,
+            &node_id,
+            &agent_id,
+            input,
+            outputs.clone(),
+            parents,
+            timing,
+            prev,
+        );
+        update.input_hash = Some(record.input_hash.to_string());
+        update.output_hash = Some(record.output_hash.to_string());
+        checkpoints.push((
+            node_id.clone(),
+            outputs,
+            record.output_hash.to_string(),
+            update.attempt,
+        ));
+        owned.seq += 1;
+        owned.chain.insert(node_id, record.chain_hash.clone());
+        owned.last_record = record.record_hash.clone();
+        records.push((owned.seq, record));
+    }
+    update
+}
+
+fn failure_summary(exec: &Execution, dag: &Dag) -> Option<String> {
+    dag.order().iter().find_map(|&v| {
+        let s = exec.node_state(v);
+        (s.status == NodeStatus::Failed).then(|| {
+            let e = s.error.as_ref();
+            format!(
+                "node {} failed: {}: {}",
+                dag.node_id(v),
+                e.map_or("unknown", |e| e.error_type.as_str()),
+                e.map_or("", |e| e.message.as_str())
+            )
+        })
+    })
+}
+
+/// Rebuilds the state machine's snapshot from the stored rows.
+fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) -> Result<Snapshot, DbError> {
+    let mut by_id: HashMap<String, db::NodeRow> =
+        rows.into_iter().map(|r| (r.node_id.clone(), r)).collect();
+    let mut nodes = Vec::with_capacity(dag.len());
+    for v in 0..dag.len() as NodeIndex {
+        let r = by_id
+            .remove(dag.node_id(v))
+            .ok_or_else(|| DbError::Corrupt(format!("node {} has no row", dag.node_id(v))))?;
+        let status: NodeStatus = parse(&r.status)?;
+        nodes.push(NodeState {
+            status,
+            attempt: u32::try_from(r.attempt).unwrap_or(0),
+            retry_at_ms: r.retry_at_ms.and_then(|t| u64::try_from(t).ok()),
+            skip_reason: r.skip_reason.as_deref().map(parse).transpose()?,
+            error: r
+                .error_type
+                .map(|t| NodeError::new(&t, r.error.unwrap_or_default())),
+            outputs: if status == NodeStatus::Completed {
+                r.outputs
+            } else {
+                None
+            },
+            compensation: parse::<Compensation>(&r.compensation)?,
+        });
+    }
+    Ok(Snapshot {
+        status: parse(&row.status)?,
+        halt: row.halt.as_deref().map(parse).transpose()?,
+        nodes,
+    })
+}
+
+/// The snake_case name of a status-like enum.
+fn text<T: Serialize>(value: &T) -> String {
+    serde_json::to_value(value)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_owned))
+        .unwrap_or_default()
+}
+
+fn parse<T: DeserializeOwned>(name: &str) -> Result<T, DbError> {
+    serde_json::from_value(serde_json::Value::String(name.to_owned()))
+        .map_err(|_| DbError::Corrupt(format!("unknown value {name:?} in the database")))
+}
