@@ -1,7 +1,23 @@
-//! Shared helpers of the integration suite.
+//! The integration harness.
+//!
+//! [`Stack::start`] gives a test its own world: a freshly created and migrated PostgreSQL
+//! database, a unique RabbitMQ prefix, coordinators on port 0 and in-process workers, all talking
+//! to the real services. [`Stack::shutdown`] stops everything and deletes the database and the
+//! queues. Tests wait on conditions with deadlines, never on fixed sleeps.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use coordinator::app::Coordinator;
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use serde_json::{Value, json};
+use shared::amqp::Topology;
+use shared::config::Settings;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+use worker::WorkerOptions;
+use worker::agents::Registry;
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {
@@ -18,22 +34,223 @@ pub struct CliRun {
 
 impl CliRun {
     /// Stdout parsed as JSON.
-    pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
     }
 }
 
 /// Runs `coordinator <args>` in-process, exactly as the binary does.
 pub fn coordinator(args: &[&str]) -> CliRun {
-    let argv = std::iter::once("coordinator")
-        .chain(args.iter().copied())
-        .map(OsString::from);
+    let argv = std::iter::once("coordinator").chain(args.iter().copied()).map(OsString::from);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = coordinator::cli::run(argv, &mut out, &mut err);
-    CliRun {
-        code,
-        stdout: String::from_utf8_lossy(&out).into_owned(),
-        stderr: String::from_utf8_lossy(&err).into_owned(),
+    CliRun { code, stdout: String::from_utf8_lossy(&out).into_owned(), stderr: String::from_utf8_lossy(&err).into_owned() }
+}
+
+/// The server URLs every test uses (the services the machine runs).
+pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
+/// How to build a stack.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub coordinators: usize,
+    pub workers: usize,
+    pub worker_concurrency: u32,
+    pub registry: Registry,
+    /// Extra `GL_ORCHESTRATOR_*` settings (suffix, value).
+    pub settings: Vec<(&'static str, String)>,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self { coordinators: 1, workers: 2, worker_concurrency: 4, registry: Registry::default(), settings: Vec::new() }
     }
+}
+
+struct RunningWorker {
+    stop: oneshot::Sender<()>,
+    task: JoinHandle<()>,
+}
+
+/// One isolated deployment for one test.
+pub struct Stack {
+    pub database: String,
+    pub prefix: String,
+    pub coordinators: Vec<Coordinator>,
+    workers: Vec<RunningWorker>,
+    pub http: reqwest::Client,
+    options: StackOptions,
+}
+
+impl std::fmt::Debug for Stack {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Stack").field("database", &self.database).field("prefix", &self.prefix).finish()
+    }
+}
+
+impl Stack {
+    pub async fn start(options: StackOptions) -> Stack {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        let database = format!("gl_test_{}", &tag[..16]);
+        let prefix = format!("gltest.{}", &tag[..12]);
+        let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres")).await.expect("PostgreSQL is reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.expect("create database");
+        admin.close().await;
+        let mut stack = Stack { database, prefix, coordinators: Vec::new(), workers: Vec::new(), http: reqwest::Client::new(), options };
+        let settings = stack.settings();
+        coordinator::db::Db::connect(&settings).await.expect("connect").migrate().await.expect("migrate");
+        for i in 0..stack.options.coordinators {
+            stack.add_coordinator(&format!("coordinator-{i}")).await;
+        }
+        for i in 0..stack.options.workers {
+            stack.add_worker(&format!("w{}", i + 1));
+        }
+        stack
+    }
+
+    /// Settings for this stack's processes.
+    pub fn settings(&self) -> Settings {
+        let mut env: Vec<(String, String)> = vec![
+            ("DATABASE_URL".into(), format!("{POSTGRES}/{}", self.database)),
+            ("AMQP_URL".into(), AMQP.into()),
+            ("QUEUE_PREFIX".into(), self.prefix.clone()),
+            ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
+            ("AUTH".into(), "disabled".into()),
+            ("LEASE_TTL_SECONDS".into(), "5".into()),
+            ("DB_POOL_SIZE".into(), "5".into()),
+        ];
+        env.extend(self.options.settings.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let env = env.into_iter().map(|(k, v)| (format!("GL_ORCHESTRATOR_{k}"), v));
+        Settings::load(env, None).expect("test settings are valid")
+    }
+
+    pub async fn add_coordinator(&mut self, name: &str) {
+        let c = Coordinator::start(self.settings(), name).await.expect("coordinator starts");
+        self.coordinators.push(c);
+    }
+
+    pub fn add_worker(&mut self, id: &str) {
+        let settings = self.settings();
+        let options = WorkerOptions {
+            amqp_url: AMQP.into(),
+            topology: Topology::new(&self.prefix, settings.delivery_limit),
+            pools: vec!["default".into()],
+            concurrency: self.options.worker_concurrency,
+            worker_id: id.into(),
+            grace: Duration::from_secs(5),
+            registry: self.options.registry.clone(),
+        };
+        let (stop, rx) = oneshot::channel();
+        let task = tokio::spawn(worker::run(options, async move {
+            let _ = rx.await;
+        }));
+        self.workers.push(RunningWorker { stop, task });
+    }
+
+    /// `/api/v1/orchestrator` of the first coordinator.
+    pub fn base(&self) -> String {
+        format!("http://{}/api/v1/orchestrator", self.coordinators[0].addr)
+    }
+
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base()));
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("the API answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.expect("a body");
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Stores a DAG (JSON form); panics unless created.
+    pub async fn create_dag(&self, dag: Value) -> Value {
+        let (status, body) = self.call(reqwest::Method::POST, "/dags", Some(dag)).await;
+        assert_eq!(status, 201, "create DAG: {body}");
+        body
+    }
+
+    /// Starts an execution; returns its id.
+    pub async fn execute(&self, dag_id: &str, input: Value) -> String {
+        let (status, body) =
+            self.call(reqwest::Method::POST, &format!("/dags/{dag_id}/execute"), Some(json!({"input_data": input}))).await;
+        assert_eq!(status, 202, "execute: {body}");
+        body["execution_id"].as_str().expect("execution_id").to_owned()
+    }
+
+    pub async fn execution(&self, id: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}"), None).await;
+        assert_eq!(status, 200, "get execution: {body}");
+        body["execution"].clone()
+    }
+
+    /// Waits until the execution is completed, failed or cancelled.
+    pub async fn wait_finished(&self, id: &str, within: Duration) -> Value {
+        self.wait_for(id, within, |e| matches!(e["status"].as_str(), Some("completed" | "failed" | "cancelled"))).await
+    }
+
+    /// Waits until `done(execution)` holds, or panics at the deadline.
+    pub async fn wait_for(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+        let deadline = Instant::now() + within;
+        loop {
+            let e = self.execution(id).await;
+            if done(&e) {
+                return e;
+            }
+            assert!(Instant::now() < deadline, "condition not reached within {within:?}: {e}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Node traces by node id.
+    pub async fn nodes(&self, id: &str) -> std::collections::BTreeMap<String, Value> {
+        let (status, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}/trace"), None).await;
+        assert_eq!(status, 200, "trace: {body}");
+        body["nodes"].as_array().expect("nodes").iter().map(|n| (n["node_id"].as_str().unwrap_or("").to_owned(), n.clone())).collect()
+    }
+
+    pub async fn provenance(&self, id: &str) -> Value {
+        let (status, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}/provenance"), None).await;
+        assert_eq!(status, 200, "provenance: {body}");
+        body
+    }
+
+    /// Stops every process, then deletes the database and the queues.
+    pub async fn shutdown(self) {
+        for w in self.workers {
+            let _ = w.stop.send(());
+            let _ = w.task.await;
+        }
+        for c in self.coordinators {
+            c.shutdown().await;
+        }
+        if let Ok(admin) = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres")).await {
+            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
+            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+            admin.close().await;
+        }
+        delete_topology(&self.prefix).await;
+    }
+}
+
+/// Best-effort removal of a test's exchanges and queues.
+pub async fn delete_topology(prefix: &str) {
+    let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await else { return };
+    let Ok(channel) = conn.create_channel().await else { return };
+    let t = Topology::new(prefix, 1);
+    for queue in [t.task_queue("default"), t.dead_queue(), t.results_queue()] {
+        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    for exchange in [t.tasks_exchange(), t.dead_exchange(), t.results_exchange(), t.cancel_exchange()] {
+        let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    }
+    let _ = conn.close(200, "bye".into()).await;
+}
+
+/// A DAG document from `examples/`, as JSON.
+pub fn example(name: &str) -> Value {
+    let text = std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists");
+    let spec = shared::dag::DagSpec::from_yaml(&text).expect("example parses");
+    serde_json::to_value(spec).expect("as JSON")
 }
