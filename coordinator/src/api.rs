@@ -381,25 +381,39 @@ async fn trace(State(state): State<AppState>, Path(id): Path<String>) -> ApiResu
         .execution(TENANT, id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let mut attempts = state.db.attempts(id).await?;
     let nodes: Vec<Value> = state
         .db
         .nodes(id)
         .await?
         .into_iter()
         .map(|n| {
+            let history: Vec<Value> = attempts.remove(&n.node_id).unwrap_or_default().into_iter().map(attempt_json).collect();
             json!({
                 "node_id": n.node_id, "agent_id": n.agent_id, "status": n.status, "level_index": n.level_index,
                 "attempt_count": n.attempt, "input_hash": n.input_hash, "output_hash": n.output_hash,
                 "error_type": n.error_type, "error": n.error, "skip_reason": n.skip_reason,
                 "compensation": n.compensation, "started_at": n.started_at, "completed_at": n.completed_at,
                 "duration_ms": n.duration_ms, "worker_id": n.worker_id, "trace_id": n.trace_id,
-                "outputs": n.outputs,
+                "outputs": n.outputs, "attempts": history,
             })
         })
         .collect();
     Ok(Json(
         json!({"execution_id": id, "status": e.status, "nodes": nodes}),
     ))
+}
+
+/// One attempt as the trace shows it (the result message without the outputs, which the
+/// checkpoint holds).
+fn attempt_json(result: Value) -> Value {
+    let error = &result["error"];
+    json!({
+        "attempt": result["attempt"], "kind": result["kind"], "outcome": result["outcome"],
+        "error_type": error["error_type"], "error": error["message"], "retryable": result["retryable"],
+        "worker_id": result["worker_id"], "started_at": result["started_at"], "completed_at": result["completed_at"],
+        "duration_ms": result["duration_ms"], "deliveries": result["deliveries"],
+    })
 }
 
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {

@@ -477,6 +477,21 @@ impl Db {
             .map_err(DbError::from)
     }
 
+    /// Every attempt result received for an execution, by node, in attempt order.
+    pub async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<Value>>, DbError> {
+        let rows: Vec<(String, Value)> = sqlx::query_as(
+            "SELECT node_id, result FROM node_attempts WHERE execution_id = $1 ORDER BY node_id, kind DESC, attempt",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut by_node: HashMap<String, Vec<Value>> = HashMap::new();
+        for (node, result) in rows {
+            by_node.entry(node).or_default().push(result);
+        }
+        Ok(by_node)
+    }
+
     /// Provenance records of an execution, in commit order.
     pub async fn records(&self, id: Uuid) -> Result<Vec<(i32, Record)>, DbError> {
         let rows = sqlx::query(

@@ -35,16 +35,23 @@ pub struct CliRun {
 impl CliRun {
     /// Stdout parsed as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
     }
 }
 
 /// Runs `coordinator <args>` in-process, exactly as the binary does.
 pub fn coordinator(args: &[&str]) -> CliRun {
-    let argv = std::iter::once("coordinator").chain(args.iter().copied()).map(OsString::from);
+    let argv = std::iter::once("coordinator")
+        .chain(args.iter().copied())
+        .map(OsString::from);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = coordinator::cli::run(argv, &mut out, &mut err);
-    CliRun { code, stdout: String::from_utf8_lossy(&out).into_owned(), stderr: String::from_utf8_lossy(&err).into_owned() }
+    CliRun {
+        code,
+        stdout: String::from_utf8_lossy(&out).into_owned(),
+        stderr: String::from_utf8_lossy(&err).into_owned(),
+    }
 }
 
 /// The server URLs every test uses (the services the machine runs).
@@ -64,7 +71,13 @@ pub struct StackOptions {
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self { coordinators: 1, workers: 2, worker_concurrency: 4, registry: Registry::default(), settings: Vec::new() }
+        Self {
+            coordinators: 1,
+            workers: 2,
+            worker_concurrency: 4,
+            registry: Registry::default(),
+            settings: Vec::new(),
+        }
     }
 }
 
@@ -85,7 +98,10 @@ pub struct Stack {
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack").field("database", &self.database).field("prefix", &self.prefix).finish()
+        f.debug_struct("Stack")
+            .field("database", &self.database)
+            .field("prefix", &self.prefix)
+            .finish()
     }
 }
 
@@ -94,12 +110,29 @@ impl Stack {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let database = format!("gl_test_{}", &tag[..16]);
         let prefix = format!("gltest.{}", &tag[..12]);
-        let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres")).await.expect("PostgreSQL is reachable");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}"))).execute(&admin).await.expect("create database");
+        let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres"))
+            .await
+            .expect("PostgreSQL is reachable");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+            .execute(&admin)
+            .await
+            .expect("create database");
         admin.close().await;
-        let mut stack = Stack { database, prefix, coordinators: Vec::new(), workers: Vec::new(), http: reqwest::Client::new(), options };
+        let mut stack = Stack {
+            database,
+            prefix,
+            coordinators: Vec::new(),
+            workers: Vec::new(),
+            http: reqwest::Client::new(),
+            options,
+        };
         let settings = stack.settings();
-        coordinator::db::Db::connect(&settings).await.expect("connect").migrate().await.expect("migrate");
+        coordinator::db::Db::connect(&settings)
+            .await
+            .expect("connect")
+            .migrate()
+            .await
+            .expect("migrate");
         for i in 0..stack.options.coordinators {
             stack.add_coordinator(&format!("coordinator-{i}")).await;
         }
@@ -112,7 +145,10 @@ impl Stack {
     /// Settings for this stack's processes.
     pub fn settings(&self) -> Settings {
         let mut env: Vec<(String, String)> = vec![
-            ("DATABASE_URL".into(), format!("{POSTGRES}/{}", self.database)),
+            (
+                "DATABASE_URL".into(),
+                format!("{POSTGRES}/{}", self.database),
+            ),
             ("AMQP_URL".into(), AMQP.into()),
             ("QUEUE_PREFIX".into(), self.prefix.clone()),
             ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
@@ -120,13 +156,22 @@ impl Stack {
             ("LEASE_TTL_SECONDS".into(), "5".into()),
             ("DB_POOL_SIZE".into(), "5".into()),
         ];
-        env.extend(self.options.settings.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        let env = env.into_iter().map(|(k, v)| (format!("GL_ORCHESTRATOR_{k}"), v));
+        env.extend(
+            self.options
+                .settings
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), v.clone())),
+        );
+        let env = env
+            .into_iter()
+            .map(|(k, v)| (format!("GL_ORCHESTRATOR_{k}"), v));
         Settings::load(env, None).expect("test settings are valid")
     }
 
     pub async fn add_coordinator(&mut self, name: &str) {
-        let c = Coordinator::start(self.settings(), name).await.expect("coordinator starts");
+        let c = Coordinator::start(self.settings(), name)
+            .await
+            .expect("coordinator starts");
         self.coordinators.push(c);
     }
 
@@ -153,7 +198,12 @@ impl Stack {
         format!("http://{}/api/v1/orchestrator", self.coordinators[0].addr)
     }
 
-    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base()));
         if let Some(body) = body {
             request = request.json(&body);
@@ -161,7 +211,10 @@ impl Stack {
         let response = request.send().await.expect("the API answers");
         let status = response.status().as_u16();
         let text = response.text().await.expect("a body");
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Stores a DAG (JSON form); panics unless created.
@@ -173,45 +226,86 @@ impl Stack {
 
     /// Starts an execution; returns its id.
     pub async fn execute(&self, dag_id: &str, input: Value) -> String {
-        let (status, body) =
-            self.call(reqwest::Method::POST, &format!("/dags/{dag_id}/execute"), Some(json!({"input_data": input}))).await;
+        let (status, body) = self
+            .call(
+                reqwest::Method::POST,
+                &format!("/dags/{dag_id}/execute"),
+                Some(json!({"input_data": input})),
+            )
+            .await;
         assert_eq!(status, 202, "execute: {body}");
-        body["execution_id"].as_str().expect("execution_id").to_owned()
+        body["execution_id"]
+            .as_str()
+            .expect("execution_id")
+            .to_owned()
     }
 
     pub async fn execution(&self, id: &str) -> Value {
-        let (status, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}"), None).await;
+        let (status, body) = self
+            .call(reqwest::Method::GET, &format!("/executions/{id}"), None)
+            .await;
         assert_eq!(status, 200, "get execution: {body}");
         body["execution"].clone()
     }
 
     /// Waits until the execution is completed, failed or cancelled.
     pub async fn wait_finished(&self, id: &str, within: Duration) -> Value {
-        self.wait_for(id, within, |e| matches!(e["status"].as_str(), Some("completed" | "failed" | "cancelled"))).await
+        self.wait_for(id, within, |e| {
+            matches!(
+                e["status"].as_str(),
+                Some("completed" | "failed" | "cancelled")
+            )
+        })
+        .await
     }
 
     /// Waits until `done(execution)` holds, or panics at the deadline.
-    pub async fn wait_for(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_for(
+        &self,
+        id: &str,
+        within: Duration,
+        done: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let e = self.execution(id).await;
             if done(&e) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "condition not reached within {within:?}: {e}");
+            assert!(
+                Instant::now() < deadline,
+                "condition not reached within {within:?}: {e}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Node traces by node id.
     pub async fn nodes(&self, id: &str) -> std::collections::BTreeMap<String, Value> {
-        let (status, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}/trace"), None).await;
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/executions/{id}/trace"),
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "trace: {body}");
-        body["nodes"].as_array().expect("nodes").iter().map(|n| (n["node_id"].as_str().unwrap_or("").to_owned(), n.clone())).collect()
+        body["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .map(|n| (n["node_id"].as_str().unwrap_or("").to_owned(), n.clone()))
+            .collect()
     }
 
     pub async fn provenance(&self, id: &str) -> Value {
-        let (status, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}/provenance"), None).await;
+        let (status, body) = self
+            .call(
+                reqwest::Method::GET,
+                &format!("/executions/{id}/provenance"),
+                None,
+            )
+            .await;
         assert_eq!(status, 200, "provenance: {body}");
         body
     }
@@ -236,21 +330,36 @@ impl Stack {
 
 /// Best-effort removal of a test's exchanges and queues.
 pub async fn delete_topology(prefix: &str) {
-    let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await else { return };
-    let Ok(channel) = conn.create_channel().await else { return };
+    let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await
+    else {
+        return;
+    };
+    let Ok(channel) = conn.create_channel().await else {
+        return;
+    };
     let t = Topology::new(prefix, 1);
     for queue in [t.task_queue("default"), t.dead_queue(), t.results_queue()] {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = channel
+            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
-    for exchange in [t.tasks_exchange(), t.dead_exchange(), t.results_exchange(), t.cancel_exchange()] {
-        let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+    for exchange in [
+        t.tasks_exchange(),
+        t.dead_exchange(),
+        t.results_exchange(),
+        t.cancel_exchange(),
+    ] {
+        let _ = channel
+            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
     }
     let _ = conn.close(200, "bye".into()).await;
 }
 
 /// A DAG document from `examples/`, as JSON.
 pub fn example(name: &str) -> Value {
-    let text = std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists");
+    let text =
+        std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists");
     let spec = shared::dag::DagSpec::from_yaml(&text).expect("example parses");
     serde_json::to_value(spec).expect("as JSON")
 }
