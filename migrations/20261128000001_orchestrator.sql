@@ -77,6 +77,8 @@ CREATE TABLE node_traces (
                  CHECK (status IN ('pending', 'running', 'retrying', 'completed', 'failed', 'skipped',
                                    'upstream_failed', 'cancelled')),
     attempt      INTEGER NOT NULL DEFAULT 0 CHECK (attempt >= 0),
+    -- Attempts made before the latest resume; the retry budget counts from here.
+    attempt_base INTEGER NOT NULL DEFAULT 0 CHECK (attempt_base >= 0),
     level_index  INTEGER NOT NULL,
     retry_at_ms  BIGINT,
     skip_reason  TEXT,
@@ -119,7 +121,8 @@ CREATE TABLE dag_checkpoints (
     PRIMARY KEY (execution_id, node_id)
 );
 
--- Append-only provenance records, chained per execution in commit order.
+-- Append-only provenance records, chained per execution in commit order. A node re-run after a
+-- resume (its checkpoint failed verification) gets a later record that supersedes the earlier.
 CREATE TABLE execution_provenance (
     execution_id     UUID NOT NULL REFERENCES dag_executions (execution_id) ON DELETE CASCADE,
     seq              INTEGER NOT NULL,
@@ -138,8 +141,7 @@ CREATE TABLE execution_provenance (
     worker_id        TEXT NOT NULL,
     prev_record_hash TEXT NOT NULL,
     record_hash      TEXT NOT NULL,
-    PRIMARY KEY (execution_id, seq),
-    UNIQUE (execution_id, node_id)
+    PRIMARY KEY (execution_id, seq)
 );
 
 -- Messages to publish, written in the same transaction as the state change that caused them.

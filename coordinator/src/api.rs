@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -16,7 +16,7 @@ use shared::dag::{DagSpec, Limits, ValidationReport, compile};
 use shared::provenance;
 use uuid::Uuid;
 
-use crate::db::{Created, Db, DbError, NewExecution};
+use crate::db::{Created, Db, DbError, ExecutionFilter, NewExecution};
 
 /// What handlers share.
 #[derive(Debug, Clone)]
@@ -40,10 +40,11 @@ pub fn router(state: AppState) -> Router {
         .route("/executions/{execution_id}/trace", get(trace))
         .route("/executions/{execution_id}/cancel", post(cancel))
         .route("/executions/{execution_id}/provenance", get(provenance_of))
+        .route("/executions/{execution_id}/resume", post(resume))
+        .route("/executions", get(list_executions))
+        .route("/checkpoints/{execution_id}", get(list_checkpoints).delete(delete_checkpoints))
         .with_state(state);
-    Router::new()
-        .nest("/api/v1/orchestrator", api)
-        .layer(DefaultBodyLimit::max(limit))
+    Router::new().nest("/api/v1/orchestrator", api).layer(DefaultBodyLimit::max(limit))
 }
 
 /// An API error: a status, a stable problem type and a sentence.
@@ -61,37 +62,17 @@ pub enum ApiError {
 impl ApiError {
     fn parts(&self) -> (StatusCode, &'static str, &'static str) {
         match self {
-            ApiError::BadRequest(_) => (
-                StatusCode::BAD_REQUEST,
-                "bad-request",
-                "The request is malformed",
-            ),
-            ApiError::UnsupportedMediaType => (
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported-media-type",
-                "The body must be application/json",
-            ),
-            ApiError::Invalid(_) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "validation-failed",
-                "The DAG is not valid",
-            ),
+            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "The request is malformed"),
+            ApiError::UnsupportedMediaType => {
+                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "The body must be application/json")
+            }
+            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "The DAG is not valid"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "No such resource"),
-            ApiError::Conflict(_) => (
-                StatusCode::CONFLICT,
-                "conflict",
-                "The request conflicts with the current state",
-            ),
-            ApiError::Unavailable(_) => (
-                StatusCode::SERVICE_UNAVAILABLE,
-                "service-unavailable",
-                "A dependency is unavailable",
-            ),
-            ApiError::Internal(_) => (
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "internal",
-                "Internal error",
-            ),
+            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "The request conflicts with the current state"),
+            ApiError::Unavailable(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "A dependency is unavailable")
+            }
+            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
         }
     }
 }
@@ -125,25 +106,17 @@ impl IntoResponse for ApiError {
                 tracing::error!(cause = %cause, "internal error");
                 body["detail"] = json!("the server could not complete the request");
             }
-            ApiError::BadRequest(d)
-            | ApiError::NotFound(d)
-            | ApiError::Conflict(d)
-            | ApiError::Unavailable(d) => {
+            ApiError::BadRequest(d) | ApiError::NotFound(d) | ApiError::Conflict(d) | ApiError::Unavailable(d) => {
                 body["detail"] = json!(d);
             }
-            ApiError::UnsupportedMediaType => {
-                body["detail"] = json!("send the body as application/json")
-            }
+            ApiError::UnsupportedMediaType => body["detail"] = json!("send the body as application/json"),
         }
         let mut response = (status, Json(body)).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            header::HeaderValue::from_static("application/problem+json"),
-        );
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
         if status == StatusCode::SERVICE_UNAVAILABLE {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
+            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
         response
     }
@@ -152,15 +125,11 @@ impl IntoResponse for ApiError {
 type ApiResult<T> = Result<T, ApiError>;
 
 fn json_body(headers: &HeaderMap, body: &Bytes) -> ApiResult<String> {
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !body.is_empty() && !content_type.starts_with("application/json") {
         return Err(ApiError::UnsupportedMediaType);
     }
-    String::from_utf8(body.to_vec())
-        .map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))
+    String::from_utf8(body.to_vec()).map_err(|_| ApiError::BadRequest("the body is not UTF-8".into()))
 }
 
 fn parse_uuid(id: &str) -> ApiResult<Uuid> {
@@ -168,16 +137,11 @@ fn parse_uuid(id: &str) -> ApiResult<Uuid> {
 }
 
 async fn health(State(state): State<AppState>) -> Json<Value> {
-    let database =
-        match tokio::time::timeout(std::time::Duration::from_millis(80), state.db.ping()).await {
-            Ok(Ok(())) => "ok",
-            _ => "unavailable",
-        };
-    let status = if database == "ok" {
-        "healthy"
-    } else {
-        "degraded"
+    let database = match tokio::time::timeout(std::time::Duration::from_millis(80), state.db.ping()).await {
+        Ok(Ok(())) => "ok",
+        _ => "unavailable",
     };
+    let status = if database == "ok" { "healthy" } else { "degraded" };
     Json(json!({
         "status": status,
         "service": SERVICE,
@@ -197,34 +161,18 @@ fn dag_json(row: &crate::db::DagRow) -> Value {
     dag
 }
 
-async fn create_dag(
-    State(state): State<AppState>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> ApiResult<Response> {
+async fn create_dag(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let text = json_body(&headers, &body)?;
     let spec = DagSpec::from_json(&text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let dag = compile(
-        spec,
-        &Limits {
-            max_nodes: state.settings.max_dag_nodes,
-        },
-    )
-    .map_err(ApiError::Invalid)?;
+    let dag = compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }).map_err(ApiError::Invalid)?;
     let row = state.db.insert_dag(TENANT, &dag).await?;
     let body = json!({"dag": dag_json(&row), "message": "DAG created", "warnings": dag.warnings()});
     Ok((StatusCode::CREATED, Json(body)).into_response())
 }
 
-async fn get_dag(
-    State(state): State<AppState>,
-    Path(dag_id): Path<String>,
-) -> ApiResult<Json<Value>> {
-    let row = state
-        .db
-        .get_dag(TENANT, &dag_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
+async fn get_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
+    let row =
+        state.db.get_dag(TENANT, &dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
     Ok(Json(json!({"dag": dag_json(&row)})))
 }
 
@@ -243,76 +191,39 @@ async fn execute(
     let request: Value = if text.trim().is_empty() {
         json!({})
     } else {
-        serde_json::from_str(&text)
-            .map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?
+        serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?
     };
     let Some(fields) = request.as_object() else {
-        return Err(ApiError::BadRequest(
-            "the body must be a JSON object".into(),
-        ));
+        return Err(ApiError::BadRequest("the body must be a JSON object".into()));
     };
-    if let Some(unknown) = fields
-        .keys()
-        .find(|k| !matches!(k.as_str(), "input_data" | "execution_options"))
-    {
+    if let Some(unknown) = fields.keys().find(|k| !matches!(k.as_str(), "input_data" | "execution_options")) {
         return Err(ApiError::BadRequest(format!("unknown field {unknown:?}")));
     }
-    let input = fields
-        .get("input_data")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
+    let input = fields.get("input_data").cloned().unwrap_or_else(|| json!({}));
     if !input.is_object() {
-        return Err(ApiError::BadRequest(
-            "input_data must be a JSON object".into(),
-        ));
+        return Err(ApiError::BadRequest("input_data must be a JSON object".into()));
     }
-    let options = fields
-        .get("execution_options")
-        .cloned()
-        .unwrap_or_else(|| json!({}));
-    let priority = options
-        .get("priority")
-        .and_then(Value::as_i64)
-        .and_then(|p| i32::try_from(p).ok())
-        .unwrap_or(0);
+    let options = fields.get("execution_options").cloned().unwrap_or_else(|| json!({}));
+    let priority = options.get("priority").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let clock = match options.get("clock") {
         Some(Value::String(c)) => chrono::DateTime::parse_from_rfc3339(c)
-            .map_err(|_| {
-                ApiError::BadRequest("execution_options.clock must be an RFC 3339 time".into())
-            })?
+            .map_err(|_| ApiError::BadRequest("execution_options.clock must be an RFC 3339 time".into()))?
             .with_timezone(&chrono::Utc)
             .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
         Some(_) => {
-            return Err(ApiError::BadRequest(
-                "execution_options.clock must be a string".into(),
-            ));
+            return Err(ApiError::BadRequest("execution_options.clock must be a string".into()));
         }
         None => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    let row = state
-        .db
-        .get_dag(TENANT, &dag_id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
-    let spec =
-        DagSpec::from_value(row.definition).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let dag = compile(
-        spec,
-        &Limits {
-            max_nodes: usize::MAX,
-        },
-    )
-    .map_err(ApiError::Invalid)?;
+    let row =
+        state.db.get_dag(TENANT, &dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
+    let spec = DagSpec::from_value(row.definition).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let dag = compile(spec, &Limits { max_nodes: usize::MAX }).map_err(ApiError::Invalid)?;
     let input_hash = provenance::hash_value(&input);
-    let key = headers
-        .get("idempotency-key")
-        .map(|v| v.to_str().map(str::to_owned));
-    let key = key
-        .transpose()
-        .map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
-    let request_hash = provenance::hash_value(
-        &json!({"dag_id": dag_id, "input_data": input, "execution_options": options}),
-    );
+    let key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
+    let key = key.transpose().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    let request_hash =
+        provenance::hash_value(&json!({"dag_id": dag_id, "input_data": input, "execution_options": options}));
     let created = state
         .db
         .create_execution(NewExecution {
@@ -335,8 +246,7 @@ async fn execute(
         Created::New(id) => (id, "Execution accepted"),
         Created::Existing(id) => (id, "Execution already accepted for this Idempotency-Key"),
     };
-    let body =
-        json!({"execution_id": id, "dag_id": dag_id, "status": "pending", "message": message});
+    let body = json!({"execution_id": id, "dag_id": dag_id, "status": "pending", "message": message});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
@@ -361,26 +271,15 @@ fn execution_json(e: &crate::db::ExecutionRow) -> Value {
     })
 }
 
-async fn get_execution(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+async fn get_execution(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id)?;
-    let e = state
-        .db
-        .execution(TENANT, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     Ok(Json(json!({"execution": execution_json(&e)})))
 }
 
 async fn trace(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id)?;
-    let e = state
-        .db
-        .execution(TENANT, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     let mut attempts = state.db.attempts(id).await?;
     let nodes: Vec<Value> = state
         .db
@@ -388,7 +287,8 @@ async fn trace(State(state): State<AppState>, Path(id): Path<String>) -> ApiResu
         .await?
         .into_iter()
         .map(|n| {
-            let history: Vec<Value> = attempts.remove(&n.node_id).unwrap_or_default().into_iter().map(attempt_json).collect();
+            let history: Vec<Value> =
+                attempts.remove(&n.node_id).unwrap_or_default().into_iter().map(attempt_json).collect();
             json!({
                 "node_id": n.node_id, "agent_id": n.agent_id, "status": n.status, "level_index": n.level_index,
                 "attempt_count": n.attempt, "input_hash": n.input_hash, "output_hash": n.output_hash,
@@ -399,9 +299,7 @@ async fn trace(State(state): State<AppState>, Path(id): Path<String>) -> ApiResu
             })
         })
         .collect();
-    Ok(Json(
-        json!({"execution_id": id, "status": e.status, "nodes": nodes}),
-    ))
+    Ok(Json(json!({"execution_id": id, "status": e.status, "nodes": nodes})))
 }
 
 /// One attempt as the trace shows it (the result message without the outputs, which the
@@ -418,63 +316,32 @@ fn attempt_json(result: Value) -> Value {
 
 async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_uuid(&id)?;
-    let e = state
-        .db
-        .execution(TENANT, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     if !state.db.request_cancel(TENANT, id).await? {
-        return Err(ApiError::Conflict(format!(
-            "execution {id} already finished as {}",
-            e.status
-        )));
+        return Err(ApiError::Conflict(format!("execution {id} already finished as {}", e.status)));
     }
     let body = json!({"execution_id": id, "status": e.status, "message": "Execution cancellation requested"});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-async fn provenance_of(
-    State(state): State<AppState>,
-    Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+/// The definition an execution pinned, compiled.
+async fn pinned_dag(db: &Db, dag_hash: &str) -> ApiResult<shared::dag::Dag> {
+    let definition =
+        db.definition(dag_hash).await?.ok_or_else(|| ApiError::Internal("pinned definition missing".into()))?;
+    let spec = DagSpec::from_value(definition).map_err(|err| ApiError::Internal(err.to_string()))?;
+    compile(spec, &Limits { max_nodes: usize::MAX }).map_err(|r| ApiError::Internal(format!("{:?}", r.errors)))
+}
+
+async fn provenance_of(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id)?;
-    let e = state
-        .db
-        .execution(TENANT, id)
-        .await?
-        .ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
-    let definition = state
-        .db
-        .definition(&e.dag_hash)
-        .await?
-        .ok_or_else(|| ApiError::Internal("pinned definition missing".into()))?;
-    let spec =
-        DagSpec::from_value(definition).map_err(|err| ApiError::Internal(err.to_string()))?;
-    let dag = compile(
-        spec,
-        &Limits {
-            max_nodes: usize::MAX,
-        },
-    )
-    .map_err(|r| ApiError::Internal(format!("{:?}", r.errors)))?;
-    let records: Vec<provenance::Record> = state
-        .db
-        .records(id)
-        .await?
-        .into_iter()
-        .map(|(_, r)| r)
-        .collect();
-    let stored = e
-        .provenance_chain_hash
-        .as_deref()
-        .and_then(|h| shared::canonical::ContentHash::parse(h).ok());
-    let verdict = provenance::verify(
-        &dag,
-        &id.to_string(),
-        &e.input_data,
-        &records,
-        stored.as_ref(),
-    );
+    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let dag = pinned_dag(&state.db, &e.dag_hash).await?;
+    let records: Vec<provenance::Record> = state.db.records(id).await?.into_iter().map(|(_, r)| r).collect();
+    let stored = e.provenance_chain_hash.as_deref().and_then(|h| shared::canonical::ContentHash::parse(h).ok());
+    let verdict = provenance::verify(&dag, &id.to_string(), &e.input_data, &records, stored.as_ref());
+    let depends_on = |node_id: &str| -> Vec<&str> {
+        dag.index_of(node_id).map(|v| dag.node(v).deps.iter().map(|&d| dag.node_id(d)).collect()).unwrap_or_default()
+    };
     let nodes: Vec<Value> = records
         .iter()
         .zip(&verdict.nodes)
@@ -483,6 +350,7 @@ async fn provenance_of(
             node["valid"] = json!(v.valid);
             node["problems"] = json!(v.problems);
             node["expected_parent_hashes"] = json!(v.expected_parent_hashes);
+            node["depends_on"] = json!(depends_on(&r.node_id));
             node
         })
         .collect();
@@ -495,6 +363,169 @@ async fn provenance_of(
         "chain_valid": verdict.chain_valid && (e.provenance_chain_hash.is_some() || e.status != "completed"),
         "problems": verdict.problems,
         "node_count": records.len(),
+        "canonical_order": dag.order_ids(),
         "nodes": nodes,
     })))
+}
+
+async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+    let id = parse_uuid(&id)?;
+    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let rows = state.db.nodes(id).await?;
+    let listed = |keep: &dyn Fn(&crate::db::NodeRow) -> bool| -> Vec<String> {
+        rows.iter().filter(|r| keep(r)).map(|r| r.node_id.clone()).collect()
+    };
+    let resumable = match e.status.as_str() {
+        "completed" => {
+            return Err(ApiError::Conflict(format!("execution {id} already completed")));
+        }
+        "failed" | "cancelled" => true,
+        _ if state.db.lease_live(id).await? => {
+            return Err(ApiError::Conflict(format!("execution {id} is running under a live lease")));
+        }
+        _ => false,
+    };
+    if !resumable {
+        // Interrupted: no live owner. Any coordinator takes it over from its checkpoints.
+        let body = json!({
+            "execution_id": id, "status": e.status,
+            "nodes_skipped": listed(&|r| r.status == "completed"),
+            "nodes_remaining": listed(&|r| r.status != "completed"),
+            "checkpoints_rejected": [],
+            "message": "Execution had no live owner; a coordinator resumes it from its checkpoints",
+        });
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
+    }
+    let dag = pinned_dag(&state.db, &e.dag_hash).await?;
+    let checkpoints: std::collections::HashMap<String, crate::db::CheckpointRow> =
+        state.db.checkpoints(id).await?.into_iter().map(|c| (c.node_id.clone(), c)).collect();
+    let trusted = |v: u32| {
+        checkpoints.get(dag.node_id(v)).is_some_and(|c| provenance::hash_value(&c.outputs).as_str() == c.output_hash)
+    };
+    let rejected: Vec<&str> = (0..dag.len() as u32)
+        .filter(|&v| rows.iter().any(|r| r.node_id == dag.node_id(v) && r.status == "completed") && !trusted(v))
+        .map(|v| dag.node_id(v))
+        .collect();
+    for node in &rejected {
+        tracing::warn!(execution_id = %id, node_id = node, "checkpoint failed verification; the node runs again");
+    }
+    let snapshot =
+        crate::scheduler::snapshot(&dag, &e, rows.clone()).map_err(|err| ApiError::Internal(err.to_string()))?;
+    let resumed = shared::state::resume(&dag, &snapshot, trusted);
+    let names = |list: &[u32]| -> Vec<String> { list.iter().map(|&v| dag.node_id(v).to_owned()).collect() };
+    let (skipped, remaining) = (names(&resumed.skipped), names(&resumed.remaining));
+    let counts = (i32::try_from(skipped.len()).unwrap_or(i32::MAX), 0, 0);
+    if !state.db.resume(&e, &remaining, counts).await? {
+        return Err(ApiError::Conflict(format!("execution {id} changed while resuming; try again")));
+    }
+    let body = json!({
+        "execution_id": id, "status": "pending", "nodes_skipped": skipped, "nodes_remaining": remaining,
+        "checkpoints_rejected": rejected, "message": "Execution resumed",
+    });
+    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+}
+
+async fn list_checkpoints(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_uuid(&id)?;
+    state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let items: Vec<Value> = state
+        .db
+        .checkpoints(id)
+        .await?
+        .into_iter()
+        .map(|c| {
+            let valid = provenance::hash_value(&c.outputs).as_str() == c.output_hash;
+            json!({"execution_id": id, "node_id": c.node_id, "status": c.status, "outputs": c.outputs,
+                   "output_hash": c.output_hash, "attempt_count": c.attempt_count, "created_at": c.created_at,
+                   "valid": valid})
+        })
+        .collect();
+    Ok(Json(json!({"count": items.len(), "items": items})))
+}
+
+async fn delete_checkpoints(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let id = parse_uuid(&id)?;
+    state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    match state.db.delete_checkpoints(TENANT, id).await? {
+        Some(deleted) => Ok(Json(json!({"deleted": deleted, "message": "Checkpoints deleted"}))),
+        None => Err(ApiError::Conflict(format!("execution {id} is running; its checkpoints cannot be deleted"))),
+    }
+}
+
+const STATUSES: [&str; 6] = ["pending", "queued", "running", "completed", "failed", "cancelled"];
+
+async fn list_executions(
+    State(state): State<AppState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let status = query.get("status").cloned();
+    if let Some(s) = &status {
+        if !STATUSES.contains(&s.as_str()) {
+            return Err(ApiError::BadRequest(format!("status must be one of {}", STATUSES.join(", "))));
+        }
+    }
+    let limit = match query.get("limit") {
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=500).contains(l))
+            .ok_or_else(|| ApiError::BadRequest("limit must be 1 to 500".into()))?,
+        None => 50,
+    };
+    let since = query.get("since").map(|s| parse_since(s)).transpose()?;
+    let after = query.get("cursor").map(|c| decode_cursor(c)).transpose()?;
+    let filter =
+        ExecutionFilter { tenant: TENANT.into(), dag_id: query.get("dag_id").cloned(), status, since, after, limit };
+    let rows = state.db.list_executions(&filter).await?;
+    let next_cursor = (rows.len() as i64 == limit)
+        .then(|| rows.last().map(|r| encode_cursor(r.submitted_at, r.execution_id)))
+        .flatten();
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|e| {
+            json!({"execution_id": e.execution_id, "dag_id": e.dag_id, "status": e.status, "submitted_at": e.submitted_at,
+                   "started_at": e.started_at, "completed_at": e.completed_at, "error": e.error,
+                   "total_nodes": e.total_nodes, "completed_nodes": e.completed_nodes, "failed_nodes": e.failed_nodes,
+                   "skipped_nodes": e.skipped_nodes, "provenance_chain_hash": e.provenance_chain_hash})
+        })
+        .collect();
+    Ok(Json(json!({"count": items.len(), "items": items, "next_cursor": next_cursor})))
+}
+
+/// `24h`, `30m`, `7d`, `90s` before now, or an RFC 3339 time.
+fn parse_since(text: &str) -> ApiResult<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&chrono::Utc));
+    }
+    let bad = || {
+        ApiError::BadRequest(format!("since must be a duration like 24h, 30m, 7d or an RFC 3339 time, not {text:?}"))
+    };
+    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let n: i64 = number.parse().map_err(|_| bad())?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60).ok_or_else(bad)?,
+        "h" => n.checked_mul(3600).ok_or_else(bad)?,
+        "d" => n.checked_mul(86_400).ok_or_else(bad)?,
+        _ => return Err(bad()),
+    };
+    let delta = chrono::Duration::try_seconds(seconds).filter(|_| seconds >= 0).ok_or_else(bad)?;
+    chrono::Utc::now().checked_sub_signed(delta).ok_or_else(bad)
+}
+
+/// An opaque cursor: hex of `<microseconds>:<uuid>`.
+fn encode_cursor(at: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
+    format!("{}:{id}", at.timestamp_micros()).bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<(chrono::DateTime<chrono::Utc>, Uuid)> {
+    let bad = || ApiError::BadRequest("cursor is not one this API returned".into());
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| cursor.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
+    let at = chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }

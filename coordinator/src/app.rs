@@ -21,10 +21,7 @@ pub enum StartError {
     #[error(transparent)]
     Db(#[from] DbError),
     #[error("cannot listen on {addr}: {source}")]
-    Bind {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
+    Bind { addr: SocketAddr, source: std::io::Error },
 }
 
 /// A running coordinator.
@@ -45,14 +42,8 @@ impl Coordinator {
         let db = Db::connect(&settings).await?;
         let listener = tokio::net::TcpListener::bind(settings.http_addr)
             .await
-            .map_err(|source| StartError::Bind {
-                addr: settings.http_addr,
-                source,
-            })?;
-        let addr = listener.local_addr().map_err(|source| StartError::Bind {
-            addr: settings.http_addr,
-            source,
-        })?;
+            .map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
+        let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
         let (stop, stop_rx) = watch::channel(false);
         let topology = Topology::new(&settings.queue_prefix, settings.delivery_limit);
         let amqp = settings.amqp_url.expose().to_owned();
@@ -63,47 +54,24 @@ impl Coordinator {
             parallel_cap: settings.max_parallel_nodes,
             max_owned: settings.max_concurrent_executions as usize,
         };
-        let state = AppState {
-            db: db.clone(),
-            settings: Arc::new(settings),
-        };
+        let state = AppState { db: db.clone(), settings: Arc::new(settings) };
         let app = api::router(state);
         let mut http_stop = stop_rx.clone();
         let tasks = vec![
             tokio::spawn(scheduler::run(db.clone(), options, stop_rx.clone())),
-            tokio::spawn(relay::run(
-                db.clone(),
-                amqp.clone(),
-                topology.clone(),
-                name.to_owned(),
-                stop_rx.clone(),
-            )),
-            tokio::spawn(inbox::run(
-                db.clone(),
-                amqp,
-                topology,
-                name.to_owned(),
-                stop_rx.clone(),
-            )),
+            tokio::spawn(relay::run(db.clone(), amqp.clone(), topology.clone(), name.to_owned(), stop_rx.clone())),
+            tokio::spawn(inbox::run(db.clone(), amqp, topology, name.to_owned(), stop_rx.clone())),
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = http_stop.changed().await;
                 };
-                if let Err(e) = axum::serve(listener, app)
-                    .with_graceful_shutdown(shutdown)
-                    .await
-                {
+                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
                     tracing::error!(error = %e, "the HTTP server stopped");
                 }
             }),
         ];
         tracing::info!(%addr, name, "coordinator started");
-        Ok(Self {
-            addr,
-            name: name.to_owned(),
-            stop,
-            tasks,
-        })
+        Ok(Self { addr, name: name.to_owned(), stop, tasks })
     }
 
     /// Stops accepting work, hands leases back and waits for every component.

@@ -23,11 +23,7 @@ pub const EXIT_INVALID: u8 = 1;
 pub const EXIT_UNREADABLE: u8 = 2;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "coordinator",
-    version,
-    about = "GreenLang Orchestrator coordinator"
-)]
+#[command(name = "coordinator", version, about = "GreenLang Orchestrator coordinator")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -57,20 +53,12 @@ struct FileArgs {
 
 /// Runs the command line `args` (program name first), writing to `out` and `err`; returns the
 /// process exit code.
-pub fn run(
-    args: impl IntoIterator<Item = OsString>,
-    out: &mut dyn Write,
-    err: &mut dyn Write,
-) -> u8 {
+pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &mut dyn Write) -> u8 {
     let cli = match Cli::try_parse_from(args) {
         Ok(cli) => cli,
         Err(e) => {
             let _ = write!(err, "{}", e.render());
-            return if e.use_stderr() {
-                EXIT_UNREADABLE
-            } else {
-                EXIT_VALID
-            };
+            return if e.use_stderr() { EXIT_UNREADABLE } else { EXIT_VALID };
         }
     };
     let (args, print): (&FileArgs, fn(&Dag) -> serde_json::Value) = match &cli.command {
@@ -79,9 +67,7 @@ pub fn run(
         Command::Serve => return run_async(serve(), err),
         Command::Migrate => return run_async(migrate(), err),
     };
-    let limits = Limits {
-        max_nodes: args.max_dag_nodes as usize,
-    };
+    let limits = Limits { max_nodes: args.max_dag_nodes as usize };
     let (code, body) = match read_spec(&args.path) {
         Err(message) => {
             let _ = writeln!(err, "error: {message}");
@@ -92,8 +78,7 @@ pub fn run(
             Err(report) => (EXIT_INVALID, report_json(&report)),
         },
     };
-    let text =
-        serde_json::to_string_pretty(&body).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
+    let text = serde_json::to_string_pretty(&body).unwrap_or_else(|e| format!("{{\"error\": \"{e}\"}}"));
     if writeln!(out, "{text}").is_err() {
         return EXIT_UNREADABLE;
     }
@@ -101,14 +86,8 @@ pub fn run(
 }
 
 /// Runs a service command on a fresh runtime; its error, if any, goes to `err` (exit 1).
-fn run_async(
-    command: impl std::future::Future<Output = Result<(), String>>,
-    err: &mut dyn Write,
-) -> u8 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+fn run_async(command: impl std::future::Future<Output = Result<(), String>>, err: &mut dyn Write) -> u8 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             let _ = writeln!(err, "error: cannot start the runtime: {e}");
@@ -127,10 +106,7 @@ fn run_async(
 fn settings() -> Result<Settings, String> {
     let file = std::env::var("GL_ORCHESTRATOR_CONFIG_FILE").ok();
     let text = file
-        .map(|f| {
-            std::fs::read_to_string(&f)
-                .map_err(|e| format!("GL_ORCHESTRATOR_CONFIG_FILE: {f}: {e}"))
-        })
+        .map(|f| std::fs::read_to_string(&f).map_err(|e| format!("GL_ORCHESTRATOR_CONFIG_FILE: {f}: {e}")))
         .transpose()?;
     Settings::load(std::env::vars(), text.as_deref()).map_err(|e| e.to_string())
 }
@@ -142,9 +118,7 @@ async fn serve() -> Result<(), String> {
         settings.check_auth().map_err(|e| e.to_string())?;
     }
     let name = format!("coordinator-{}-{}", hostname(), std::process::id());
-    let coordinator = Coordinator::start(settings, &name)
-        .await
-        .map_err(|e| e.to_string())?;
+    let coordinator = Coordinator::start(settings, &name).await.map_err(|e| e.to_string())?;
     shared::telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     coordinator.shutdown().await;
@@ -161,20 +135,13 @@ async fn migrate() -> Result<(), String> {
 }
 
 fn hostname() -> String {
-    std::env::var("HOSTNAME")
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "local".to_owned())
+    std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "local".to_owned())
 }
 
 fn read_spec(path: &Path) -> Result<DagSpec, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    let text =
-        String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
-    let extension = path
-        .extension()
-        .and_then(|e| e.to_str())
-        .map(str::to_ascii_lowercase);
+    let text = String::from_utf8(bytes).map_err(|_| format!("{} is not UTF-8 text", path.display()))?;
+    let extension = path.extension().and_then(|e| e.to_str()).map(str::to_ascii_lowercase);
     let parsed = match extension.as_deref() {
         Some("json") => DagSpec::from_json(&text),
         Some("yaml" | "yml") => DagSpec::from_yaml(&text),

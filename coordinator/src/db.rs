@@ -49,10 +49,7 @@ pub enum DbError {
 impl DbError {
     /// The pool had no free connection in time, or the server is unreachable.
     pub fn is_unavailable(&self) -> bool {
-        matches!(
-            self,
-            DbError::Sql(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed)
-        )
+        matches!(self, DbError::Sql(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed))
     }
 }
 
@@ -138,6 +135,7 @@ pub struct NodeRow {
     pub agent_id: String,
     pub status: String,
     pub attempt: i32,
+    pub attempt_base: i32,
     pub level_index: i32,
     pub retry_at_ms: Option<i64>,
     pub skip_reason: Option<String>,
@@ -161,6 +159,7 @@ pub struct NodeUpdate {
     pub node_id: String,
     pub status: String,
     pub attempt: i32,
+    pub attempt_base: i32,
     pub retry_at_ms: Option<i64>,
     pub skip_reason: Option<String>,
     pub error_type: Option<String>,
@@ -175,6 +174,29 @@ pub struct NodeUpdate {
     pub worker_id: Option<String>,
     pub input_hash: Option<String>,
     pub output_hash: Option<String>,
+}
+
+/// A stored checkpoint.
+#[derive(Debug, Clone)]
+pub struct CheckpointRow {
+    pub node_id: String,
+    pub status: String,
+    pub outputs: Value,
+    pub output_hash: String,
+    pub attempt_count: i32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Filters of the execution list.
+#[derive(Debug, Clone)]
+pub struct ExecutionFilter {
+    pub tenant: String,
+    pub dag_id: Option<String>,
+    pub status: Option<String>,
+    pub since: Option<chrono::DateTime<chrono::Utc>>,
+    /// Continue after this (submitted_at, execution_id).
+    pub after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
+    pub limit: i64,
 }
 
 /// A message to publish.
@@ -278,8 +300,7 @@ impl Db {
 
     /// Stores a new DAG; `Conflict` when the id is taken.
     pub async fn insert_dag(&self, tenant: &str, dag: &Dag) -> Result<DagRow, DbError> {
-        let definition =
-            serde_json::to_value(dag.definition()).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let definition = serde_json::to_value(dag.definition()).map_err(|e| DbError::Corrupt(e.to_string()))?;
         let mut tx = self.pool.begin().await?;
         sqlx::query("INSERT INTO dag_definitions (dag_hash, definition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(dag.hash().as_str())
@@ -340,12 +361,10 @@ impl Db {
 
     /// A pinned definition by its hash.
     pub async fn definition(&self, dag_hash: &str) -> Result<Option<Value>, DbError> {
-        Ok(
-            sqlx::query_scalar("SELECT definition FROM dag_definitions WHERE dag_hash = $1")
-                .bind(dag_hash)
-                .fetch_optional(&self.pool)
-                .await?,
-        )
+        Ok(sqlx::query_scalar("SELECT definition FROM dag_definitions WHERE dag_hash = $1")
+            .bind(dag_hash)
+            .fetch_optional(&self.pool)
+            .await?)
     }
 
     /// Creates an execution and its node rows; with an idempotency key seen before, returns the
@@ -363,9 +382,7 @@ impl Db {
             if let Some((id, hash)) = seen {
                 return match hash.as_deref() == Some(request_hash) {
                     true => Ok(Created::Existing(id)),
-                    false => Err(DbError::Conflict(format!(
-                        "idempotency key {key:?} with another request"
-                    ))),
+                    false => Err(DbError::Conflict(format!("idempotency key {key:?} with another request"))),
                 };
             }
         }
@@ -393,21 +410,11 @@ impl Db {
         .await?;
         if inserted.rows_affected() == 0 {
             // A concurrent request with the same key won the race; ask again.
-            return Err(DbError::Conflict(
-                "idempotency key in use by a concurrent request".into(),
-            ));
+            return Err(DbError::Conflict("idempotency key in use by a concurrent request".into()));
         }
-        let ids: Vec<String> = (0..dag.len() as u32)
-            .map(|v| dag.node_id(v).to_owned())
-            .collect();
-        let agents: Vec<String> = (0..dag.len() as u32)
-            .map(|v| dag.node_spec(v).agent_id.clone())
-            .collect();
-        let levels: Vec<i32> = dag
-            .nodes()
-            .iter()
-            .map(|n| i32::try_from(n.level).unwrap_or(i32::MAX))
-            .collect();
+        let ids: Vec<String> = (0..dag.len() as u32).map(|v| dag.node_id(v).to_owned()).collect();
+        let agents: Vec<String> = (0..dag.len() as u32).map(|v| dag.node_spec(v).agent_id.clone()).collect();
+        let levels: Vec<i32> = dag.nodes().iter().map(|n| i32::try_from(n.level).unwrap_or(i32::MAX)).collect();
         sqlx::query(
             "INSERT INTO node_traces (execution_id, node_id, agent_id, level_index)
              SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::int[])",
@@ -424,11 +431,7 @@ impl Db {
 
     pub async fn execution(&self, tenant: &str, id: Uuid) -> Result<Option<ExecutionRow>, DbError> {
         let sql = select_execution!("WHERE tenant_id = $1 AND execution_id = $2");
-        let row = sqlx::query(sql)
-            .bind(tenant)
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(sql).bind(tenant).bind(id).fetch_optional(&self.pool).await?;
         Ok(row.as_ref().map(execution_row).transpose()?)
     }
 
@@ -441,7 +444,7 @@ impl Db {
     /// Node rows with their checkpointed outputs.
     pub async fn nodes(&self, id: Uuid) -> Result<Vec<NodeRow>, DbError> {
         let rows = sqlx::query(
-            "SELECT n.node_id, n.agent_id, n.status, n.attempt, n.level_index, n.retry_at_ms, n.skip_reason,
+            "SELECT n.node_id, n.agent_id, n.status, n.attempt, n.attempt_base, n.level_index, n.retry_at_ms, n.skip_reason,
                     n.error_type, n.error, n.input_hash, n.output_hash, n.compensation, n.started_at,
                     n.completed_at, n.duration_ms, n.worker_id, n.trace_id, c.outputs
              FROM node_traces n LEFT JOIN dag_checkpoints c USING (execution_id, node_id)
@@ -457,6 +460,7 @@ impl Db {
                     agent_id: r.try_get("agent_id")?,
                     status: r.try_get("status")?,
                     attempt: r.try_get("attempt")?,
+                    attempt_base: r.try_get("attempt_base")?,
                     level_index: r.try_get("level_index")?,
                     retry_at_ms: r.try_get("retry_at_ms")?,
                     skip_reason: r.try_get("skip_reason")?,
@@ -504,14 +508,12 @@ impl Db {
         .await?;
         let hash = |r: &PgRow, c: &str| -> Result<ContentHash, DbError> {
             let text: String = r.try_get(c)?;
-            ContentHash::parse(&text)
-                .map_err(|_| DbError::Corrupt(format!("{c} {text:?} is not a hash")))
+            ContentHash::parse(&text).map_err(|_| DbError::Corrupt(format!("{c} {text:?} is not a hash")))
         };
         rows.iter()
             .map(|r| {
                 let parents: Value = r.try_get("parent_hashes")?;
-                let parent_hashes =
-                    serde_json::from_value(parents).map_err(|e| DbError::Corrupt(e.to_string()))?;
+                let parent_hashes = serde_json::from_value(parents).map_err(|e| DbError::Corrupt(e.to_string()))?;
                 let record = Record {
                     node_id: r.try_get("node_id")?,
                     agent_id: r.try_get("agent_id")?,
@@ -522,12 +524,10 @@ impl Db {
                     parent_hashes,
                     chain_hash: hash(r, "chain_hash")?,
                     timing: shared::provenance::Timing {
-                        attempt_count: u32::try_from(r.try_get::<i32, _>("attempt_count")?)
-                            .unwrap_or(0),
+                        attempt_count: u32::try_from(r.try_get::<i32, _>("attempt_count")?).unwrap_or(0),
                         started_at: r.try_get("started_at")?,
                         completed_at: r.try_get("completed_at")?,
-                        duration_ms: u64::try_from(r.try_get::<i64, _>("duration_ms")?)
-                            .unwrap_or(0),
+                        duration_ms: u64::try_from(r.try_get::<i64, _>("duration_ms")?).unwrap_or(0),
                         worker_id: r.try_get("worker_id")?,
                     },
                     prev_record_hash: hash(r, "prev_record_hash")?,
@@ -540,12 +540,7 @@ impl Db {
 
     /// Takes over up to `limit` executions that no live lease holds, oldest (then highest
     /// priority) first. Each claim bumps the lease epoch, fencing off the previous holder.
-    pub async fn claim(
-        &self,
-        owner: &str,
-        ttl: Duration,
-        limit: i64,
-    ) -> Result<Vec<Lease>, DbError> {
+    pub async fn claim(&self, owner: &str, ttl: Duration, limit: i64) -> Result<Vec<Lease>, DbError> {
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
             "UPDATE dag_executions e
              SET lease_owner = $1, lease_epoch = e.lease_epoch + 1,
@@ -563,22 +558,11 @@ impl Db {
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(execution_id, epoch)| Lease {
-                execution_id,
-                epoch,
-            })
-            .collect())
+        Ok(rows.into_iter().map(|(execution_id, epoch)| Lease { execution_id, epoch }).collect())
     }
 
     /// Extends the leases still held (same owner and epoch, not expired); returns those.
-    pub async fn renew(
-        &self,
-        owner: &str,
-        leases: &[Lease],
-        ttl: Duration,
-    ) -> Result<Vec<Lease>, DbError> {
+    pub async fn renew(&self, owner: &str, leases: &[Lease], ttl: Duration) -> Result<Vec<Lease>, DbError> {
         let ids: Vec<Uuid> = leases.iter().map(|l| l.execution_id).collect();
         let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
@@ -594,33 +578,23 @@ impl Db {
         .bind(&epochs)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(execution_id, epoch)| Lease {
-                execution_id,
-                epoch,
-            })
-            .collect())
+        Ok(rows.into_iter().map(|(execution_id, epoch)| Lease { execution_id, epoch }).collect())
     }
 
     /// Hands every lease of `owner` back (graceful shutdown), so another replica takes over at
     /// once instead of after the lease expires.
     pub async fn release_all(&self, owner: &str) -> Result<u64, DbError> {
-        let done = sqlx::query(
-            "UPDATE dag_executions SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1",
-        )
-        .bind(owner)
-        .execute(&self.pool)
-        .await?;
+        let done =
+            sqlx::query("UPDATE dag_executions SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1")
+                .bind(owner)
+                .execute(&self.pool)
+                .await?;
         Ok(done.rows_affected())
     }
 
     /// The execution row behind a lease, if the lease is still ours.
     pub async fn leased_execution(&self, lease: Lease) -> Result<Option<ExecutionRow>, DbError> {
-        Ok(self
-            .execution_by_id(lease.execution_id)
-            .await?
-            .filter(|e| e.lease_epoch == lease.epoch))
+        Ok(self.execution_by_id(lease.execution_id).await?.filter(|e| e.lease_epoch == lease.epoch))
     }
 
     /// Unprocessed attempt results of an execution, in arrival order, and whether a cancel was
@@ -633,16 +607,12 @@ impl Db {
         .bind(id)
         .fetch_all(&self.pool)
         .await?;
-        let cancel: Option<bool> = sqlx::query_scalar(
-            "SELECT cancel_requested FROM dag_executions WHERE execution_id = $1",
-        )
-        .bind(id)
-        .fetch_optional(&self.pool)
-        .await?;
-        let messages = results
-            .into_iter()
-            .filter_map(|v| serde_json::from_value::<ResultMessage>(v).ok())
-            .collect();
+        let cancel: Option<bool> =
+            sqlx::query_scalar("SELECT cancel_requested FROM dag_executions WHERE execution_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let messages = results.into_iter().filter_map(|v| serde_json::from_value::<ResultMessage>(v).ok()).collect();
         Ok((messages, cancel.unwrap_or(false)))
     }
 
@@ -671,11 +641,7 @@ impl Db {
             .bind(&body)
             .execute(&mut *tx)
             .await?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(INBOX_CHANNEL)
-                .bind(id.to_string())
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("SELECT pg_notify($1, $2)").bind(INBOX_CHANNEL).bind(id.to_string()).execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -683,12 +649,7 @@ impl Db {
 
     /// Writes one step of an execution if `lease` is still held; returns false (and writes
     /// nothing) when it is not.
-    pub async fn commit_step(
-        &self,
-        owner: &str,
-        lease: Lease,
-        step: &StepWrite,
-    ) -> Result<bool, DbError> {
+    pub async fn commit_step(&self, owner: &str, lease: Lease, step: &StepWrite) -> Result<bool, DbError> {
         let mut tx = self.pool.begin().await?;
         let held = sqlx::query(
             "UPDATE dag_executions SET status = $4, halt = $5,
@@ -751,10 +712,7 @@ impl Db {
                 .bind(&bodies)
                 .execute(&mut *tx)
                 .await?;
-            sqlx::query("SELECT pg_notify($1, '')")
-                .bind(OUTBOX_CHANNEL)
-                .execute(&mut *tx)
-                .await?;
+            sqlx::query("SELECT pg_notify($1, '')").bind(OUTBOX_CHANNEL).execute(&mut *tx).await?;
         }
         if !step.processed.is_empty() {
             let nodes: Vec<&str> = step.processed.iter().map(|p| p.0.as_str()).collect();
@@ -788,22 +746,14 @@ impl Db {
         .bind(id)
         .execute(&mut *tx)
         .await?;
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(INBOX_CHANNEL)
-            .bind(id.to_string())
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query("SELECT pg_notify($1, $2)").bind(INBOX_CHANNEL).bind(id.to_string()).execute(&mut *tx).await?;
         tx.commit().await?;
         Ok(done.rows_affected() == 1)
     }
 
     /// Claims up to `limit` unsent outbox rows for `claim` (a relay that dies leaves them to be
     /// claimed again when the claim expires).
-    pub async fn claim_outbox(
-        &self,
-        limit: i64,
-        claim: Duration,
-    ) -> Result<Vec<OutboxRow>, DbError> {
+    pub async fn claim_outbox(&self, limit: i64, claim: Duration) -> Result<Vec<OutboxRow>, DbError> {
         let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2)
              WHERE id IN (SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < now()
@@ -816,12 +766,7 @@ impl Db {
         .await?;
         let mut rows: Vec<OutboxRow> = rows
             .into_iter()
-            .map(|(id, exchange, routing_key, body)| OutboxRow {
-                id,
-                exchange,
-                routing_key,
-                body,
-            })
+            .map(|(id, exchange, routing_key, body)| OutboxRow { id, exchange, routing_key, body })
             .collect();
         rows.sort_by_key(|r| r.id);
         Ok(rows)
@@ -829,10 +774,7 @@ impl Db {
 
     /// Deletes outbox rows whose publish was confirmed.
     pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)")
-            .bind(ids)
-            .execute(&self.pool)
-            .await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(ids).execute(&self.pool).await?;
         Ok(())
     }
 
@@ -849,32 +791,150 @@ impl Db {
         .await?)
     }
 
+    /// Puts a resumed execution back in line: `remaining` nodes return to `pending` with a fresh
+    /// retry budget, their checkpoints go, and the execution becomes `pending` with no lease.
+    /// A compare-and-set on (status, lease epoch): false when the execution changed meanwhile.
+    pub async fn resume(
+        &self,
+        execution: &ExecutionRow,
+        remaining: &[String],
+        counts: (i32, i32, i32),
+    ) -> Result<bool, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let updated = sqlx::query(
+            "UPDATE dag_executions SET status = 'pending', halt = NULL, cancel_requested = false, completed_at = NULL,
+                 error = NULL, provenance_chain_hash = NULL, lease_owner = NULL, lease_expires_at = NULL,
+                 completed_nodes = $3, failed_nodes = $4, skipped_nodes = $5, updated_at = now()
+             WHERE execution_id = $1 AND status = $2 AND lease_epoch = $6",
+        )
+        .bind(execution.execution_id)
+        .bind(&execution.status)
+        .bind(counts.0)
+        .bind(counts.1)
+        .bind(counts.2)
+        .bind(execution.lease_epoch)
+        .execute(&mut *tx)
+        .await?;
+        if updated.rows_affected() != 1 {
+            tx.rollback().await?;
+            return Ok(false);
+        }
+        sqlx::query(
+            "UPDATE node_traces SET status = 'pending', attempt_base = attempt, retry_at_ms = NULL, skip_reason = NULL,
+                 error_type = NULL, error = NULL, compensation = 'none', input_hash = NULL, output_hash = NULL,
+                 started_at = NULL, completed_at = NULL, duration_ms = NULL, worker_id = NULL
+             WHERE execution_id = $1 AND node_id = ANY($2)",
+        )
+        .bind(execution.execution_id)
+        .bind(remaining)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM dag_checkpoints WHERE execution_id = $1 AND node_id = ANY($2)")
+            .bind(execution.execution_id)
+            .bind(remaining)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("UPDATE node_traces SET compensation = 'none' WHERE execution_id = $1")
+            .bind(execution.execution_id)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    /// Whether the execution's lease is held by a live owner right now (database clock).
+    pub async fn lease_live(&self, id: Uuid) -> Result<bool, DbError> {
+        let live: Option<Option<bool>> =
+            sqlx::query_scalar("SELECT lease_expires_at > now() FROM dag_executions WHERE execution_id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        Ok(live.flatten().unwrap_or(false))
+    }
+
+    /// Checkpoints of an execution: (node id, status, outputs, output hash, attempts, created).
+    pub async fn checkpoints(&self, id: Uuid) -> Result<Vec<CheckpointRow>, DbError> {
+        let rows: Vec<(String, String, Value, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "SELECT node_id, status, outputs, output_hash, attempt_count, created_at
+             FROM dag_checkpoints WHERE execution_id = $1 ORDER BY node_id",
+        )
+        .bind(id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(node_id, status, outputs, output_hash, attempt_count, created_at)| CheckpointRow {
+                node_id,
+                status,
+                outputs,
+                output_hash,
+                attempt_count,
+                created_at,
+            })
+            .collect())
+    }
+
+    /// Deletes an execution's checkpoints unless it is running; `None` when it is.
+    pub async fn delete_checkpoints(&self, tenant: &str, id: Uuid) -> Result<Option<u64>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        let status: Option<String> = sqlx::query_scalar(
+            "SELECT status FROM dag_executions WHERE tenant_id = $1 AND execution_id = $2 FOR UPDATE",
+        )
+        .bind(tenant)
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?;
+        if matches!(status.as_deref(), Some("pending" | "queued" | "running")) {
+            return Ok(None);
+        }
+        let done =
+            sqlx::query("DELETE FROM dag_checkpoints WHERE execution_id = $1").bind(id).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(Some(done.rows_affected()))
+    }
+
+    /// Executions, newest first, filtered; keyset pagination after `(submitted_at, id)`.
+    pub async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>, DbError> {
+        let sql = select_execution!(
+            "WHERE tenant_id = $1 AND ($2::text IS NULL OR dag_id = $2) AND ($3::text IS NULL OR status = $3)
+               AND ($4::timestamptz IS NULL OR submitted_at >= $4)
+               AND ($5::timestamptz IS NULL OR (submitted_at, execution_id) < ($5, $6))
+             ORDER BY submitted_at DESC, execution_id DESC LIMIT $7"
+        );
+        let rows = sqlx::query(sql)
+            .bind(&filter.tenant)
+            .bind(&filter.dag_id)
+            .bind(&filter.status)
+            .bind(filter.since)
+            .bind(filter.after.map(|a| a.0))
+            .bind(filter.after.map(|a| a.1))
+            .bind(filter.limit)
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(execution_row).collect::<Result<_, _>>()?)
+    }
+
     /// Per-status counts (for health and tests).
     pub async fn status_counts(&self) -> Result<HashMap<String, i64>, DbError> {
         let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM dag_executions GROUP BY status")
-                .fetch_all(&self.pool)
-                .await?;
+            sqlx::query_as("SELECT status, count(*) FROM dag_executions GROUP BY status").fetch_all(&self.pool).await?;
         Ok(rows.into_iter().collect())
     }
 }
 
-async fn update_nodes(
-    tx: &mut sqlx::PgConnection,
-    id: Uuid,
-    nodes: &[NodeUpdate],
-) -> Result<(), DbError> {
-    let col =
-        |f: fn(&NodeUpdate) -> Option<String>| nodes.iter().map(f).collect::<Vec<Option<String>>>();
+async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate]) -> Result<(), DbError> {
+    let col = |f: fn(&NodeUpdate) -> Option<String>| nodes.iter().map(f).collect::<Vec<Option<String>>>();
     let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
     let statuses: Vec<&str> = nodes.iter().map(|n| n.status.as_str()).collect();
     let attempts: Vec<i32> = nodes.iter().map(|n| n.attempt).collect();
+    let bases: Vec<i32> = nodes.iter().map(|n| n.attempt_base).collect();
     let retry_at: Vec<Option<i64>> = nodes.iter().map(|n| n.retry_at_ms).collect();
     let compensation: Vec<&str> = nodes.iter().map(|n| n.compensation.as_str()).collect();
     let dispatched: Vec<bool> = nodes.iter().map(|n| n.dispatched).collect();
     let durations: Vec<Option<i64>> = nodes.iter().map(|n| n.duration_ms).collect();
     sqlx::query(
-        "UPDATE node_traces t SET status = u.status, attempt = u.attempt, retry_at_ms = u.retry_at_ms,
+        "UPDATE node_traces t SET status = u.status, attempt = u.attempt, attempt_base = u.attempt_base,
+             retry_at_ms = u.retry_at_ms,
              skip_reason = u.skip_reason, error_type = u.error_type, error = u.error, compensation = u.compensation,
              started_at = CASE WHEN u.dispatched THEN now()
                                ELSE COALESCE(u.started_at::timestamptz, t.started_at) END,
@@ -885,9 +945,11 @@ async fn update_nodes(
              input_hash = COALESCE(u.input_hash, t.input_hash),
              output_hash = COALESCE(u.output_hash, t.output_hash)
          FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[],
-                     $10::bool[], $11::text[], $12::text[], $13::bigint[], $14::text[], $15::text[], $16::text[])
+                     $10::bool[], $11::text[], $12::text[], $13::bigint[], $14::text[], $15::text[], $16::text[],
+                     $17::int[])
               AS u(node_id, status, attempt, retry_at_ms, skip_reason, error_type, error, compensation,
-                   dispatched, started_at, completed_at, duration_ms, worker_id, input_hash, output_hash)
+                   dispatched, started_at, completed_at, duration_ms, worker_id, input_hash, output_hash,
+                   attempt_base)
          WHERE t.execution_id = $1 AND t.node_id = u.node_id",
     )
     .bind(id)
@@ -906,19 +968,14 @@ async fn update_nodes(
     .bind(col(|n| n.worker_id.clone()))
     .bind(col(|n| n.input_hash.clone()))
     .bind(col(|n| n.output_hash.clone()))
+    .bind(&bases)
     .execute(&mut *tx)
     .await?;
     Ok(())
 }
 
-async fn insert_record(
-    tx: &mut sqlx::PgConnection,
-    id: Uuid,
-    seq: i32,
-    r: &Record,
-) -> Result<(), DbError> {
-    let parents =
-        serde_json::to_value(&r.parent_hashes).map_err(|e| DbError::Corrupt(e.to_string()))?;
+async fn insert_record(tx: &mut sqlx::PgConnection, id: Uuid, seq: i32, r: &Record) -> Result<(), DbError> {
+    let parents = serde_json::to_value(&r.parent_hashes).map_err(|e| DbError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO execution_provenance (execution_id, seq, node_id, agent_id, input, outputs, input_hash,
              output_hash, parent_hashes, chain_hash, attempt_count, started_at, completed_at, duration_ms,

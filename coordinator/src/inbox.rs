@@ -19,13 +19,7 @@ use crate::db::Db;
 const BATCH: usize = 256;
 
 /// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
-pub async fn run(
-    db: Db,
-    amqp_url: String,
-    topology: Topology,
-    name: String,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run(db: Db, amqp_url: String, topology: Topology, name: String, mut stop: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(100);
     while !*stop.borrow() {
         match session(&db, &amqp_url, &topology, &name, &mut stop).await {
@@ -48,12 +42,9 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), BrokerError> {
     let broker = Broker::connect(url, &format!("{name}-inbox"), topology.clone()).await?;
-    let (_results_channel, mut results) = broker
-        .consume(&topology.results_queue(), &format!("{name}-results"), 512)
-        .await?;
-    let (_dead_channel, mut dead) = broker
-        .consume(&topology.dead_queue(), &format!("{name}-dead"), 16)
-        .await?;
+    let (_results_channel, mut results) =
+        broker.consume(&topology.results_queue(), &format!("{name}-results"), 512).await?;
+    let (_dead_channel, mut dead) = broker.consume(&topology.dead_queue(), &format!("{name}-dead"), 16).await?;
     loop {
         tokio::select! {
             _ = stop.changed() => {
@@ -80,17 +71,11 @@ async fn session(
 }
 
 fn closed() -> BrokerError {
-    BrokerError::Amqp(lapin::Error::from(
-        lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed),
-    ))
+    BrokerError::Amqp(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)))
 }
 
 /// Records a batch; acknowledges after commit, or returns everything to the queue on failure.
-async fn record(
-    db: &Db,
-    deliveries: Vec<Delivery>,
-    decode: fn(&Delivery) -> Option<ResultMessage>,
-) {
+async fn record(db: &Db, deliveries: Vec<Delivery>, decode: fn(&Delivery) -> Option<ResultMessage>) {
     let mut good = Vec::with_capacity(deliveries.len());
     let mut messages = Vec::with_capacity(deliveries.len());
     for d in deliveries {
@@ -115,13 +100,7 @@ async fn record(
             tracing::warn!(error = %e, results = messages.len(), "recording results failed; they go back to the queue");
             tokio::time::sleep(Duration::from_millis(200)).await;
             for d in good {
-                let _ = d
-                    .acker
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
+                let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
             }
         }
     }
@@ -152,10 +131,7 @@ fn poison_result(d: &Delivery) -> Option<ResultMessage> {
         duration_ms: 0,
         deliveries: delivery_count(&d.properties),
         outcome: Outcome::Failed {
-            error: NodeError::new(
-                "poison",
-                "the task crashed or stalled every worker it was delivered to",
-            ),
+            error: NodeError::new("poison", "the task crashed or stalled every worker it was delivered to"),
             retryable: false,
         },
     })

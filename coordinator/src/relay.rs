@@ -19,13 +19,7 @@ const BATCH: i64 = 500;
 const CLAIM: Duration = Duration::from_secs(30);
 
 /// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
-pub async fn run(
-    db: Db,
-    amqp_url: String,
-    topology: Topology,
-    name: String,
-    mut stop: watch::Receiver<bool>,
-) {
+pub async fn run(db: Db, amqp_url: String, topology: Topology, name: String, mut stop: watch::Receiver<bool>) {
     let mut delay = Duration::from_millis(100);
     while !*stop.borrow() {
         match session(&db, &amqp_url, &topology, &name, &mut stop).await {
@@ -70,24 +64,14 @@ async fn session(
             continue;
         }
         // A task for a pool no worker has declared yet would be unroutable: declare it first.
-        for row in rows
-            .iter()
-            .filter(|r| r.exchange == topology.tasks_exchange())
-        {
+        for row in rows.iter().filter(|r| r.exchange == topology.tasks_exchange()) {
             if pools.insert(row.routing_key.clone()) {
                 broker.declare_pool(&row.routing_key).await?;
             }
         }
         let batch: Vec<_> = rows
             .iter()
-            .map(|r| {
-                (
-                    r.exchange.clone(),
-                    r.routing_key.clone(),
-                    r.body.clone(),
-                    Default::default(),
-                )
-            })
+            .map(|r| (r.exchange.clone(), r.routing_key.clone(), r.body.clone(), Default::default()))
             .collect();
         broker.publish_batch(&batch).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();

@@ -19,8 +19,7 @@ use shared::dag::{Dag, DagSpec, Limits, NodeIndex, compile};
 use shared::messages::{CancelMessage, Message, ResultMessage, TaskMessage, WIRE_VERSION};
 use shared::provenance::{self, Timing};
 use shared::state::{
-    Compensation, Effect, Execution, ExecutionStatus, Halt, NodeError, NodeState, NodeStatus,
-    Snapshot, TaskKind,
+    Compensation, Effect, Execution, ExecutionStatus, Halt, NodeError, NodeState, NodeStatus, Snapshot, TaskKind,
 };
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
@@ -55,12 +54,7 @@ struct Owned {
 
 /// Runs until `stop` turns true, then hands its leases back.
 pub async fn run(db: Db, options: SchedulerOptions, mut stop: watch::Receiver<bool>) {
-    let mut scheduler = Scheduler {
-        db: db.clone(),
-        options,
-        owned: HashMap::new(),
-        dags: HashMap::new(),
-    };
+    let mut scheduler = Scheduler { db: db.clone(), options, owned: HashMap::new(), dags: HashMap::new() };
     let mut listener = None;
     let mut claim = tokio::time::interval(Duration::from_millis(250));
     let mut renew = tokio::time::interval(scheduler.options.lease_ttl / 3);
@@ -128,9 +122,7 @@ async fn sleep_until_ms(wake: Option<u64>) {
 
 /// Milliseconds since the Unix epoch on this machine (retry timing only).
 fn now_ms() -> u64 {
-    let since = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     u64::try_from(since.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -144,10 +136,7 @@ struct Scheduler {
 
 impl Scheduler {
     fn next_wake(&self) -> Option<u64> {
-        self.owned
-            .values()
-            .filter_map(|o| o.exec.next_wake_ms())
-            .min()
+        self.owned.values().filter_map(|o| o.exec.next_wake_ms()).min()
     }
 
     async fn claim(&mut self) {
@@ -155,11 +144,7 @@ impl Scheduler {
         if room == 0 {
             return;
         }
-        let leases = match self
-            .db
-            .claim(&self.options.owner, self.options.lease_ttl, room as i64)
-            .await
-        {
+        let leases = match self.db.claim(&self.options.owner, self.options.lease_ttl, room as i64).await {
             Ok(leases) => leases,
             Err(e) => return tracing::warn!(error = %e, "claiming executions failed"),
         };
@@ -182,11 +167,7 @@ impl Scheduler {
             return;
         }
         let leases: Vec<Lease> = self.owned.values().map(|o| o.lease).collect();
-        match self
-            .db
-            .renew(&self.options.owner, &leases, self.options.lease_ttl)
-            .await
-        {
+        match self.db.renew(&self.options.owner, &leases, self.options.lease_ttl).await {
             Ok(held) => {
                 let held: HashSet<Uuid> = held.iter().map(|l| l.execution_id).collect();
                 self.owned.retain(|id, _| {
@@ -236,31 +217,23 @@ impl Scheduler {
     }
 
     async fn load(&mut self, lease: Lease) -> Result<Owned, DbError> {
-        let row =
-            self.db.leased_execution(lease).await?.ok_or_else(|| {
-                DbError::Corrupt("the execution vanished or changed hands".into())
-            })?;
+        let row = self
+            .db
+            .leased_execution(lease)
+            .await?
+            .ok_or_else(|| DbError::Corrupt("the execution vanished or changed hands".into()))?;
         let dag = self.dag(&row.dag_hash).await?;
         let rows = self.db.nodes(lease.execution_id).await?;
         let records = self.db.records(lease.execution_id).await?;
         let snapshot = snapshot(&dag, &row, rows)?;
-        let mut exec = Execution::restore(
-            dag,
-            &row.execution_id.to_string(),
-            row.input_data.clone(),
-            snapshot,
-        );
+        let mut exec = Execution::restore(dag, &row.execution_id.to_string(), row.input_data.clone(), snapshot);
         exec.set_parallel_cap(self.options.parallel_cap);
-        let chain = records
-            .iter()
-            .map(|(_, r)| (r.node_id.clone(), r.chain_hash.clone()))
-            .collect();
+        let chain = records.iter().map(|(_, r)| (r.node_id.clone(), r.chain_hash.clone())).collect();
         let last_record = records
             .last()
             .map(|(_, r)| r.record_hash.clone())
             .unwrap_or_else(|| provenance::genesis_record_hash(&row.execution_id.to_string()));
-        let input_hash = ContentHash::parse(&row.input_hash)
-            .map_err(|_| DbError::Corrupt("bad input_hash".into()))?;
+        let input_hash = ContentHash::parse(&row.input_hash).map_err(|_| DbError::Corrupt("bad input_hash".into()))?;
         Ok(Owned {
             lease,
             exec,
@@ -276,29 +249,13 @@ impl Scheduler {
         if let Some(dag) = self.dags.get(hash) {
             return Ok(dag.clone());
         }
-        let definition = self
-            .db
-            .definition(hash)
-            .await?
-            .ok_or_else(|| DbError::Corrupt(format!("definition {hash} missing")))?;
+        let definition =
+            self.db.definition(hash).await?.ok_or_else(|| DbError::Corrupt(format!("definition {hash} missing")))?;
         let spec = DagSpec::from_value(definition).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        let dag = compile(
-            spec,
-            &Limits {
-                max_nodes: usize::MAX,
-            },
-        )
-        .map_err(|r| {
-            DbError::Corrupt(format!(
-                "pinned definition {hash} no longer compiles: {:?}",
-                r.errors
-            ))
-        })?;
+        let dag = compile(spec, &Limits { max_nodes: usize::MAX })
+            .map_err(|r| DbError::Corrupt(format!("pinned definition {hash} no longer compiles: {:?}", r.errors)))?;
         if dag.hash().as_str() != hash {
-            return Err(DbError::Corrupt(format!(
-                "definition {hash} hashes to {}",
-                dag.hash()
-            )));
+            return Err(DbError::Corrupt(format!("definition {hash} hashes to {}", dag.hash())));
         }
         let dag = Arc::new(dag);
         self.dags.insert(hash.to_owned(), dag.clone());
@@ -319,11 +276,7 @@ impl Scheduler {
         let (write, finished) = advance(owned, results, cancel, &self.options.topology);
         let Some(write) = write else { return };
         let lease = owned.lease;
-        match self
-            .db
-            .commit_step(&self.options.owner, lease, &write)
-            .await
-        {
+        match self.db.commit_step(&self.options.owner, lease, &write).await {
             Ok(true) if finished => {
                 tracing::info!(execution_id = %id, status = %write.status, "execution finished");
                 self.owned.remove(&id);
@@ -355,23 +308,12 @@ fn advance(
 ) -> (Option<StepWrite>, bool) {
     let now = now_ms();
     let dag = owned.exec.dag().clone();
-    let started = matches!(
-        owned.exec.status(),
-        ExecutionStatus::Pending | ExecutionStatus::Queued
-    );
-    let mut effects = if started {
-        owned.exec.start(now)
-    } else {
-        Vec::new()
-    };
+    let started = matches!(owned.exec.status(), ExecutionStatus::Pending | ExecutionStatus::Queued);
+    let mut effects = if started { owned.exec.start(now) } else { Vec::new() };
     let mut timing: HashMap<NodeIndex, ResultMessage> = HashMap::new();
     let mut processed = Vec::with_capacity(results.len());
     for r in results {
-        processed.push((
-            r.node_id.clone(),
-            i32::try_from(r.attempt).unwrap_or(i32::MAX),
-            text(&r.kind),
-        ));
+        processed.push((r.node_id.clone(), i32::try_from(r.attempt).unwrap_or(i32::MAX), text(&r.kind)));
         let Some(v) = dag.index_of(&r.node_id) else {
             continue;
         };
@@ -394,10 +336,7 @@ fn advance(
     if !started && changed.is_empty() && effects.is_empty() && processed.is_empty() {
         return (None, false);
     }
-    let mut write = StepWrite {
-        processed,
-        ..StepWrite::default()
-    };
+    let mut write = StepWrite { processed, ..StepWrite::default() };
     let mut dispatched = HashSet::new();
     let execution_id = owned.lease.execution_id.to_string();
     for effect in &effects {
@@ -452,11 +391,7 @@ fn advance(
         ));
     }
     let exec = &owned.exec;
-    let count = |s: NodeStatus| {
-        (0..dag.len() as NodeIndex)
-            .filter(|&v| exec.node_state(v).status == s)
-            .count() as i32
-    };
+    let count = |s: NodeStatus| (0..dag.len() as NodeIndex).filter(|&v| exec.node_state(v).status == s).count() as i32;
     write.completed_nodes = count(NodeStatus::Completed);
     write.failed_nodes = count(NodeStatus::Failed);
     write.skipped_nodes = count(NodeStatus::Skipped);
@@ -466,14 +401,10 @@ fn advance(
         write.last_record_hash = Some(owned.last_record.to_string());
     }
     if write.finished {
-        let in_order: Vec<ContentHash> = dag
-            .order()
-            .iter()
-            .filter_map(|&v| owned.chain.get(dag.node_id(v)).cloned())
-            .collect();
-        write.provenance_chain_hash = Some(
-            provenance::execution_chain_hash(dag.hash(), &owned.input_hash, &in_order).to_string(),
-        );
+        let in_order: Vec<ContentHash> =
+            dag.order().iter().filter_map(|&v| owned.chain.get(dag.node_id(v)).cloned()).collect();
+        write.provenance_chain_hash =
+            Some(provenance::execution_chain_hash(dag.hash(), &owned.input_hash, &in_order).to_string());
         write.error = failure_summary(exec, &dag);
     }
     (Some(write), exec.status().is_terminal())
@@ -496,6 +427,7 @@ fn node_update(
         node_id: node_id.clone(),
         status: text(&state.status),
         attempt: i32::try_from(state.attempt).unwrap_or(i32::MAX),
+        attempt_base: i32::try_from(state.attempt_base).unwrap_or(i32::MAX),
         retry_at_ms: state.retry_at_ms.and_then(|t| i64::try_from(t).ok()),
         skip_reason: state.skip_reason.map(|s| text(&s)),
         error_type: state.error.as_ref().map(|e| e.error_type.clone()),
@@ -510,16 +442,10 @@ fn node_update(
         update.duration_ms = i64::try_from(r.duration_ms).ok();
         update.worker_id = Some(r.worker_id.clone());
     }
-    if let (NodeStatus::Completed, Some(outputs), Some(r)) =
-        (state.status, state.outputs.clone(), result)
-    {
+    if let (NodeStatus::Completed, Some(outputs), Some(r)) = (state.status, state.outputs.clone(), result) {
         let input = owned.exec.node_input(v);
-        let parents: Vec<ContentHash> = dag
-            .node(v)
-            .deps
-            .iter()
-            .filter_map(|&d| owned.chain.get(dag.node_id(d)).cloned())
-            .collect();
+        let parents: Vec<ContentHash> =
+            dag.node(v).deps.iter().filter_map(|&d| owned.chain.get(dag.node_id(d)).cloned()).collect();
         let timing = Timing {
             attempt_count: state.attempt,
             started_at: r.started_at.clone(),
@@ -530,24 +456,11 @@ fn node_update(
         let execution_id = owned.lease.execution_id.to_string();
         let agent_id = dag.node_spec(v).agent_id.clone();
         let prev = owned.last_record.clone();
-        let record = provenance::make_record(
-            &execution_id,
-            &node_id,
-            &agent_id,
-            input,
-            outputs.clone(),
-            parents,
-            timing,
-            prev,
-        );
+        let record =
+            provenance::make_record(&execution_id, &node_id, &agent_id, input, outputs.clone(), parents, timing, prev);
         update.input_hash = Some(record.input_hash.to_string());
         update.output_hash = Some(record.output_hash.to_string());
-        checkpoints.push((
-            node_id.clone(),
-            outputs,
-            record.output_hash.to_string(),
-            update.attempt,
-        ));
+        checkpoints.push((node_id.clone(), outputs, record.output_hash.to_string(), update.attempt));
         owned.seq += 1;
         owned.chain.insert(node_id, record.chain_hash.clone());
         owned.last_record = record.record_hash.clone();
@@ -572,9 +485,8 @@ fn failure_summary(exec: &Execution, dag: &Dag) -> Option<String> {
 }
 
 /// Rebuilds the state machine's snapshot from the stored rows.
-fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) -> Result<Snapshot, DbError> {
-    let mut by_id: HashMap<String, db::NodeRow> =
-        rows.into_iter().map(|r| (r.node_id.clone(), r)).collect();
+pub(crate) fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) -> Result<Snapshot, DbError> {
+    let mut by_id: HashMap<String, db::NodeRow> = rows.into_iter().map(|r| (r.node_id.clone(), r)).collect();
     let mut nodes = Vec::with_capacity(dag.len());
     for v in 0..dag.len() as NodeIndex {
         let r = by_id
@@ -584,32 +496,20 @@ fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) -> Result<Sna
         nodes.push(NodeState {
             status,
             attempt: u32::try_from(r.attempt).unwrap_or(0),
+            attempt_base: u32::try_from(r.attempt_base).unwrap_or(0),
             retry_at_ms: r.retry_at_ms.and_then(|t| u64::try_from(t).ok()),
             skip_reason: r.skip_reason.as_deref().map(parse).transpose()?,
-            error: r
-                .error_type
-                .map(|t| NodeError::new(&t, r.error.unwrap_or_default())),
-            outputs: if status == NodeStatus::Completed {
-                r.outputs
-            } else {
-                None
-            },
+            error: r.error_type.map(|t| NodeError::new(&t, r.error.unwrap_or_default())),
+            outputs: if status == NodeStatus::Completed { r.outputs } else { None },
             compensation: parse::<Compensation>(&r.compensation)?,
         });
     }
-    Ok(Snapshot {
-        status: parse(&row.status)?,
-        halt: row.halt.as_deref().map(parse).transpose()?,
-        nodes,
-    })
+    Ok(Snapshot { status: parse(&row.status)?, halt: row.halt.as_deref().map(parse).transpose()?, nodes })
 }
 
 /// The snake_case name of a status-like enum.
 fn text<T: Serialize>(value: &T) -> String {
-    serde_json::to_value(value)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_owned))
-        .unwrap_or_default()
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
 fn parse<T: DeserializeOwned>(name: &str) -> Result<T, DbError> {

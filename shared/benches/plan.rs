@@ -8,19 +8,13 @@ use shared::dag::{Limits, compile, synth};
 use std::hint::black_box;
 
 fn validate_and_plan(c: &mut Criterion) {
-    let limits = Limits {
-        max_nodes: 1_000_000,
-    };
+    let limits = Limits { max_nodes: 1_000_000 };
     let mut spec = synth::random(100_000, 200_000, 42);
     spec.dag_id = Some("bench".to_owned());
     let mut group = c.benchmark_group("compile");
     group.sample_size(20);
     group.bench_function("random_100k_nodes_200k_edges", |b| {
-        b.iter_batched(
-            || spec.clone(),
-            |s| black_box(compile(s, &limits)),
-            criterion::BatchSize::LargeInput,
-        )
+        b.iter_batched(|| spec.clone(), |s| black_box(compile(s, &limits)), criterion::BatchSize::LargeInput)
     });
     group.bench_function("dag_hash_100k", |b| {
         b.iter_batched(

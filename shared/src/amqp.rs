@@ -16,27 +16,19 @@
 use std::collections::BTreeMap;
 
 use lapin::options::{
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions,
-    QueueBindOptions, QueueDeclareOptions,
+    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer,
-    ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ExchangeKind};
 
 /// A broker operation failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     #[error("RabbitMQ: {0}")]
     Amqp(#[from] lapin::Error),
-    #[error(
-        "RabbitMQ did not route the message to any queue (exchange {exchange}, key {routing_key})"
-    )]
-    Unroutable {
-        exchange: String,
-        routing_key: String,
-    },
+    #[error("RabbitMQ did not route the message to any queue (exchange {exchange}, key {routing_key})")]
+    Unroutable { exchange: String, routing_key: String },
     #[error("RabbitMQ refused the message (nack)")]
     Nacked,
 }
@@ -50,10 +42,7 @@ pub struct Topology {
 
 impl Topology {
     pub fn new(prefix: &str, delivery_limit: u32) -> Self {
-        Self {
-            prefix: prefix.to_owned(),
-            delivery_limit,
-        }
+        Self { prefix: prefix.to_owned(), delivery_limit }
     }
 
     pub fn tasks_exchange(&self) -> String {
@@ -97,18 +86,12 @@ pub struct Broker {
 }
 
 fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions {
-        durable: true,
-        ..QueueDeclareOptions::default()
-    }
+    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
 }
 
 fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
     let mut args = FieldTable::default();
-    args.insert(
-        "x-queue-type".into(),
-        AMQPValue::LongString(LongString::from("quorum")),
-    );
+    args.insert("x-queue-type".into(), AMQPValue::LongString(LongString::from("quorum")));
     for (k, v) in extra {
         args.insert(ShortString::from(*k), v.clone());
     }
@@ -117,23 +100,12 @@ fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
 
 impl Broker {
     /// Connects and declares the shared part of the topology (idempotent).
-    pub async fn connect(
-        url: &str,
-        connection_name: &str,
-        topology: Topology,
-    ) -> Result<Self, BrokerError> {
-        let properties =
-            ConnectionProperties::default().with_connection_name(connection_name.into());
+    pub async fn connect(url: &str, connection_name: &str, topology: Topology) -> Result<Self, BrokerError> {
+        let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
         let connection = Connection::connect(url, properties).await?;
         let publisher = connection.create_channel().await?;
-        publisher
-            .confirm_select(ConfirmSelectOptions::default())
-            .await?;
-        let broker = Self {
-            connection,
-            publisher,
-            topology,
-        };
+        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+        let broker = Self { connection, publisher, topology };
         broker.declare_common().await?;
         Ok(broker)
     }
@@ -150,19 +122,14 @@ impl Broker {
         let t = &self.topology;
         let ch = &self.publisher;
         let exchange = |name: String, kind: ExchangeKind| async move {
-            let options = ExchangeDeclareOptions {
-                durable: true,
-                ..ExchangeDeclareOptions::default()
-            };
-            ch.exchange_declare(name.into(), kind, options, FieldTable::default())
-                .await
+            let options = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+            ch.exchange_declare(name.into(), kind, options, FieldTable::default()).await
         };
         exchange(t.tasks_exchange(), ExchangeKind::Direct).await?;
         exchange(t.dead_exchange(), ExchangeKind::Fanout).await?;
         exchange(t.results_exchange(), ExchangeKind::Direct).await?;
         exchange(t.cancel_exchange(), ExchangeKind::Fanout).await?;
-        ch.queue_declare(t.dead_queue().into(), durable(), quorum(&[]))
-            .await?;
+        ch.queue_declare(t.dead_queue().into(), durable(), quorum(&[])).await?;
         ch.queue_bind(
             t.dead_queue().into(),
             t.dead_exchange().into(),
@@ -171,8 +138,7 @@ impl Broker {
             FieldTable::default(),
         )
         .await?;
-        ch.queue_declare(t.results_queue().into(), durable(), quorum(&[]))
-            .await?;
+        ch.queue_declare(t.results_queue().into(), durable(), quorum(&[])).await?;
         ch.queue_bind(
             t.results_queue().into(),
             t.results_exchange().into(),
@@ -189,13 +155,8 @@ impl Broker {
         let t = &self.topology;
         let limit = AMQPValue::LongInt(i32::try_from(t.delivery_limit).unwrap_or(i32::MAX));
         let dead = AMQPValue::LongString(LongString::from(t.dead_exchange()));
-        let args = quorum(&[
-            ("x-delivery-limit", limit),
-            ("x-dead-letter-exchange", dead),
-        ]);
-        self.publisher
-            .queue_declare(t.task_queue(pool).into(), durable(), args)
-            .await?;
+        let args = quorum(&[("x-delivery-limit", limit), ("x-dead-letter-exchange", dead)]);
+        self.publisher.queue_declare(t.task_queue(pool).into(), durable(), args).await?;
         self.publisher
             .queue_bind(
                 t.task_queue(pool).into(),
@@ -216,9 +177,7 @@ impl Broker {
         body: &[u8],
         headers: &BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
-        let pending = self
-            .start_publish(exchange, routing_key, body, headers)
-            .await?;
+        let pending = self.start_publish(exchange, routing_key, body, headers).await?;
         confirm(pending.await?, exchange, routing_key)
     }
 
@@ -229,11 +188,7 @@ impl Broker {
     ) -> Result<(), BrokerError> {
         let mut pending = Vec::with_capacity(messages.len());
         for (exchange, key, body, headers) in messages {
-            pending.push((
-                self.start_publish(exchange, key, body, headers).await?,
-                exchange,
-                key,
-            ));
+            pending.push((self.start_publish(exchange, key, body, headers).await?, exchange, key));
         }
         for (confirmation, exchange, key) in pending {
             confirm(confirmation.await?, exchange, key)?;
@@ -250,29 +205,14 @@ impl Broker {
     ) -> Result<lapin::PublisherConfirm, BrokerError> {
         let mut table = FieldTable::default();
         for (k, v) in headers {
-            table.insert(
-                ShortString::from(k.as_str()),
-                AMQPValue::LongString(LongString::from(v.as_str())),
-            );
+            table.insert(ShortString::from(k.as_str()), AMQPValue::LongString(LongString::from(v.as_str())));
         }
         let properties = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_headers(table);
-        let options = BasicPublishOptions {
-            mandatory: true,
-            ..BasicPublishOptions::default()
-        };
-        Ok(self
-            .publisher
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                options,
-                body,
-                properties,
-            )
-            .await?)
+        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        Ok(self.publisher.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?)
     }
 
     /// Starts consuming `queue` on a channel of its own with `prefetch` unacknowledged messages.
@@ -283,34 +223,17 @@ impl Broker {
         prefetch: u16,
     ) -> Result<(Channel, Consumer), BrokerError> {
         let channel = self.connection.create_channel().await?;
-        channel
-            .basic_qos(prefetch, BasicQosOptions::default())
-            .await?;
-        let consumer = channel
-            .basic_consume(
-                queue.into(),
-                consumer_tag.into(),
-                Default::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let consumer =
+            channel.basic_consume(queue.into(), consumer_tag.into(), Default::default(), FieldTable::default()).await?;
         Ok((channel, consumer))
     }
 
     /// A private, auto-deleted queue bound to the cancel fan-out, consumed at once.
-    pub async fn consume_cancels(
-        &self,
-        consumer_tag: &str,
-    ) -> Result<(Channel, Consumer), BrokerError> {
+    pub async fn consume_cancels(&self, consumer_tag: &str) -> Result<(Channel, Consumer), BrokerError> {
         let channel = self.connection.create_channel().await?;
-        let options = QueueDeclareOptions {
-            exclusive: true,
-            auto_delete: true,
-            ..QueueDeclareOptions::default()
-        };
-        let queue = channel
-            .queue_declare("".into(), options, FieldTable::default())
-            .await?;
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
         let name = queue.name().clone();
         channel
             .queue_bind(
@@ -321,27 +244,16 @@ impl Broker {
                 FieldTable::default(),
             )
             .await?;
-        let consumer = channel
-            .basic_consume(
-                name,
-                consumer_tag.into(),
-                Default::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let consumer =
+            channel.basic_consume(name, consumer_tag.into(), Default::default(), FieldTable::default()).await?;
         Ok((channel, consumer))
     }
 
     /// Number of messages ready in `queue` (declares nothing; the queue must exist).
     pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
-        let options = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
+        let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
         let channel = self.connection.create_channel().await?;
-        let q = channel
-            .queue_declare(queue.into(), options, FieldTable::default())
-            .await?;
+        let q = channel.queue_declare(queue.into(), options, FieldTable::default()).await?;
         let _ = channel.close(200, "ok".into()).await;
         Ok(q.message_count())
     }
@@ -351,17 +263,12 @@ impl Broker {
     }
 }
 
-fn confirm(
-    confirmation: Confirmation,
-    exchange: &str,
-    routing_key: &str,
-) -> Result<(), BrokerError> {
+fn confirm(confirmation: Confirmation, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
-        Confirmation::Ack(Some(_)) => Err(BrokerError::Unroutable {
-            exchange: exchange.to_owned(),
-            routing_key: routing_key.to_owned(),
-        }),
+        Confirmation::Ack(Some(_)) => {
+            Err(BrokerError::Unroutable { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
+        }
         Confirmation::Nack(_) => Err(BrokerError::Nacked),
     }
 }
@@ -372,10 +279,7 @@ pub fn string_headers(properties: &BasicProperties) -> BTreeMap<String, String> 
     if let Some(table) = properties.headers() {
         for (k, v) in table.inner() {
             if let AMQPValue::LongString(s) = v {
-                out.insert(
-                    k.as_str().to_owned(),
-                    String::from_utf8_lossy(s.as_bytes()).into_owned(),
-                );
+                out.insert(k.as_str().to_owned(), String::from_utf8_lossy(s.as_bytes()).into_owned());
             }
         }
     }
@@ -385,10 +289,7 @@ pub fn string_headers(properties: &BasicProperties) -> BTreeMap<String, String> 
 /// How many times the broker has delivered this message (quorum queues count redeliveries in
 /// `x-delivery-count`; the first delivery has none).
 pub fn delivery_count(properties: &BasicProperties) -> u32 {
-    let count = properties
-        .headers()
-        .as_ref()
-        .and_then(|t| t.inner().get("x-delivery-count").cloned());
+    let count = properties.headers().as_ref().and_then(|t| t.inner().get("x-delivery-count").cloned());
     let previous = match count {
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),
         Some(AMQPValue::LongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),

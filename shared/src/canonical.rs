@@ -30,14 +30,8 @@ pub struct BadHash;
 
 impl ContentHash {
     pub fn parse(s: &str) -> Result<Self, BadHash> {
-        let ok = s.len() == 64
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
-        if ok {
-            Ok(Self(s.to_owned()))
-        } else {
-            Err(BadHash)
-        }
+        let ok = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if ok { Ok(Self(s.to_owned())) } else { Err(BadHash) }
     }
 
     /// SHA-256 of raw bytes.
@@ -178,12 +172,8 @@ mod tests {
     #[test]
     fn hash_ignores_insertion_order() {
         let a = json!({"x": 1, "y": {"p": true, "q": null}});
-        let b: serde_json::Value =
-            serde_json::from_str(r#"{"y":{"q":null,"p":true},"x":1}"#).expect("json");
-        assert_eq!(
-            content_hash(&a).expect("hash"),
-            content_hash(&b).expect("hash")
-        );
+        let b: serde_json::Value = serde_json::from_str(r#"{"y":{"q":null,"p":true},"x":1}"#).expect("json");
+        assert_eq!(content_hash(&a).expect("hash"), content_hash(&b).expect("hash"));
     }
 
     fn arb_json() -> impl Strategy<Value = Value> {
@@ -192,9 +182,7 @@ mod tests {
             any::<bool>().prop_map(Value::Bool),
             any::<i64>().prop_map(|n| json!(n)),
             any::<u64>().prop_map(|n| json!(n)),
-            any::<f64>()
-                .prop_filter("finite", |f| f.is_finite())
-                .prop_map(|f| json!(f)),
+            any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(|f| json!(f)),
             (-1e25f64..1e25).prop_map(|f| json!(f)),
             any::<String>().prop_map(Value::String),
             "[\\x00-\\x7f\u{80}-\u{ffff}\u{10000}-\u{10ffff}]{0,8}".prop_map(Value::String),
@@ -221,10 +209,7 @@ mod tests {
     fn control_characters_and_astral_keys() {
         let v = json!({"\u{1f600}": 1, "\u{e000}": 2, "s": "\u{0}\u{1f}\u{7f}\u{2028}\"\\\u{8}\u{c}\n\r\t"});
         let ours = canonical_json(&v).expect("canonical");
-        assert_eq!(
-            ours,
-            serde_json_canonicalizer::to_string(&v).expect("reference")
-        );
+        assert_eq!(ours, serde_json_canonicalizer::to_string(&v).expect("reference"));
         assert!(ours.starts_with("{\"s\""), "{ours}");
     }
 
@@ -232,10 +217,7 @@ mod tests {
     fn known_digest() {
         // sha256("{}")
         let h = content_hash(&json!({})).expect("hash");
-        assert_eq!(
-            h.as_str(),
-            "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"
-        );
+        assert_eq!(h.as_str(), "44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a");
         assert!(ContentHash::parse(h.as_str()).is_ok());
         assert_eq!(ContentHash::parse("ABC"), Err(BadHash));
     }

@@ -55,9 +55,7 @@ impl ValuePath {
         let tokens = tokenize(text)?;
         match tokens.as_slice() {
             [Token::Path(segments)] => resolve(segments, &is_node),
-            _ => Err(format!(
-                "{text:?} is not a path; use input.<key>... or results.<node>.<key>..."
-            )),
+            _ => Err(format!("{text:?} is not a path; use input.<key>... or results.<node>.<key>...")),
         }
     }
 
@@ -145,25 +143,15 @@ impl Condition {
     /// Parses `source`, resolving `results.` paths with `is_node`.
     pub fn parse(source: &str, is_node: impl Fn(&str) -> bool) -> Result<Self, String> {
         if source.len() > MAX_LEN {
-            return Err(format!(
-                "is {} bytes long; the limit is {MAX_LEN}",
-                source.len()
-            ));
+            return Err(format!("is {} bytes long; the limit is {MAX_LEN}", source.len()));
         }
         let tokens = tokenize(source)?;
-        let mut parser = Parser {
-            tokens: &tokens,
-            pos: 0,
-            is_node: &is_node,
-        };
+        let mut parser = Parser { tokens: &tokens, pos: 0, is_node: &is_node };
         let expr = parser.or(0)?;
         if let Some(extra) = parser.tokens.get(parser.pos) {
             return Err(format!("unexpected {extra} after a complete expression"));
         }
-        Ok(Self {
-            source: source.to_owned(),
-            expr,
-        })
+        Ok(Self { source: source.to_owned(), expr })
     }
 
     pub fn source(&self) -> &str {
@@ -190,16 +178,10 @@ impl Condition {
 
     /// True runs the node, false skips it; an error fails it.
     pub fn evaluate(&self, scope: &Scope<'_>) -> Result<bool, EvalError> {
-        let fail = |reason: String| EvalError {
-            expression: self.source.clone(),
-            reason,
-        };
+        let fail = |reason: String| EvalError { expression: self.source.clone(), reason };
         match eval(&self.expr, scope).map_err(fail)? {
             Value::Bool(b) => Ok(b),
-            other => Err(fail(format!(
-                "the result is {}, not a boolean",
-                type_name(&other)
-            ))),
+            other => Err(fail(format!("the result is {}, not a boolean", type_name(&other)))),
         }
     }
 }
@@ -225,15 +207,12 @@ fn eval(expr: &Expr, scope: &Scope<'_>) -> Result<Value, String> {
             }
             Ok(Value::Bool(false))
         }
-        Expr::Compare(l, op, r) => {
-            compare(&eval(l, scope)?, *op, &eval(r, scope)?).map(Value::Bool)
-        }
+        Expr::Compare(l, op, r) => compare(&eval(l, scope)?, *op, &eval(r, scope)?).map(Value::Bool),
     }
 }
 
 fn boolean(v: &Value, op: &str) -> Result<bool, String> {
-    v.as_bool()
-        .ok_or_else(|| format!("{op} needs booleans, got {}", type_name(v)))
+    v.as_bool().ok_or_else(|| format!("{op} needs booleans, got {}", type_name(v)))
 }
 
 fn compare(l: &Value, op: CmpOp, r: &Value) -> Result<bool, String> {
@@ -250,8 +229,7 @@ fn compare(l: &Value, op: CmpOp, r: &Value) -> Result<bool, String> {
         (None, Value::String(a), Value::String(b)) => Some(a.cmp(b)),
         _ => None,
     };
-    let ordering = ordering
-        .ok_or_else(|| format!("cannot order {} against {}", type_name(l), type_name(r)))?;
+    let ordering = ordering.ok_or_else(|| format!("cannot order {} against {}", type_name(l), type_name(r)))?;
     Ok(match op {
         CmpOp::Lt => ordering == Ordering::Less,
         CmpOp::Le => ordering != Ordering::Greater,
@@ -323,9 +301,7 @@ fn tokenize(text: &str) -> Result<Vec<Token>, String> {
             ('<', _) => (Token::Cmp(CmpOp::Lt), 1),
             ('>', _) => (Token::Cmp(CmpOp::Gt), 1),
             ('\'' | '"', _) => string_literal(&chars[i..])?,
-            (c, _)
-                if c.is_ascii_digit() || (c == '-' && next.is_some_and(|n| n.is_ascii_digit())) =>
-            {
+            (c, _) if c.is_ascii_digit() || (c == '-' && next.is_some_and(|n| n.is_ascii_digit())) => {
                 number_literal(&chars[i..])?
             }
             (c, _) if c.is_ascii_alphabetic() || c == '_' => word(&chars[i..])?,
@@ -354,10 +330,7 @@ fn string_literal(chars: &[char]) -> Result<(Token, usize), String> {
                     Some('t') => '\t',
                     Some(&c @ ('\\' | '\'' | '"')) => c,
                     other => {
-                        return Err(format!(
-                            "unknown escape \\{}",
-                            other.copied().unwrap_or(' ')
-                        ));
+                        return Err(format!("unknown escape \\{}", other.copied().unwrap_or(' ')));
                     }
                 };
                 out.push(escaped);
@@ -372,29 +345,20 @@ fn string_literal(chars: &[char]) -> Result<(Token, usize), String> {
 }
 
 fn number_literal(chars: &[char]) -> Result<(Token, usize), String> {
-    let len = 1 + chars[1..]
-        .iter()
-        .take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-'))
-        .count();
+    let len =
+        1 + chars[1..].iter().take_while(|c| c.is_ascii_digit() || matches!(c, '.' | 'e' | 'E' | '+' | '-')).count();
     let text: String = chars[..len].iter().collect();
     let number = text
         .parse::<i64>()
         .map(serde_json::Number::from)
         .ok()
-        .or_else(|| {
-            text.parse::<f64>()
-                .ok()
-                .and_then(serde_json::Number::from_f64)
-        })
+        .or_else(|| text.parse::<f64>().ok().and_then(serde_json::Number::from_f64))
         .ok_or_else(|| format!("{text:?} is not a number"))?;
     Ok((Token::Literal(Value::Number(number)), len))
 }
 
 fn word(chars: &[char]) -> Result<(Token, usize), String> {
-    let len = chars
-        .iter()
-        .take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-'))
-        .count();
+    let len = chars.iter().take_while(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | ':' | '-')).count();
     let text: String = chars[..len].iter().collect();
     let token = match text.as_str() {
         "true" | "True" => Token::Literal(Value::Bool(true)),
@@ -411,19 +375,13 @@ fn resolve(segments: &[String], is_node: &dyn Fn(&str) -> bool) -> Result<ValueP
         return Err(format!("path {shown:?} has an empty segment"));
     }
     match segments.first().map(String::as_str) {
-        Some("input") => Ok(ValuePath {
-            root: Root::Input,
-            keys: segments[1..].to_vec(),
-        }),
+        Some("input") => Ok(ValuePath { root: Root::Input, keys: segments[1..].to_vec() }),
         Some("results") => {
             let rest = &segments[1..];
             (1..=rest.len())
                 .rev()
                 .find(|&n| is_node(&rest[..n].join(".")))
-                .map(|n| ValuePath {
-                    root: Root::Results(rest[..n].join(".")),
-                    keys: rest[n..].to_vec(),
-                })
+                .map(|n| ValuePath { root: Root::Results(rest[..n].join(".")), keys: rest[n..].to_vec() })
                 .ok_or_else(|| format!("path {shown:?} does not name a node of this DAG"))
         }
         _ => Err(format!("path {shown:?} must start with input or results")),
@@ -454,11 +412,7 @@ impl Parser<'_> {
         while self.eat(&Token::Or) {
             items.push(self.and(depth)?);
         }
-        Ok(if items.len() == 1 {
-            items.remove(0)
-        } else {
-            Expr::Or(items)
-        })
+        Ok(if items.len() == 1 { items.remove(0) } else { Expr::Or(items) })
     }
 
     fn and(&mut self, depth: usize) -> Result<Expr, String> {
@@ -466,11 +420,7 @@ impl Parser<'_> {
         while self.eat(&Token::And) {
             items.push(self.unary(depth)?);
         }
-        Ok(if items.len() == 1 {
-            items.remove(0)
-        } else {
-            Expr::And(items)
-        })
+        Ok(if items.len() == 1 { items.remove(0) } else { Expr::And(items) })
     }
 
     fn unary(&mut self, depth: usize) -> Result<Expr, String> {
@@ -488,10 +438,7 @@ impl Parser<'_> {
     }
 
     fn primary(&mut self, depth: usize) -> Result<Expr, String> {
-        let token = self
-            .peek()
-            .cloned()
-            .ok_or("ends where a value was expected")?;
+        let token = self.peek().cloned().ok_or("ends where a value was expected")?;
         self.pos += 1;
         match token {
             Token::LParen => {
@@ -525,13 +472,9 @@ mod tests {
     }
 
     fn run(src: &str, input: Value, results: Value) -> Result<bool, EvalError> {
-        let results: BTreeMap<String, Value> =
-            serde_json::from_value(results).expect("results map");
+        let results: BTreeMap<String, Value> = serde_json::from_value(results).expect("results map");
         let cond = Condition::parse(src, nodes).expect("parses");
-        cond.evaluate(&Scope {
-            input: &input,
-            results: &results,
-        })
+        cond.evaluate(&Scope { input: &input, results: &results })
     }
 
     #[test]
@@ -550,11 +493,7 @@ mod tests {
             ("'a' < 'b'", true),
         ];
         for (src, want) in cases {
-            assert_eq!(
-                run(src, json!({"year": 2025}), results.clone()),
-                Ok(want),
-                "{src}"
-            );
+            assert_eq!(run(src, json!({"year": 2025}), results.clone()), Ok(want), "{src}");
         }
     }
 
@@ -569,23 +508,14 @@ mod tests {
             "results.s1.tag && true",
             "input.year < 'a'",
         ] {
-            assert!(
-                run(src, json!({"year": 1}), results.clone()).is_err(),
-                "{src} must fail closed"
-            );
+            assert!(run(src, json!({"year": 1}), results.clone()).is_err(), "{src} must fail closed");
         }
     }
 
     #[test]
     fn short_circuit_skips_the_unevaluable_side() {
-        assert_eq!(
-            run("false && input.x > 'a'", json!({"x": 1}), json!({})),
-            Ok(false)
-        );
-        assert_eq!(
-            run("true || input.x > 'a'", json!({"x": 1}), json!({})),
-            Ok(true)
-        );
+        assert_eq!(run("false && input.x > 'a'", json!({"x": 1}), json!({})), Ok(false));
+        assert_eq!(run("true || input.x > 'a'", json!({"x": 1}), json!({})), Ok(true));
     }
 
     #[test]
@@ -601,15 +531,8 @@ mod tests {
         let path = ValuePath::parse("results.a.b.rows.0", nodes).expect("path");
         assert_eq!(path.root, Root::Results("a.b".into()));
         assert_eq!(path.keys, vec!["rows", "0"]);
-        let results: BTreeMap<String, Value> =
-            BTreeMap::from([("a.b".to_owned(), json!({"rows": [7]}))]);
-        assert_eq!(
-            path.lookup(&Scope {
-                input: &json!({}),
-                results: &results
-            }),
-            json!(7)
-        );
+        let results: BTreeMap<String, Value> = BTreeMap::from([("a.b".to_owned(), json!({"rows": [7]}))]);
+        assert_eq!(path.lookup(&Scope { input: &json!({}), results: &results }), json!(7));
     }
 
     #[test]
@@ -627,20 +550,13 @@ mod tests {
             "results.s1 ; drop table",
             "1e999 > 0",
         ] {
-            assert!(
-                Condition::parse(src, nodes).is_err(),
-                "{src:?} must be rejected"
-            );
+            assert!(Condition::parse(src, nodes).is_err(), "{src:?} must be rejected");
         }
     }
 
     #[test]
     fn nesting_and_length_are_bounded() {
-        let deep = format!(
-            "{}true{}",
-            "(".repeat(MAX_DEPTH + 1),
-            ")".repeat(MAX_DEPTH + 1)
-        );
+        let deep = format!("{}true{}", "(".repeat(MAX_DEPTH + 1), ")".repeat(MAX_DEPTH + 1));
         assert!(Condition::parse(&deep, nodes).is_err());
         let ok = format!("{}true{}", "(".repeat(MAX_DEPTH), ")".repeat(MAX_DEPTH));
         assert!(Condition::parse(&ok, nodes).is_ok());

@@ -16,10 +16,7 @@ pub const PREFIX: &str = "GL_ORCHESTRATOR_";
 /// Every setting, as the suffix of its variable, with its default (`None`: no default).
 pub const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CONFIG_FILE", None),
-    (
-        "DATABASE_URL",
-        Some("postgres://postgres@127.0.0.1:5432/postgres"),
-    ),
+    ("DATABASE_URL", Some("postgres://postgres@127.0.0.1:5432/postgres")),
     ("AMQP_URL", Some("amqp://guest:guest@127.0.0.1:5672/%2f")),
     ("REDIS_URL", Some("redis://127.0.0.1:6379")),
     ("HTTP_ADDR", Some("127.0.0.1:8080")),
@@ -130,19 +127,13 @@ pub struct ConfigError {
 }
 
 fn error(key: &str, message: impl Into<String>) -> ConfigError {
-    ConfigError {
-        variable: format!("{PREFIX}{key}"),
-        message: message.into(),
-    }
+    ConfigError { variable: format!("{PREFIX}{key}"), message: message.into() }
 }
 
 impl Settings {
     /// Builds settings from `env` (all process variables; only `GL_ORCHESTRATOR_*` are read) and
     /// the text of the configuration file, if one was named.
-    pub fn load(
-        env: impl IntoIterator<Item = (String, String)>,
-        file: Option<&str>,
-    ) -> Result<Self, ConfigError> {
+    pub fn load(env: impl IntoIterator<Item = (String, String)>, file: Option<&str>) -> Result<Self, ConfigError> {
         let mut values: BTreeMap<String, String> = BTreeMap::new();
         for (key, default) in SETTINGS {
             if let Some(d) = default {
@@ -154,8 +145,7 @@ impl Settings {
                 .map_err(|e| error("CONFIG_FILE", format!("not a YAML map of settings: {e}")))?;
             for (key, value) in parsed {
                 let key = key.to_ascii_uppercase();
-                known(&key)
-                    .map_err(|_| error("CONFIG_FILE", format!("unknown setting {key:?}")))?;
+                known(&key).map_err(|_| error("CONFIG_FILE", format!("unknown setting {key:?}")))?;
                 let text = match value {
                     serde_json::Value::String(s) => s,
                     other => other.to_string(),
@@ -176,81 +166,35 @@ impl Settings {
         let get = |key: &str| v.get(key).map(String::as_str).filter(|s| !s.is_empty());
         let required = |key: &str| get(key).ok_or_else(|| error(key, "must be set"));
         let settings = Self {
-            database_url: Secret::new(url(
-                required("DATABASE_URL")?,
-                "DATABASE_URL",
-                &["postgres", "postgresql"],
-            )?),
+            database_url: Secret::new(url(required("DATABASE_URL")?, "DATABASE_URL", &["postgres", "postgresql"])?),
             amqp_url: Secret::new(url(required("AMQP_URL")?, "AMQP_URL", &["amqp", "amqps"])?),
-            redis_url: Secret::new(url(
-                required("REDIS_URL")?,
-                "REDIS_URL",
-                &["redis", "rediss"],
-            )?),
-            http_addr: parse(
-                required("HTTP_ADDR")?,
-                "HTTP_ADDR",
-                "an address such as 127.0.0.1:8080",
-            )?,
-            worker_metrics_addr: parse(
-                required("WORKER_METRICS_ADDR")?,
-                "WORKER_METRICS_ADDR",
-                "an address",
-            )?,
+            redis_url: Secret::new(url(required("REDIS_URL")?, "REDIS_URL", &["redis", "rediss"])?),
+            http_addr: parse(required("HTTP_ADDR")?, "HTTP_ADDR", "an address such as 127.0.0.1:8080")?,
+            worker_metrics_addr: parse(required("WORKER_METRICS_ADDR")?, "WORKER_METRICS_ADDR", "an address")?,
             queue_prefix: name(required("QUEUE_PREFIX")?, "QUEUE_PREFIX")?,
             redis_prefix: required("REDIS_PREFIX")?.to_owned(),
             worker_queues: required("WORKER_QUEUES")?
                 .split(',')
                 .map(|q| name(q.trim(), "WORKER_QUEUES"))
                 .collect::<Result<_, _>>()?,
-            worker_concurrency: ranged(
-                required("WORKER_CONCURRENCY")?,
-                "WORKER_CONCURRENCY",
-                1,
-                1024,
-            )?,
+            worker_concurrency: ranged(required("WORKER_CONCURRENCY")?, "WORKER_CONCURRENCY", 1, 1024)?,
             worker_id: get("WORKER_ID").map(|w| name(w, "WORKER_ID")).transpose()?,
             agents_file: get("AGENTS_FILE").map(PathBuf::from),
-            max_parallel_nodes: ranged(
-                required("MAX_PARALLEL_NODES")?,
-                "MAX_PARALLEL_NODES",
-                1,
-                500,
-            )?,
-            max_dag_nodes: ranged(required("MAX_DAG_NODES")?, "MAX_DAG_NODES", 1, 10_000_000)?
-                as usize,
+            max_parallel_nodes: ranged(required("MAX_PARALLEL_NODES")?, "MAX_PARALLEL_NODES", 1, 500)?,
+            max_dag_nodes: ranged(required("MAX_DAG_NODES")?, "MAX_DAG_NODES", 1, 10_000_000)? as usize,
             max_concurrent_executions: ranged(
                 required("MAX_CONCURRENT_EXECUTIONS")?,
                 "MAX_CONCURRENT_EXECUTIONS",
                 1,
                 1_000_000,
             )?,
-            accept_new_executions: boolean(
-                required("ACCEPT_NEW_EXECUTIONS")?,
-                "ACCEPT_NEW_EXECUTIONS",
-            )?,
-            max_body_bytes: ranged(required("MAX_BODY_BYTES")?, "MAX_BODY_BYTES", 1024, 1 << 30)?
-                as usize,
+            accept_new_executions: boolean(required("ACCEPT_NEW_EXECUTIONS")?, "ACCEPT_NEW_EXECUTIONS")?,
+            max_body_bytes: ranged(required("MAX_BODY_BYTES")?, "MAX_BODY_BYTES", 1024, 1 << 30)? as usize,
             db_pool_size: ranged(required("DB_POOL_SIZE")?, "DB_POOL_SIZE", 1, 1000)?,
-            db_pool_max_overflow: ranged(
-                required("DB_POOL_MAX_OVERFLOW")?,
-                "DB_POOL_MAX_OVERFLOW",
-                0,
-                1000,
-            )?,
-            lease_ttl_seconds: ranged(
-                required("LEASE_TTL_SECONDS")?,
-                "LEASE_TTL_SECONDS",
-                1,
-                3600,
-            )?,
+            db_pool_max_overflow: ranged(required("DB_POOL_MAX_OVERFLOW")?, "DB_POOL_MAX_OVERFLOW", 0, 1000)?,
+            lease_ttl_seconds: ranged(required("LEASE_TTL_SECONDS")?, "LEASE_TTL_SECONDS", 1, 3600)?,
             delivery_limit: ranged(required("DELIVERY_LIMIT")?, "DELIVERY_LIMIT", 1, 1000)?,
-            shutdown_grace_seconds: ranged(
-                required("SHUTDOWN_GRACE_SECONDS")?,
-                "SHUTDOWN_GRACE_SECONDS",
-                0,
-                86_400,
-            )?,
+            shutdown_grace_seconds: ranged(required("SHUTDOWN_GRACE_SECONDS")?, "SHUTDOWN_GRACE_SECONDS", 0, 86_400)?,
             checkpoint_retention_hours: ranged(
                 required("CHECKPOINT_RETENTION_HOURS")?,
                 "CHECKPOINT_RETENTION_HOURS",
@@ -261,10 +205,7 @@ impl Settings {
                 "enabled" => AuthMode::Enabled,
                 "disabled" => AuthMode::Disabled,
                 other => {
-                    return Err(error(
-                        "AUTH",
-                        format!("must be enabled or disabled, not {other:?}"),
-                    ));
+                    return Err(error("AUTH", format!("must be enabled or disabled, not {other:?}")));
                 }
             },
             jwt_secret: get("JWT_SECRET").map(Secret::new),
@@ -272,10 +213,7 @@ impl Settings {
             jwt_algorithm: match required("JWT_ALGORITHM")? {
                 a @ ("HS256" | "RS256" | "EdDSA") => a.to_owned(),
                 other => {
-                    return Err(error(
-                        "JWT_ALGORITHM",
-                        format!("must be HS256, RS256 or EdDSA, not {other:?}"),
-                    ));
+                    return Err(error("JWT_ALGORITHM", format!("must be HS256, RS256 or EdDSA, not {other:?}")));
                 }
             },
             jwt_issuer: get("JWT_ISSUER").map(str::to_owned),
@@ -303,21 +241,11 @@ impl Settings {
         if self.auth == AuthMode::Disabled {
             return Ok(());
         }
-        match (
-            self.jwt_algorithm.as_str(),
-            &self.jwt_secret,
-            &self.jwt_public_key,
-        ) {
+        match (self.jwt_algorithm.as_str(), &self.jwt_secret, &self.jwt_public_key) {
             ("HS256", Some(_), _) => Ok(()),
-            ("HS256", None, _) => Err(error(
-                "JWT_SECRET",
-                "must be set when AUTH is enabled with HS256",
-            )),
+            ("HS256", None, _) => Err(error("JWT_SECRET", "must be set when AUTH is enabled with HS256")),
             (_, _, Some(_)) => Ok(()),
-            _ => Err(error(
-                "JWT_PUBLIC_KEY",
-                "must be set when AUTH is enabled with RS256 or EdDSA",
-            )),
+            _ => Err(error("JWT_PUBLIC_KEY", "must be set when AUTH is enabled with RS256 or EdDSA")),
         }
     }
 }
@@ -326,17 +254,12 @@ fn known(key: &str) -> Result<(), ConfigError> {
     if SETTINGS.iter().any(|(k, _)| *k == key) {
         Ok(())
     } else {
-        Err(error(
-            key,
-            "is not a setting of this service (check the spelling)",
-        ))
+        Err(error(key, "is not a setting of this service (check the spelling)"))
     }
 }
 
 fn parse<T: std::str::FromStr>(text: &str, key: &str, what: &str) -> Result<T, ConfigError> {
-    text.trim()
-        .parse()
-        .map_err(|_| error(key, format!("must be {what}, not {text:?}")))
+    text.trim().parse().map_err(|_| error(key, format!("must be {what}, not {text:?}")))
 }
 
 fn ranged(text: &str, key: &str, min: u32, max: u32) -> Result<u32, ConfigError> {
@@ -361,10 +284,7 @@ fn url<'a>(text: &'a str, key: &str, schemes: &[&str]) -> Result<&'a str, Config
         Ok(text)
     } else {
         // The value may hold a password: never echo it.
-        Err(error(
-            key,
-            format!("must be a {} URL", schemes.join(" or ")),
-        ))
+        Err(error(key, format!("must be a {} URL", schemes.join(" or "))))
     }
 }
 
@@ -378,20 +298,14 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs
-            .iter()
-            .map(|(k, v)| (format!("{PREFIX}{k}"), (*v).to_owned()))
-            .collect()
+        pairs.iter().map(|(k, v)| (format!("{PREFIX}{k}"), (*v).to_owned())).collect()
     }
 
     #[test]
     fn defaults_load() {
         let s = Settings::load(Vec::new(), None).expect("defaults are valid");
         assert_eq!(s.http_addr.to_string(), "127.0.0.1:8080");
-        assert_eq!(
-            (s.max_concurrent_executions, s.db_max_connections()),
-            (50, 15)
-        );
+        assert_eq!((s.max_concurrent_executions, s.db_max_connections()), (50, 15));
         assert!(s.accept_new_executions);
         assert_eq!(s.worker_queues, vec!["default"]);
     }
@@ -426,8 +340,7 @@ mod tests {
 
     #[test]
     fn secrets_are_redacted() {
-        let s = Settings::load(env(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]), None)
-            .expect("valid");
+        let s = Settings::load(env(&[("DATABASE_URL", "postgres://u:hunter2@h/db")]), None).expect("valid");
         assert!(!format!("{s:?}").contains("hunter2"));
         assert_eq!(s.database_url.expose(), "postgres://u:hunter2@h/db");
     }
@@ -435,10 +348,7 @@ mod tests {
     #[test]
     fn auth_needs_a_key() {
         let s = Settings::load(Vec::new(), None).expect("valid");
-        assert_eq!(
-            s.check_auth().map_err(|e| e.variable),
-            Err("GL_ORCHESTRATOR_JWT_SECRET".to_owned())
-        );
+        assert_eq!(s.check_auth().map_err(|e| e.variable), Err("GL_ORCHESTRATOR_JWT_SECRET".to_owned()));
         let off = Settings::load(env(&[("AUTH", "disabled")]), None).expect("valid");
         assert!(off.check_auth().is_ok());
     }

@@ -39,8 +39,7 @@ impl Message {
     }
 
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, String> {
-        let message: Message =
-            serde_json::from_slice(bytes).map_err(|e| format!("undecodable message: {e}"))?;
+        let message: Message = serde_json::from_slice(bytes).map_err(|e| format!("undecodable message: {e}"))?;
         match message.version() {
             WIRE_VERSION => Ok(message),
             other => Err(format!("unsupported message version {other}")),
@@ -114,17 +113,11 @@ mod tests {
             completed_at: "2026-11-28T00:00:01.000000Z".into(),
             duration_ms: 1000,
             deliveries: 1,
-            outcome: Outcome::Failed {
-                error: NodeError::new("timeout", "too slow"),
-                retryable: true,
-            },
+            outcome: Outcome::Failed { error: NodeError::new("timeout", "too slow"), retryable: true },
         });
         let bytes = result.to_bytes();
         let text = String::from_utf8_lossy(&bytes).into_owned();
-        assert!(
-            text.contains(r#""type":"result""#) && text.contains(r#""outcome":"failed""#),
-            "{text}"
-        );
+        assert!(text.contains(r#""type":"result""#) && text.contains(r#""outcome":"failed""#), "{text}");
         assert_eq!(Message::from_bytes(&bytes), Ok(result));
         let mut other: Value = serde_json::from_slice(&bytes).expect("json");
         other["v"] = json!(2);

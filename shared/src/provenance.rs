@@ -166,7 +166,8 @@ pub struct Verification {
 
 /// Recomputes every hash from the stored inputs and outputs, checks that each node's parents are
 /// exactly the chain hashes of its completed dependencies, that the record chain is unbroken, and
-/// that the execution hash matches. `records` are in commit order.
+/// that the execution hash matches. `records` are in commit order; when a node has several
+/// (re-run after a resume), the latest counts for its dependents and the execution hash.
 pub fn verify(
     dag: &Dag,
     execution_id: &str,
@@ -192,60 +193,35 @@ pub fn verify(
             issues.push("output_hash does not match the stored outputs".to_owned());
         }
         let expected_parents = match dag.index_of(&record.node_id) {
-            Some(v) => dag
-                .node(v)
-                .deps
-                .iter()
-                .filter_map(|&d| stored_chain.get(dag.node_id(d)).cloned())
-                .collect(),
+            Some(v) => dag.node(v).deps.iter().filter_map(|&d| stored_chain.get(dag.node_id(d)).cloned()).collect(),
             None => {
                 issues.push("the node is not in the pinned DAG definition".to_owned());
                 Vec::new()
             }
         };
         if expected_parents != record.parent_hashes {
-            issues.push(
-                "parent_hashes differ from the chain hashes of its completed dependencies"
-                    .to_owned(),
-            );
+            issues.push("parent_hashes differ from the chain hashes of its completed dependencies".to_owned());
         }
         if let Some(v) = dag.index_of(&record.node_id) {
             if dag.node_spec(v).agent_id != record.agent_id {
                 issues.push("agent_id differs from the pinned definition".to_owned());
             }
         }
-        let chain = node_chain_hash(
-            &record.node_id,
-            &record.agent_id,
-            &input_hash,
-            &output_hash,
-            &record.parent_hashes,
-        );
+        let chain =
+            node_chain_hash(&record.node_id, &record.agent_id, &input_hash, &output_hash, &record.parent_hashes);
         if chain != record.chain_hash {
             issues.push("chain_hash does not match its recomputed value".to_owned());
         }
         if record.prev_record_hash != prev {
             issues.push("prev_record_hash does not link to the previous record".to_owned());
         }
-        let recomputed_record = record_hash(
-            &prev,
-            execution_id,
-            &record.node_id,
-            &record.chain_hash,
-            &record.timing,
-        );
+        let recomputed_record = record_hash(&prev, execution_id, &record.node_id, &record.chain_hash, &record.timing);
         if recomputed_record != record.record_hash {
-            issues.push(
-                "record_hash does not match its recomputed value (timing or order altered)"
-                    .to_owned(),
-            );
+            issues.push("record_hash does not match its recomputed value (timing or order altered)".to_owned());
         }
-        if stored_chain
-            .insert(&record.node_id, record.chain_hash.clone())
-            .is_some()
-        {
-            issues.push("the node has more than one record".to_owned());
-        }
+        // A node re-run by a resume (its checkpoint failed verification) has a later record,
+        // which supersedes the earlier one for its dependents and the execution hash.
+        stored_chain.insert(&record.node_id, record.chain_hash.clone());
         recomputed_chain.insert(&record.node_id, chain);
         prev = record.record_hash.clone();
         verdicts.push(NodeVerdict {
@@ -256,27 +232,16 @@ pub fn verify(
             actual_parent_hashes: record.parent_hashes.clone(),
         });
     }
-    let in_order: Vec<ContentHash> = dag
-        .order()
-        .iter()
-        .filter_map(|&v: &NodeIndex| recomputed_chain.get(dag.node_id(v)).cloned())
-        .collect();
+    let in_order: Vec<ContentHash> =
+        dag.order().iter().filter_map(|&v: &NodeIndex| recomputed_chain.get(dag.node_id(v)).cloned()).collect();
     let recomputed = execution_chain_hash(dag.hash(), &value_hash(execution_input), &in_order);
     if let Some(stored) = stored_chain_hash {
         if *stored != recomputed {
-            problems.push(
-                "provenance_chain_hash does not match the hash recomputed from the records"
-                    .to_owned(),
-            );
+            problems.push("provenance_chain_hash does not match the hash recomputed from the records".to_owned());
         }
     }
     let chain_valid = problems.is_empty() && verdicts.iter().all(|v| v.valid);
-    Verification {
-        chain_valid,
-        recomputed_chain_hash: recomputed,
-        nodes: verdicts,
-        problems,
-    }
+    Verification { chain_valid, recomputed_chain_hash: recomputed, nodes: verdicts, problems }
 }
 
 #[cfg(test)]
@@ -308,12 +273,8 @@ mod tests {
         let mut out = Vec::new();
         for (n, id) in (0u32..).zip(commit_order) {
             let v = dag.index_of(id).expect("node");
-            let parents: Vec<ContentHash> = dag
-                .node(v)
-                .deps
-                .iter()
-                .filter_map(|&d| chain.get(dag.node_id(d)).cloned())
-                .collect();
+            let parents: Vec<ContentHash> =
+                dag.node(v).deps.iter().filter_map(|&d| chain.get(dag.node_id(d)).cloned()).collect();
             let r = make_record(
                 exec,
                 id,
@@ -341,10 +302,7 @@ mod tests {
         let v2 = verify(&dag, "e2", &input, &second, None);
         assert!(v1.chain_valid && v2.chain_valid, "{v1:?}");
         assert_eq!(v1.recomputed_chain_hash, v2.recomputed_chain_hash);
-        assert_ne!(
-            first[1].record_hash, second[1].record_hash,
-            "timing chain differs"
-        );
+        assert_ne!(first[1].record_hash, second[1].record_hash, "timing chain differs");
     }
 
     #[test]
@@ -359,26 +317,13 @@ mod tests {
         outputs[1].outputs = json!({"out": "forged"});
         let v = verify(&dag, "e", &input, &outputs, Some(&stored));
         assert!(!v.chain_valid);
-        assert_eq!(
-            v.nodes
-                .iter()
-                .filter(|n| !n.valid)
-                .map(|n| n.node_id.as_str())
-                .collect::<Vec<_>>(),
-            ["b"]
-        );
-        assert!(
-            !v.problems.is_empty(),
-            "the execution hash no longer matches either"
-        );
+        assert_eq!(v.nodes.iter().filter(|n| !n.valid).map(|n| n.node_id.as_str()).collect::<Vec<_>>(), ["b"]);
+        assert!(!v.problems.is_empty(), "the execution hash no longer matches either");
 
         let mut timing_altered = good.clone();
         timing_altered[2].timing.duration_ms = 1;
         let v = verify(&dag, "e", &input, &timing_altered, Some(&stored));
-        assert!(
-            !v.chain_valid && !v.nodes[2].valid && v.problems.is_empty(),
-            "content intact, timing chain broken"
-        );
+        assert!(!v.chain_valid && !v.nodes[2].valid && v.problems.is_empty(), "content intact, timing chain broken");
 
         let mut parent = good.clone();
         parent[3].parent_hashes.pop();

@@ -33,10 +33,7 @@ pub const NEVER_RETRIED: &[&str] = &["condition_error", "poison", "cancelled"];
 pub fn should_retry(policy: &RetryPolicy, attempt: u32, error_type: &str, retryable: bool) -> bool {
     let attempts_allowed = policy.max_retries.saturating_add(1);
     let listed = policy.retryable_exceptions.is_empty()
-        || policy
-            .retryable_exceptions
-            .iter()
-            .any(|e| e == error_type || e == "Exception" || e == "*");
+        || policy.retryable_exceptions.iter().any(|e| e == error_type || e == "Exception" || e == "*");
     retryable && listed && attempt < attempts_allowed && !NEVER_RETRIED.contains(&error_type)
 }
 
@@ -50,11 +47,7 @@ pub fn base_delay_secs(policy: &RetryPolicy, k: u32) -> f64 {
         RetryStrategy::Fibonacci => fibonacci(k),
     };
     let delay = policy.base_delay * factor;
-    if delay.is_nan() {
-        0.0
-    } else {
-        delay.min(policy.max_delay).max(0.0)
-    }
+    if delay.is_nan() { 0.0 } else { delay.min(policy.max_delay).max(0.0) }
 }
 
 /// The delay before retry `k` (1-based) of `node_id` in `execution_id`, jitter included.
@@ -66,9 +59,7 @@ pub fn retry_delay(policy: &RetryPolicy, k: u32, execution_id: &str, node_id: &s
     } else {
         delay
     };
-    Duration::try_from_secs_f64(jittered.max(0.0))
-        .unwrap_or(MAX_RETRY_DELAY)
-        .min(MAX_RETRY_DELAY)
+    Duration::try_from_secs_f64(jittered.max(0.0)).unwrap_or(MAX_RETRY_DELAY).min(MAX_RETRY_DELAY)
 }
 
 /// fib(k) with fib(1) = fib(2) = 1; saturates to infinity long before any cap matters.
@@ -118,28 +109,15 @@ mod tests {
 
     #[test]
     fn strategies_follow_the_table() {
-        assert_eq!(
-            delays(&policy(RetryStrategy::Exponential), 5),
-            [1.0, 2.0, 4.0, 8.0, 16.0]
-        );
-        assert_eq!(
-            delays(&policy(RetryStrategy::Linear), 4),
-            [1.0, 2.0, 3.0, 4.0]
-        );
+        assert_eq!(delays(&policy(RetryStrategy::Exponential), 5), [1.0, 2.0, 4.0, 8.0, 16.0]);
+        assert_eq!(delays(&policy(RetryStrategy::Linear), 4), [1.0, 2.0, 3.0, 4.0]);
         assert_eq!(delays(&policy(RetryStrategy::Constant), 3), [1.0, 1.0, 1.0]);
-        assert_eq!(
-            delays(&policy(RetryStrategy::Fibonacci), 6),
-            [1.0, 1.0, 2.0, 3.0, 5.0, 8.0]
-        );
+        assert_eq!(delays(&policy(RetryStrategy::Fibonacci), 6), [1.0, 1.0, 2.0, 3.0, 5.0, 8.0]);
     }
 
     #[test]
     fn max_delay_caps_every_strategy() {
-        for s in [
-            RetryStrategy::Exponential,
-            RetryStrategy::Linear,
-            RetryStrategy::Fibonacci,
-        ] {
+        for s in [RetryStrategy::Exponential, RetryStrategy::Linear, RetryStrategy::Fibonacci] {
             let mut p = policy(s);
             p.max_delay = 5.0;
             assert_eq!(base_delay_secs(&p, 100), 5.0, "{s:?}");
@@ -152,16 +130,10 @@ mod tests {
         let p = policy(RetryStrategy::Exponential);
         assert!(should_retry(&p, 1, "AgentError", true));
         assert!(should_retry(&p, 3, "AgentError", true));
-        assert!(
-            !should_retry(&p, 4, "AgentError", true),
-            "4 attempts = 1 + 3 retries"
-        );
+        assert!(!should_retry(&p, 4, "AgentError", true), "4 attempts = 1 + 3 retries");
         let mut none = p.clone();
         none.max_retries = 0;
-        assert!(
-            !should_retry(&none, 1, "AgentError", true),
-            "max_retries 0 fails at once"
-        );
+        assert!(!should_retry(&none, 1, "AgentError", true), "max_retries 0 fails at once");
     }
 
     #[test]
@@ -171,10 +143,7 @@ mod tests {
         assert!(should_retry(&p, 1, "TransientError", true));
         assert!(should_retry(&p, 1, "timeout", true));
         assert!(!should_retry(&p, 1, "ValueError", true));
-        assert!(
-            !should_retry(&p, 1, "TransientError", false),
-            "the worker said not retryable"
-        );
+        assert!(!should_retry(&p, 1, "TransientError", false), "the worker said not retryable");
         p.retryable_exceptions = vec!["Exception".into()];
         assert!(should_retry(&p, 1, "Anything", true));
         assert!(!should_retry(&p, 1, "condition_error", true));
@@ -188,17 +157,10 @@ mod tests {
         for k in 1..=5 {
             let base = base_delay_secs(&p, k);
             let d = retry_delay(&p, k, "exec-1", "node").as_secs_f64();
-            assert!(
-                (d - base).abs() <= base * 0.1 + 1e-9,
-                "k={k}: {d} vs {base}"
-            );
-            assert_eq!(
-                retry_delay(&p, k, "exec-1", "node"),
-                retry_delay(&p, k, "exec-1", "node")
-            );
+            assert!((d - base).abs() <= base * 0.1 + 1e-9, "k={k}: {d} vs {base}");
+            assert_eq!(retry_delay(&p, k, "exec-1", "node"), retry_delay(&p, k, "exec-1", "node"));
         }
-        let differs =
-            (1..=8).any(|k| retry_delay(&p, k, "exec-1", "n") != retry_delay(&p, k, "exec-2", "n"));
+        let differs = (1..=8).any(|k| retry_delay(&p, k, "exec-1", "n") != retry_delay(&p, k, "exec-2", "n"));
         assert!(differs, "different executions draw different jitter");
     }
 
@@ -215,10 +177,7 @@ mod tests {
         };
         assert!(retry_delay(&p, u32::MAX, "e", "n") <= MAX_RETRY_DELAY);
         assert!(should_retry(&p, u32::MAX - 1, "x", true));
-        let zero = RetryPolicy {
-            base_delay: 0.0,
-            ..p
-        };
+        let zero = RetryPolicy { base_delay: 0.0, ..p };
         assert_eq!(retry_delay(&zero, 7, "e", "n"), Duration::ZERO);
     }
 }

@@ -102,10 +102,7 @@ pub struct NodeError {
 
 impl NodeError {
     pub fn new(error_type: &str, message: impl Into<String>) -> Self {
-        Self {
-            error_type: error_type.to_owned(),
-            message: message.into(),
-        }
+        Self { error_type: error_type.to_owned(), message: message.into() }
     }
 }
 
@@ -132,8 +129,11 @@ pub enum Compensation {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct NodeState {
     pub status: NodeStatus,
-    /// Attempts dispatched so far; while running, the number of the current one.
+    /// Attempts dispatched so far; while running, the number of the current one. Attempt
+    /// numbers never repeat within an execution, across resumes too.
     pub attempt: u32,
+    /// Attempts made before the latest resume: the retry budget counts from here.
+    pub attempt_base: u32,
     pub retry_at_ms: Option<u64>,
     pub skip_reason: Option<SkipReason>,
     pub error: Option<NodeError>,
@@ -146,6 +146,7 @@ impl Default for NodeState {
         Self {
             status: NodeStatus::Pending,
             attempt: 0,
+            attempt_base: 0,
             retry_at_ms: None,
             skip_reason: None,
             error: None,
@@ -227,11 +228,8 @@ pub struct Execution {
 impl Execution {
     /// A fresh execution: every node pending, status `pending`.
     pub fn new(dag: Arc<Dag>, execution_id: &str, input: Value) -> Self {
-        let snapshot = Snapshot {
-            status: ExecutionStatus::Pending,
-            halt: None,
-            nodes: vec![NodeState::default(); dag.len()],
-        };
+        let snapshot =
+            Snapshot { status: ExecutionStatus::Pending, halt: None, nodes: vec![NodeState::default(); dag.len()] };
         Self::restore(dag, execution_id, input, snapshot)
     }
 
@@ -277,16 +275,11 @@ impl Execution {
             }
             match state.status {
                 NodeStatus::Running => self.running += 1,
-                NodeStatus::Retrying => self.retries.push(Reverse((
-                    state.retry_at_ms.unwrap_or(0),
-                    self.position[v as usize],
-                ))),
+                NodeStatus::Retrying => {
+                    self.retries.push(Reverse((state.retry_at_ms.unwrap_or(0), self.position[v as usize])))
+                }
                 NodeStatus::Pending => {
-                    let waiting = node
-                        .deps
-                        .iter()
-                        .filter(|&&d| !self.nodes[d as usize].status.is_terminal())
-                        .count();
+                    let waiting = node.deps.iter().filter(|&&d| !self.nodes[d as usize].status.is_terminal()).count();
                     self.waiting_on[v as usize] = waiting as u32;
                     if waiting == 0 {
                         settle_now.push(v);
@@ -328,11 +321,7 @@ impl Execution {
     }
 
     pub fn snapshot(&self) -> Snapshot {
-        Snapshot {
-            status: self.status,
-            halt: self.halt,
-            nodes: self.nodes.clone(),
-        }
+        Snapshot { status: self.status, halt: self.halt, nodes: self.nodes.clone() }
     }
 
     /// Nodes whose state changed since the last call.
@@ -347,16 +336,10 @@ impl Execution {
 
     /// Starts a pending or queued execution.
     pub fn start(&mut self, now_ms: u64) -> Vec<Effect> {
-        if matches!(
-            self.status,
-            ExecutionStatus::Pending | ExecutionStatus::Queued
-        ) {
+        if matches!(self.status, ExecutionStatus::Pending | ExecutionStatus::Queued) {
             self.status = ExecutionStatus::Running;
             let roots: Vec<NodeIndex> = (0..self.dag.len() as NodeIndex)
-                .filter(|&v| {
-                    self.nodes[v as usize].status == NodeStatus::Pending
-                        && self.waiting_on[v as usize] == 0
-                })
+                .filter(|&v| self.nodes[v as usize].status == NodeStatus::Pending && self.waiting_on[v as usize] == 0)
                 .collect();
             for v in roots {
                 self.settle(v);
@@ -378,14 +361,8 @@ impl Execution {
         outcome: Outcome,
         now_ms: u64,
     ) -> Result<Vec<Effect>, Stale> {
-        let state = self
-            .nodes
-            .get(node as usize)
-            .ok_or(Stale { node, attempt })?;
-        if state.status != NodeStatus::Running
-            || state.attempt != attempt
-            || self.status != ExecutionStatus::Running
-        {
+        let state = self.nodes.get(node as usize).ok_or(Stale { node, attempt })?;
+        if state.status != NodeStatus::Running || state.attempt != attempt || self.status != ExecutionStatus::Running {
             return Err(Stale { node, attempt });
         }
         self.running -= 1;
@@ -396,9 +373,7 @@ impl Execution {
                 state.error = None;
                 self.finish_node(node, NodeStatus::Completed);
             }
-            Outcome::Failed { error, retryable } => {
-                self.fail_attempt(node, error, retryable, now_ms)
-            }
+            Outcome::Failed { error, retryable } => self.fail_attempt(node, error, retryable, now_ms),
         }
         Ok(self.advance(now_ms))
     }
@@ -410,10 +385,7 @@ impl Execution {
         outcome: Outcome,
         now_ms: u64,
     ) -> Result<Vec<Effect>, Stale> {
-        let state = self
-            .nodes
-            .get_mut(node as usize)
-            .ok_or(Stale { node, attempt: 1 })?;
+        let state = self.nodes.get_mut(node as usize).ok_or(Stale { node, attempt: 1 })?;
         if state.compensation != Compensation::Running {
             return Err(Stale { node, attempt: 1 });
         }
@@ -436,10 +408,7 @@ impl Execution {
         self.status = ExecutionStatus::Running;
         let mut effects: Vec<Effect> = (0..self.dag.len() as NodeIndex)
             .filter(|&v| self.nodes[v as usize].status == NodeStatus::Running)
-            .map(|v| Effect::CancelRunning {
-                node: v,
-                attempt: self.nodes[v as usize].attempt,
-            })
+            .map(|v| Effect::CancelRunning { node: v, attempt: self.nodes[v as usize].attempt })
             .collect();
         self.halt_with(Halt::Cancel, None);
         effects.extend(self.advance(now_ms));
@@ -448,24 +417,18 @@ impl Execution {
 
     fn fail_attempt(&mut self, node: NodeIndex, error: NodeError, retryable: bool, now_ms: u64) {
         let compiled = self.dag.node(node);
-        let attempt = self.nodes[node as usize].attempt;
-        if self.halt.is_none()
-            && retry::should_retry(&compiled.retry, attempt, &error.error_type, retryable)
-        {
-            let delay = retry::retry_delay(
-                &compiled.retry,
-                attempt,
-                &self.execution_id,
-                self.dag.node_id(node),
-            );
+        let state = &self.nodes[node as usize];
+        // Retries count from the latest resume.
+        let attempt = state.attempt.saturating_sub(state.attempt_base);
+        if self.halt.is_none() && retry::should_retry(&compiled.retry, attempt, &error.error_type, retryable) {
+            let delay = retry::retry_delay(&compiled.retry, attempt, &self.execution_id, self.dag.node_id(node));
             let at = now_ms.saturating_add(u64::try_from(delay.as_millis()).unwrap_or(u64::MAX));
             let state = &mut self.nodes[node as usize];
             state.status = NodeStatus::Retrying;
             state.retry_at_ms = Some(at);
             state.error = Some(error);
             self.changed.insert(node);
-            self.retries
-                .push(Reverse((at, self.position[node as usize])));
+            self.retries.push(Reverse((at, self.position[node as usize])));
             return;
         }
         let timed_out = error.error_type == "timeout";
@@ -473,14 +436,9 @@ impl Execution {
         if self.halt == Some(Halt::Cancel) {
             return self.finish_node(node, NodeStatus::Cancelled);
         }
-        let on_timeout = if timed_out {
-            compiled.timeout.on_timeout
-        } else {
-            TimeoutAction::Fail
-        };
+        let on_timeout = if timed_out { compiled.timeout.on_timeout } else { TimeoutAction::Fail };
         let policy = self.dag.node_spec(node).on_failure;
-        if on_timeout == TimeoutAction::Skip
-            || (on_timeout == TimeoutAction::Fail && policy == NodeFailurePolicy::Skip)
+        if on_timeout == TimeoutAction::Skip || (on_timeout == TimeoutAction::Fail && policy == NodeFailurePolicy::Skip)
         {
             self.nodes[node as usize].skip_reason = Some(SkipReason::Policy);
             return self.finish_node(node, NodeStatus::Skipped);
@@ -518,10 +476,7 @@ impl Execution {
             }
         }
         for v in 0..self.dag.len() as NodeIndex {
-            if matches!(
-                self.nodes[v as usize].status,
-                NodeStatus::Pending | NodeStatus::Retrying
-            ) {
+            if matches!(self.nodes[v as usize].status, NodeStatus::Pending | NodeStatus::Retrying) {
                 self.nodes[v as usize].retry_at_ms = None;
                 self.set_status(v, NodeStatus::Cancelled);
             }
@@ -572,20 +527,15 @@ impl Execution {
         if self.halt.is_some() {
             return Some(NodeStatus::Cancelled);
         }
-        if deps.iter().map(dep_state).any(|s| {
-            matches!(
-                s.status,
-                NodeStatus::Failed | NodeStatus::UpstreamFailed | NodeStatus::Cancelled
-            )
-        }) {
+        if deps
+            .iter()
+            .map(dep_state)
+            .any(|s| matches!(s.status, NodeStatus::Failed | NodeStatus::UpstreamFailed | NodeStatus::Cancelled))
+        {
             return Some(NodeStatus::UpstreamFailed);
         }
         let pruned = |s: &NodeState| {
-            s.status == NodeStatus::Skipped
-                && matches!(
-                    s.skip_reason,
-                    Some(SkipReason::Condition | SkipReason::Pruned)
-                )
+            s.status == NodeStatus::Skipped && matches!(s.skip_reason, Some(SkipReason::Condition | SkipReason::Pruned))
         };
         if !deps.is_empty() && deps.iter().map(dep_state).all(pruned) {
             return Some(NodeStatus::Skipped);
@@ -642,26 +592,18 @@ impl Execution {
     fn start_node(&mut self, node: NodeIndex, now_ms: u64, effects: &mut Vec<Effect>) {
         let dag = Arc::clone(&self.dag);
         let compiled = dag.node(node);
-        let first_attempt = self.nodes[node as usize].attempt == 0;
+        let first_attempt = self.nodes[node as usize].attempt == self.nodes[node as usize].attempt_base;
         if let (true, Some(condition)) = (first_attempt, &compiled.condition) {
             let results = self.results_for(condition.referenced_nodes().into_iter());
-            match condition.evaluate(&Scope {
-                input: &self.input,
-                results: &results,
-            }) {
+            match condition.evaluate(&Scope { input: &self.input, results: &results }) {
                 Ok(true) => {}
                 Ok(false) => {
                     self.nodes[node as usize].skip_reason = Some(SkipReason::Condition);
                     return self.finish_node(node, NodeStatus::Skipped);
                 }
                 Err(e) => {
-                    self.nodes[node as usize].attempt = 1;
-                    return self.fail_attempt(
-                        node,
-                        NodeError::new("condition_error", e.to_string()),
-                        false,
-                        now_ms,
-                    );
+                    self.nodes[node as usize].attempt += 1;
+                    return self.fail_attempt(node, NodeError::new("condition_error", e.to_string()), false, now_ms);
                 }
             }
         }
@@ -689,25 +631,15 @@ impl Execution {
             let mut object = Map::new();
             object.insert("_input".to_owned(), self.input.clone());
             for &d in &compiled.deps {
-                let outputs = self.nodes[d as usize]
-                    .outputs
-                    .clone()
-                    .unwrap_or(Value::Null);
+                let outputs = self.nodes[d as usize].outputs.clone().unwrap_or(Value::Null);
                 object.insert(self.dag.node_id(d).to_owned(), outputs);
             }
             return Value::Object(object);
         }
         let results = self.results_for(compiled.input_mapping.iter().filter_map(|(_, p)| p.node()));
-        let scope = Scope {
-            input: &self.input,
-            results: &results,
-        };
+        let scope = Scope { input: &self.input, results: &results };
         Value::Object(
-            compiled
-                .input_mapping
-                .iter()
-                .map(|(target, path)| (target.clone(), path.lookup(&scope)))
-                .collect(),
+            compiled.input_mapping.iter().map(|(target, path)| (target.clone(), path.lookup(&scope))).collect(),
         )
     }
 
@@ -768,6 +700,35 @@ impl Execution {
             timeout_ms: timeout_ms(self.dag.node(node).timeout.timeout_seconds),
         })
     }
+}
+
+/// What a resume keeps and what it runs again.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Resumed {
+    pub snapshot: Snapshot,
+    /// Completed nodes whose checkpoint is trusted: not run again.
+    pub skipped: Vec<NodeIndex>,
+    /// Everything else, in canonical order.
+    pub remaining: Vec<NodeIndex>,
+}
+
+/// Prepares a failed, cancelled or interrupted execution to run again: completed nodes whose
+/// checkpoint `trusted` says is intact keep their outputs; every other node goes back to
+/// `pending` with a fresh retry budget (attempt numbers carry on, so none repeats).
+pub fn resume(dag: &Dag, snapshot: &Snapshot, trusted: impl Fn(NodeIndex) -> bool) -> Resumed {
+    let mut nodes = snapshot.nodes.clone();
+    let (mut skipped, mut remaining) = (Vec::new(), Vec::new());
+    for &v in dag.order() {
+        let state = &mut nodes[v as usize];
+        if state.status == NodeStatus::Completed && state.outputs.is_some() && trusted(v) {
+            state.compensation = Compensation::None;
+            skipped.push(v);
+            continue;
+        }
+        *state = NodeState { attempt: state.attempt, attempt_base: state.attempt, ..NodeState::default() };
+        remaining.push(v);
+    }
+    Resumed { snapshot: Snapshot { status: ExecutionStatus::Pending, halt: None, nodes }, skipped, remaining }
 }
 
 fn timeout_ms(seconds: f64) -> u64 {

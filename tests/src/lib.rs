@@ -35,16 +35,13 @@ pub struct CliRun {
 impl CliRun {
     /// Stdout parsed as JSON.
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {}", self.stdout))
     }
 }
 
 /// Runs `coordinator <args>` in-process, exactly as the binary does.
 pub fn coordinator(args: &[&str]) -> CliRun {
-    let argv = std::iter::once("coordinator")
-        .chain(args.iter().copied())
-        .map(OsString::from);
+    let argv = std::iter::once("coordinator").chain(args.iter().copied()).map(OsString::from);
     let (mut out, mut err) = (Vec::new(), Vec::new());
     let code = coordinator::cli::run(argv, &mut out, &mut err);
     CliRun {
@@ -71,13 +68,7 @@ pub struct StackOptions {
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self {
-            coordinators: 1,
-            workers: 2,
-            worker_concurrency: 4,
-            registry: Registry::default(),
-            settings: Vec::new(),
-        }
+        Self { coordinators: 1, workers: 2, worker_concurrency: 4, registry: Registry::default(), settings: Vec::new() }
     }
 }
 
@@ -98,10 +89,7 @@ pub struct Stack {
 
 impl std::fmt::Debug for Stack {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Stack")
-            .field("database", &self.database)
-            .field("prefix", &self.prefix)
-            .finish()
+        f.debug_struct("Stack").field("database", &self.database).field("prefix", &self.prefix).finish()
     }
 }
 
@@ -110,9 +98,7 @@ impl Stack {
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let database = format!("gl_test_{}", &tag[..16]);
         let prefix = format!("gltest.{}", &tag[..12]);
-        let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres"))
-            .await
-            .expect("PostgreSQL is reachable");
+        let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres")).await.expect("PostgreSQL is reachable");
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
             .execute(&admin)
             .await
@@ -127,12 +113,7 @@ impl Stack {
             options,
         };
         let settings = stack.settings();
-        coordinator::db::Db::connect(&settings)
-            .await
-            .expect("connect")
-            .migrate()
-            .await
-            .expect("migrate");
+        coordinator::db::Db::connect(&settings).await.expect("connect").migrate().await.expect("migrate");
         for i in 0..stack.options.coordinators {
             stack.add_coordinator(&format!("coordinator-{i}")).await;
         }
@@ -145,10 +126,7 @@ impl Stack {
     /// Settings for this stack's processes.
     pub fn settings(&self) -> Settings {
         let mut env: Vec<(String, String)> = vec![
-            (
-                "DATABASE_URL".into(),
-                format!("{POSTGRES}/{}", self.database),
-            ),
+            ("DATABASE_URL".into(), format!("{POSTGRES}/{}", self.database)),
             ("AMQP_URL".into(), AMQP.into()),
             ("QUEUE_PREFIX".into(), self.prefix.clone()),
             ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
@@ -156,22 +134,13 @@ impl Stack {
             ("LEASE_TTL_SECONDS".into(), "5".into()),
             ("DB_POOL_SIZE".into(), "5".into()),
         ];
-        env.extend(
-            self.options
-                .settings
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), v.clone())),
-        );
-        let env = env
-            .into_iter()
-            .map(|(k, v)| (format!("GL_ORCHESTRATOR_{k}"), v));
+        env.extend(self.options.settings.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
+        let env = env.into_iter().map(|(k, v)| (format!("GL_ORCHESTRATOR_{k}"), v));
         Settings::load(env, None).expect("test settings are valid")
     }
 
     pub async fn add_coordinator(&mut self, name: &str) {
-        let c = Coordinator::start(self.settings(), name)
-            .await
-            .expect("coordinator starts");
+        let c = Coordinator::start(self.settings(), name).await.expect("coordinator starts");
         self.coordinators.push(c);
     }
 
@@ -198,12 +167,7 @@ impl Stack {
         format!("http://{}/api/v1/orchestrator", self.coordinators[0].addr)
     }
 
-    pub async fn call(
-        &self,
-        method: reqwest::Method,
-        path: &str,
-        body: Option<Value>,
-    ) -> (u16, Value) {
+    pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
         let mut request = self.http.request(method, format!("{}{path}", self.base()));
         if let Some(body) = body {
             request = request.json(&body);
@@ -211,10 +175,7 @@ impl Stack {
         let response = request.send().await.expect("the API answers");
         let status = response.status().as_u16();
         let text = response.text().await.expect("a body");
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
     }
 
     /// Stores a DAG (JSON form); panics unless created.
@@ -227,68 +188,39 @@ impl Stack {
     /// Starts an execution; returns its id.
     pub async fn execute(&self, dag_id: &str, input: Value) -> String {
         let (status, body) = self
-            .call(
-                reqwest::Method::POST,
-                &format!("/dags/{dag_id}/execute"),
-                Some(json!({"input_data": input})),
-            )
+            .call(reqwest::Method::POST, &format!("/dags/{dag_id}/execute"), Some(json!({"input_data": input})))
             .await;
         assert_eq!(status, 202, "execute: {body}");
-        body["execution_id"]
-            .as_str()
-            .expect("execution_id")
-            .to_owned()
+        body["execution_id"].as_str().expect("execution_id").to_owned()
     }
 
     pub async fn execution(&self, id: &str) -> Value {
-        let (status, body) = self
-            .call(reqwest::Method::GET, &format!("/executions/{id}"), None)
-            .await;
+        let (status, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}"), None).await;
         assert_eq!(status, 200, "get execution: {body}");
         body["execution"].clone()
     }
 
     /// Waits until the execution is completed, failed or cancelled.
     pub async fn wait_finished(&self, id: &str, within: Duration) -> Value {
-        self.wait_for(id, within, |e| {
-            matches!(
-                e["status"].as_str(),
-                Some("completed" | "failed" | "cancelled")
-            )
-        })
-        .await
+        self.wait_for(id, within, |e| matches!(e["status"].as_str(), Some("completed" | "failed" | "cancelled"))).await
     }
 
     /// Waits until `done(execution)` holds, or panics at the deadline.
-    pub async fn wait_for(
-        &self,
-        id: &str,
-        within: Duration,
-        done: impl Fn(&Value) -> bool,
-    ) -> Value {
+    pub async fn wait_for(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + within;
         loop {
             let e = self.execution(id).await;
             if done(&e) {
                 return e;
             }
-            assert!(
-                Instant::now() < deadline,
-                "condition not reached within {within:?}: {e}"
-            );
+            assert!(Instant::now() < deadline, "condition not reached within {within:?}: {e}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
     /// Node traces by node id.
     pub async fn nodes(&self, id: &str) -> std::collections::BTreeMap<String, Value> {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/executions/{id}/trace"),
-                None,
-            )
-            .await;
+        let (status, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}/trace"), None).await;
         assert_eq!(status, 200, "trace: {body}");
         body["nodes"]
             .as_array()
@@ -299,13 +231,7 @@ impl Stack {
     }
 
     pub async fn provenance(&self, id: &str) -> Value {
-        let (status, body) = self
-            .call(
-                reqwest::Method::GET,
-                &format!("/executions/{id}/provenance"),
-                None,
-            )
-            .await;
+        let (status, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}/provenance"), None).await;
         assert_eq!(status, 200, "provenance: {body}");
         body
     }
@@ -330,8 +256,7 @@ impl Stack {
 
 /// Best-effort removal of a test's exchanges and queues.
 pub async fn delete_topology(prefix: &str) {
-    let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await
-    else {
+    let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await else {
         return;
     };
     let Ok(channel) = conn.create_channel().await else {
@@ -339,27 +264,17 @@ pub async fn delete_topology(prefix: &str) {
     };
     let t = Topology::new(prefix, 1);
     for queue in [t.task_queue("default"), t.dead_queue(), t.results_queue()] {
-        let _ = channel
-            .queue_delete(queue.as_str().into(), QueueDeleteOptions::default())
-            .await;
+        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
     }
-    for exchange in [
-        t.tasks_exchange(),
-        t.dead_exchange(),
-        t.results_exchange(),
-        t.cancel_exchange(),
-    ] {
-        let _ = channel
-            .exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default())
-            .await;
+    for exchange in [t.tasks_exchange(), t.dead_exchange(), t.results_exchange(), t.cancel_exchange()] {
+        let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
     }
     let _ = conn.close(200, "bye".into()).await;
 }
 
 /// A DAG document from `examples/`, as JSON.
 pub fn example(name: &str) -> Value {
-    let text =
-        std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists");
+    let text = std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists");
     let spec = shared::dag::DagSpec::from_yaml(&text).expect("example parses");
     serde_json::to_value(spec).expect("as JSON")
 }

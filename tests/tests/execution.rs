@@ -14,15 +14,8 @@ fn node(agent: &str) -> Value {
     json!({"agent_id": agent})
 }
 
-async fn run(
-    stack: &Stack,
-    dag: Value,
-    input: Value,
-) -> (Value, std::collections::BTreeMap<String, Value>) {
-    let dag_id = dag["dag_id"]
-        .as_str()
-        .expect("tests name their DAGs")
-        .to_owned();
+async fn run(stack: &Stack, dag: Value, input: Value) -> (Value, std::collections::BTreeMap<String, Value>) {
+    let dag_id = dag["dag_id"].as_str().expect("tests name their DAGs").to_owned();
     stack.create_dag(dag).await;
     let id = stack.execute(&dag_id, input).await;
     let execution = stack.wait_finished(&id, WITHIN).await;
@@ -31,20 +24,13 @@ async fn run(
 }
 
 fn statuses(nodes: &std::collections::BTreeMap<String, Value>) -> Vec<(String, String)> {
-    nodes
-        .iter()
-        .map(|(k, n)| (k.clone(), n["status"].as_str().unwrap_or("?").to_owned()))
-        .collect()
+    nodes.iter().map(|(k, n)| (k.clone(), n["status"].as_str().unwrap_or("?").to_owned())).collect()
 }
 
 #[tokio::test]
 async fn the_three_seed_dags_complete_with_verified_provenance() {
     let stack = Stack::start(StackOptions::default()).await;
-    for (file, nodes) in [
-        ("linear-3.yaml", 3),
-        ("diamond-4.yaml", 4),
-        ("complex-6.yaml", 6),
-    ] {
+    for (file, nodes) in [("linear-3.yaml", 3), ("diamond-4.yaml", 4), ("complex-6.yaml", 6)] {
         let dag = example(file);
         let dag_id = dag["dag_id"].as_str().expect("id").to_owned();
         stack.create_dag(dag).await;
@@ -53,53 +39,25 @@ async fn the_three_seed_dags_complete_with_verified_provenance() {
         assert_eq!(e["status"], "completed", "{file}: {e}");
         assert_eq!(e["completed_nodes"], nodes);
         let trace = stack.nodes(&id).await;
-        assert!(
-            trace
-                .values()
-                .all(|n| n["status"] == "completed" && n["attempt_count"] == 1),
-            "{trace:?}"
-        );
+        assert!(trace.values().all(|n| n["status"] == "completed" && n["attempt_count"] == 1), "{trace:?}");
         let provenance = stack.provenance(&id).await;
         assert_eq!(provenance["chain_valid"], true, "{provenance}");
-        assert_eq!(
-            provenance["provenance_chain_hash"],
-            e["provenance_chain_hash"]
-        );
+        assert_eq!(provenance["provenance_chain_hash"], e["provenance_chain_hash"]);
     }
     stack.shutdown().await;
 }
 
 #[tokio::test]
 async fn two_workers_share_the_work() {
-    let stack = Stack::start(StackOptions {
-        worker_concurrency: 2,
-        ..StackOptions::default()
-    })
-    .await;
-    let nodes: serde_json::Map<String, Value> = (0..8)
-        .map(|i| {
-            (
-                format!("n{i}"),
-                json!({"agent_id": "sleep", "params": {"ms": 150}}),
-            )
-        })
-        .collect();
-    let (e, trace) = run(
-        &stack,
-        json!({"dag_id": "wide", "name": "wide", "max_parallel_nodes": 8, "nodes": nodes}),
-        json!({}),
-    )
-    .await;
+    let stack = Stack::start(StackOptions { worker_concurrency: 2, ..StackOptions::default() }).await;
+    let nodes: serde_json::Map<String, Value> =
+        (0..8).map(|i| (format!("n{i}"), json!({"agent_id": "sleep", "params": {"ms": 150}}))).collect();
+    let (e, trace) =
+        run(&stack, json!({"dag_id": "wide", "name": "wide", "max_parallel_nodes": 8, "nodes": nodes}), json!({}))
+            .await;
     assert_eq!(e["status"], "completed");
-    let workers: BTreeSet<&str> = trace
-        .values()
-        .filter_map(|n| n["worker_id"].as_str())
-        .collect();
-    assert_eq!(
-        workers,
-        BTreeSet::from(["w1", "w2"]),
-        "each worker takes at most 2 at a time, so both must work"
-    );
+    let workers: BTreeSet<&str> = trace.values().filter_map(|n| n["worker_id"].as_str()).collect();
+    assert_eq!(workers, BTreeSet::from(["w1", "w2"]), "each worker takes at most 2 at a time, so both must work");
     stack.shutdown().await;
 }
 
@@ -117,25 +75,12 @@ async fn a_flaky_node_succeeds_on_its_third_attempt() {
         .as_array()
         .expect("attempts")
         .iter()
-        .map(|a| {
-            (
-                a["attempt"].as_i64().unwrap_or(0),
-                a["outcome"].as_str().unwrap_or("?"),
-            )
-        })
+        .map(|a| (a["attempt"].as_i64().unwrap_or(0), a["outcome"].as_str().unwrap_or("?")))
         .collect();
-    assert_eq!(
-        history,
-        [(1, "failed"), (2, "failed"), (3, "succeeded")],
-        "every attempt is in the trace"
-    );
+    assert_eq!(history, [(1, "failed"), (2, "failed"), (3, "succeeded")], "every attempt is in the trace");
     assert_eq!(trace["f"]["attempts"][0]["error_type"], "TransientError");
     assert_eq!(trace["f"]["outputs"], json!({"attempt": 3}));
-    assert_eq!(
-        trace["after"]["outputs"]["f"],
-        json!({"attempt": 3}),
-        "the dependent sees the final outputs"
-    );
+    assert_eq!(trace["after"]["outputs"]["f"], json!({"attempt": 3}), "the dependent sees the final outputs");
     stack.shutdown().await;
 }
 
@@ -150,16 +95,11 @@ async fn a_timeout_stops_the_attempt_and_on_timeout_is_honoured() {
     let (e, trace) = run(&stack, dag, json!({})).await;
     assert_eq!(e["status"], "failed");
     assert_eq!(
-        (
-            trace["slow"]["error_type"].as_str(),
-            trace["slow"]["attempt_count"].as_i64()
-        ),
+        (trace["slow"]["error_type"].as_str(), trace["slow"]["attempt_count"].as_i64()),
         (Some("timeout"), Some(2))
     );
     assert!(
-        trace["slow"]["duration_ms"]
-            .as_i64()
-            .is_some_and(|d| d < 3000),
+        trace["slow"]["duration_ms"].as_i64().is_some_and(|d| d < 3000),
         "the worker stopped it: {}",
         trace["slow"]
     );
@@ -167,13 +107,7 @@ async fn a_timeout_stops_the_attempt_and_on_timeout_is_honoured() {
     let dag = json!({"dag_id": "t-skip", "name": "t", "nodes": {"slow": slow("skip"), "after": {"agent_id": "echo", "depends_on": ["slow"]}}});
     let (e, trace) = run(&stack, dag, json!({})).await;
     assert_eq!(e["status"], "completed", "{e}");
-    assert_eq!(
-        statuses(&trace),
-        [
-            ("after".into(), "completed".into()),
-            ("slow".into(), "skipped".into())
-        ]
-    );
+    assert_eq!(statuses(&trace), [("after".into(), "completed".into()), ("slow".into(), "skipped".into())]);
     assert_eq!(trace["after"]["outputs"]["slow"], Value::Null);
     stack.shutdown().await;
 }
@@ -192,10 +126,7 @@ async fn fail_fast_and_continue_differ_on_independent_branches() {
     let stack = Stack::start(StackOptions::default()).await;
     let (e, trace) = run(&stack, branching("fail_fast", "ff"), json!({})).await;
     assert_eq!(e["status"], "failed");
-    assert!(
-        e["error"].as_str().is_some_and(|m| m.contains("bad")),
-        "{e}"
-    );
+    assert!(e["error"].as_str().is_some_and(|m| m.contains("bad")), "{e}");
     assert_eq!(
         statuses(&trace),
         [
@@ -226,23 +157,14 @@ async fn skip_and_false_conditions_do_not_fail_the_execution() {
     let (e, trace) = run(&stack, dag, json!({"run_extra": false})).await;
     assert_eq!(e["status"], "completed", "{e}");
     assert_eq!(trace["optional"]["status"], "skipped");
-    assert_eq!(
-        trace["optional"]["error_type"], "AgentError",
-        "the error is kept"
-    );
+    assert_eq!(trace["optional"]["error_type"], "AgentError", "the error is kept");
     assert_eq!(trace["uses_optional"]["status"], "completed");
     assert_eq!(
-        (
-            trace["gate"]["status"].as_str(),
-            trace["gate"]["skip_reason"].as_str()
-        ),
+        (trace["gate"]["status"].as_str(), trace["gate"]["skip_reason"].as_str()),
         (Some("skipped"), Some("condition"))
     );
     assert_eq!(
-        (
-            trace["extra"]["status"].as_str(),
-            trace["extra"]["skip_reason"].as_str()
-        ),
+        (trace["extra"]["status"].as_str(), trace["extra"]["skip_reason"].as_str()),
         (Some("skipped"), Some("pruned"))
     );
     assert_eq!(e["skipped_nodes"], 3);
@@ -275,38 +197,18 @@ async fn cancelling_a_running_execution_stops_its_nodes() {
     let id = stack.execute("long", json!({})).await;
     let deadline = std::time::Instant::now() + WITHIN;
     while stack.nodes(&id).await["long"]["status"] != "running" {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the node never started"
-        );
+        assert!(std::time::Instant::now() < deadline, "the node never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let (status, body) = stack
-        .call(
-            reqwest::Method::POST,
-            &format!("/executions/{id}/cancel"),
-            None,
-        )
-        .await;
+    let (status, body) = stack.call(reqwest::Method::POST, &format!("/executions/{id}/cancel"), None).await;
     assert_eq!(status, 202, "{body}");
     let e = stack.wait_finished(&id, Duration::from_secs(10)).await;
     assert_eq!(e["status"], "cancelled");
     let trace = stack.nodes(&id).await;
     assert_eq!(trace["long"]["status"], "cancelled");
-    assert!(
-        trace["long"]["duration_ms"]
-            .as_i64()
-            .is_some_and(|d| d < 15000),
-        "the worker stopped the agent"
-    );
+    assert!(trace["long"]["duration_ms"].as_i64().is_some_and(|d| d < 15000), "the worker stopped the agent");
     assert_eq!(trace["next"]["status"], "cancelled");
-    let (status, _) = stack
-        .call(
-            reqwest::Method::POST,
-            &format!("/executions/{id}/cancel"),
-            None,
-        )
-        .await;
+    let (status, _) = stack.call(reqwest::Method::POST, &format!("/executions/{id}/cancel"), None).await;
     assert_eq!(status, 409, "a finished execution cannot be cancelled");
     stack.shutdown().await;
 }
@@ -320,49 +222,21 @@ async fn http_and_command_agents_run() {
             axum::Json(json!({"score": rows * 2, "node": call["node_id"]}))
         }),
     );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let registry = Registry::default()
-        .with(
-            "scorer",
-            External::Http {
-                url: format!("http://{addr}/score"),
-            },
-        )
-        .with(
-            "missing",
-            External::Http {
-                url: format!("http://{addr}/nope"),
-            },
-        )
-        .with(
-            "cat",
-            External::Command {
-                program: "/bin/sh".into(),
-                args: vec!["-c".into(), "cat".into()],
-            },
-        );
-    let stack = Stack::start(StackOptions {
-        registry,
-        ..StackOptions::default()
-    })
-    .await;
+        .with("scorer", External::Http { url: format!("http://{addr}/score") })
+        .with("missing", External::Http { url: format!("http://{addr}/nope") })
+        .with("cat", External::Command { program: "/bin/sh".into(), args: vec!["-c".into(), "cat".into()] });
+    let stack = Stack::start(StackOptions { registry, ..StackOptions::default() }).await;
     let dag = json!({"dag_id": "ext", "name": "e", "nodes": {
         "score": node("scorer"),
         "shell": {"agent_id": "cat", "depends_on": ["score"], "params": {"mode": "audit"}}}});
     let (e, trace) = run(&stack, dag, json!({"rows": 21})).await;
     assert_eq!(e["status"], "completed", "{e}");
-    assert_eq!(
-        trace["score"]["outputs"],
-        json!({"score": 42, "node": "score"})
-    );
-    assert_eq!(
-        trace["shell"]["outputs"]["params"],
-        json!({"mode": "audit"})
-    );
+    assert_eq!(trace["score"]["outputs"], json!({"score": 42, "node": "score"}));
+    assert_eq!(trace["shell"]["outputs"]["params"], json!({"mode": "audit"}));
     assert_eq!(trace["shell"]["outputs"]["input"]["score"]["score"], 42);
 
     let dag = json!({"dag_id": "ext404", "name": "e", "nodes": {"x": node("missing")}});
@@ -379,8 +253,7 @@ async fn the_same_input_gives_the_same_provenance_hash() {
     let stack = Stack::start(StackOptions::default()).await;
     let dag = example("emissions-pipeline.yaml");
     let input: Value = serde_json::from_str(
-        &std::fs::read_to_string(tests::repo_root().join("examples/inputs/emissions.json"))
-            .expect("input"),
+        &std::fs::read_to_string(tests::repo_root().join("examples/inputs/emissions.json")).expect("input"),
     )
     .expect("json");
     stack.create_dag(dag).await;
@@ -388,15 +261,10 @@ async fn the_same_input_gives_the_same_provenance_hash() {
     let second = stack.execute("emissions-pipeline", input).await;
     let a = stack.wait_finished(&first, WITHIN).await;
     let b = stack.wait_finished(&second, WITHIN).await;
-    assert_eq!(
-        (a["status"].as_str(), b["status"].as_str()),
-        (Some("completed"), Some("completed"))
-    );
+    assert_eq!((a["status"].as_str(), b["status"].as_str()), (Some("completed"), Some("completed")));
     assert_eq!(a["provenance_chain_hash"], b["provenance_chain_hash"]);
     let report = stack.nodes(&first).await;
-    let total = report["aggregate"]["outputs"]["total"]
-        .as_f64()
-        .expect("total");
+    let total = report["aggregate"]["outputs"]["total"].as_f64().expect("total");
     assert!((total - 1333.79).abs() < 1e-6, "scope 1 + 2 + 3 = {total}");
     stack.shutdown().await;
 }

@@ -47,11 +47,7 @@ pub struct AgentError {
 
 impl AgentError {
     fn new(error_type: &str, message: impl Into<String>, retryable: bool) -> Self {
-        Self {
-            error_type: error_type.to_owned(),
-            message: message.into(),
-            retryable,
-        }
+        Self { error_type: error_type.to_owned(), message: message.into(), retryable }
     }
 }
 
@@ -83,35 +79,19 @@ pub struct Registry {
     http: reqwest::Client,
 }
 
-const BUILT_IN: &[&str] = &[
-    "noop",
-    "echo",
-    "sleep",
-    "fail",
-    "flaky",
-    "activity_intake",
-    "emission_factor",
-    "sum",
-];
+const BUILT_IN: &[&str] = &["noop", "echo", "sleep", "fail", "flaky", "activity_intake", "emission_factor", "sum"];
 
 impl Registry {
     /// Built-in agents plus those of the registry file's text.
     pub fn from_yaml(text: Option<&str>) -> Result<Self, String> {
         let external = match text {
-            Some(text) => {
-                serde_saphyr::from_str::<RegistryFile>(text)
-                    .map_err(|e| format!("agents file: {e}"))?
-                    .agents
-            }
+            Some(text) => serde_saphyr::from_str::<RegistryFile>(text).map_err(|e| format!("agents file: {e}"))?.agents,
             None => BTreeMap::new(),
         };
         if let Some(clash) = external.keys().find(|k| BUILT_IN.contains(&k.as_str())) {
             return Err(format!("agents file: {clash:?} is a built-in agent"));
         }
-        Ok(Self {
-            external,
-            http: reqwest::Client::new(),
-        })
+        Ok(Self { external, http: reqwest::Client::new() })
     }
 
     /// Adds or replaces an external agent (tests and embedders).
@@ -134,49 +114,34 @@ impl Registry {
             other => match self.external.get(other) {
                 Some(External::Http { url }) => self.http(url, call).await,
                 Some(External::Command { program, args }) => command(program, args, call).await,
-                None => Err(AgentError::new(
-                    "agent_not_found",
-                    format!("no agent named {other:?}"),
-                    false,
-                )),
+                None => Err(AgentError::new("agent_not_found", format!("no agent named {other:?}"), false)),
             },
         }?;
         match outputs {
             Value::Object(map) => Ok(map),
-            other => Err(AgentError::new(
-                "invalid_output",
-                format!("outputs must be a JSON object, got {other}"),
-                false,
-            )),
+            other => {
+                Err(AgentError::new("invalid_output", format!("outputs must be a JSON object, got {other}"), false))
+            }
         }
     }
 
     async fn http(&self, url: &str, call: &Call) -> Result<Value, AgentError> {
-        let response =
-            self.http.post(url).json(call).send().await.map_err(|e| {
-                AgentError::new("ConnectionError", format!("POST {url}: {e}"), true)
-            })?;
-        let status = response.status();
-        let body = response
-            .text()
+        let response = self
+            .http
+            .post(url)
+            .json(call)
+            .send()
             .await
-            .map_err(|e| AgentError::new("ConnectionError", e.to_string(), true))?;
+            .map_err(|e| AgentError::new("ConnectionError", format!("POST {url}: {e}"), true))?;
+        let status = response.status();
+        let body = response.text().await.map_err(|e| AgentError::new("ConnectionError", e.to_string(), true))?;
         if status.is_client_error() {
-            return Err(AgentError::new(
-                "HttpClientError",
-                format!("{url} answered {status}: {}", clip(&body)),
-                false,
-            ));
+            return Err(AgentError::new("HttpClientError", format!("{url} answered {status}: {}", clip(&body)), false));
         }
         if !status.is_success() {
-            return Err(AgentError::new(
-                "HttpServerError",
-                format!("{url} answered {status}: {}", clip(&body)),
-                true,
-            ));
+            return Err(AgentError::new("HttpServerError", format!("{url} answered {status}: {}", clip(&body)), true));
         }
-        serde_json::from_str(&body)
-            .map_err(|e| AgentError::new("invalid_output", format!("{url}: {e}"), false))
+        serde_json::from_str(&body).map_err(|e| AgentError::new("invalid_output", format!("{url}: {e}"), false))
     }
 }
 
@@ -188,24 +153,12 @@ async fn command(program: &str, args: &[String], call: &Call) -> Result<Value, A
         .stderr(Stdio::piped())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|e| {
-            AgentError::new(
-                "CommandError",
-                format!("cannot start {program}: {e}"),
-                false,
-            )
-        })?;
+        .map_err(|e| AgentError::new("CommandError", format!("cannot start {program}: {e}"), false))?;
     let payload = serde_json::to_vec(call).unwrap_or_default();
     if let Some(mut stdin) = child.stdin.take() {
-        stdin
-            .write_all(&payload)
-            .await
-            .map_err(|e| AgentError::new("CommandError", e.to_string(), true))?;
+        stdin.write_all(&payload).await.map_err(|e| AgentError::new("CommandError", e.to_string(), true))?;
     }
-    let output = child
-        .wait_with_output()
-        .await
-        .map_err(|e| AgentError::new("CommandError", e.to_string(), true))?;
+    let output = child.wait_with_output().await.map_err(|e| AgentError::new("CommandError", e.to_string(), true))?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         return Err(AgentError::new(
@@ -214,13 +167,8 @@ async fn command(program: &str, args: &[String], call: &Call) -> Result<Value, A
             true,
         ));
     }
-    serde_json::from_slice(&output.stdout).map_err(|e| {
-        AgentError::new(
-            "invalid_output",
-            format!("{program} did not print a JSON object: {e}"),
-            false,
-        )
-    })
+    serde_json::from_slice(&output.stdout)
+        .map_err(|e| AgentError::new("invalid_output", format!("{program} did not print a JSON object: {e}"), false))
 }
 
 fn clip(text: &str) -> String {
@@ -238,27 +186,15 @@ async fn sleep(call: &Call) -> Result<Value, AgentError> {
 }
 
 fn fail(call: &Call) -> AgentError {
-    let kind = call
-        .params
-        .get("error_type")
-        .and_then(Value::as_str)
-        .unwrap_or("AgentError");
-    let retryable = call
-        .params
-        .get("retryable")
-        .and_then(Value::as_bool)
-        .unwrap_or(true);
+    let kind = call.params.get("error_type").and_then(Value::as_str).unwrap_or("AgentError");
+    let retryable = call.params.get("retryable").and_then(Value::as_bool).unwrap_or(true);
     AgentError::new(kind, "the fail agent always fails", retryable)
 }
 
 fn flaky(call: &Call) -> Result<Value, AgentError> {
     let failures = param_u64(call, "failures").unwrap_or(1);
     if u64::from(call.attempt) <= failures {
-        return Err(AgentError::new(
-            "TransientError",
-            format!("attempt {} of a flaky agent", call.attempt),
-            true,
-        ));
+        return Err(AgentError::new("TransientError", format!("attempt {} of a flaky agent", call.attempt), true));
     }
     Ok(json!({ "attempt": call.attempt }))
 }
@@ -272,19 +208,11 @@ fn activity_intake(call: &Call) -> Result<Value, AgentError> {
         .and_then(Value::as_array)
         .ok_or_else(|| invalid("input.activities must be a list".into()))?;
     for (i, a) in activities.iter().enumerate() {
-        let scope_ok = a
-            .get("scope")
-            .and_then(Value::as_u64)
-            .is_some_and(|s| (1..=3).contains(&s));
+        let scope_ok = a.get("scope").and_then(Value::as_u64).is_some_and(|s| (1..=3).contains(&s));
         let name_ok = a.get("activity").and_then(Value::as_str).is_some();
-        let quantity_ok = a
-            .get("quantity")
-            .and_then(Value::as_f64)
-            .is_some_and(|q| q.is_finite() && q >= 0.0);
+        let quantity_ok = a.get("quantity").and_then(Value::as_f64).is_some_and(|q| q.is_finite() && q >= 0.0);
         if !(scope_ok && name_ok && quantity_ok) {
-            return Err(invalid(format!(
-                "activity {i} needs scope 1-3, an activity name and a quantity >= 0"
-            )));
+            return Err(invalid(format!("activity {i} needs scope 1-3, an activity name and a quantity >= 0")));
         }
     }
     Ok(json!({
@@ -297,59 +225,30 @@ fn activity_intake(call: &Call) -> Result<Value, AgentError> {
 /// tCO2e of the activities of one scope: quantity × emission factor (`params.factors`, tCO2e
 /// per unit). Sums in input order, so the result is the same on every machine.
 fn emission_factor(call: &Call) -> Result<Value, AgentError> {
-    let scope = param_u64(call, "scope")
-        .ok_or_else(|| AgentError::new("InvalidParams", "params.scope is required", false))?;
-    let factors = call
-        .params
-        .get("factors")
-        .and_then(Value::as_object)
-        .ok_or_else(|| {
-            AgentError::new(
-                "InvalidParams",
-                "params.factors must map activity names to tCO2e per unit",
-                false,
-            )
-        })?;
-    let activities = call
-        .input
-        .get("activities")
-        .and_then(Value::as_array)
-        .cloned()
-        .unwrap_or_default();
+    let scope =
+        param_u64(call, "scope").ok_or_else(|| AgentError::new("InvalidParams", "params.scope is required", false))?;
+    let factors = call.params.get("factors").and_then(Value::as_object).ok_or_else(|| {
+        AgentError::new("InvalidParams", "params.factors must map activity names to tCO2e per unit", false)
+    })?;
+    let activities = call.input.get("activities").and_then(Value::as_array).cloned().unwrap_or_default();
     let mut total = 0.0;
     let mut lines = Vec::new();
-    for a in activities
-        .iter()
-        .filter(|a| a.get("scope").and_then(Value::as_u64) == Some(scope))
-    {
-        let name = a
-            .get("activity")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
+    for a in activities.iter().filter(|a| a.get("scope").and_then(Value::as_u64) == Some(scope)) {
+        let name = a.get("activity").and_then(Value::as_str).unwrap_or_default();
         let quantity = a.get("quantity").and_then(Value::as_f64).unwrap_or(0.0);
         let factor = factors.get(name).and_then(Value::as_f64).ok_or_else(|| {
-            AgentError::new(
-                "UnknownActivity",
-                format!("no emission factor for {name:?} in scope {scope}"),
-                false,
-            )
+            AgentError::new("UnknownActivity", format!("no emission factor for {name:?} in scope {scope}"), false)
         })?;
         let tco2e = quantity * factor;
         total += tco2e;
-        lines.push(
-            json!({"activity": name, "quantity": quantity, "factor": factor, "tco2e": tco2e}),
-        );
+        lines.push(json!({"activity": name, "quantity": quantity, "factor": factor, "tco2e": tco2e}));
     }
     Ok(json!({"scope": scope, "tco2e": total, "lines": lines}))
 }
 
 /// Adds `params.field` (default `tco2e`) over every dependency's outputs.
 fn sum(call: &Call) -> Result<Value, AgentError> {
-    let field = call
-        .params
-        .get("field")
-        .and_then(Value::as_str)
-        .unwrap_or("tco2e");
+    let field = call.params.get("field").and_then(Value::as_str).unwrap_or("tco2e");
     let mut parts = Map::new();
     let mut total = 0.0;
     if let Some(object) = call.input.as_object() {
@@ -381,47 +280,18 @@ mod tests {
     #[tokio::test]
     async fn built_ins_behave_as_documented() {
         let r = Registry::default();
-        assert_eq!(
-            r.run("noop", &call(json!({}), json!({}), 1)).await,
-            Ok(Map::new())
-        );
-        let echoed = r
-            .run("echo", &call(json!({}), json!({"a": 1}), 1))
-            .await
-            .expect("echo");
+        assert_eq!(r.run("noop", &call(json!({}), json!({}), 1)).await, Ok(Map::new()));
+        let echoed = r.run("echo", &call(json!({}), json!({"a": 1}), 1)).await.expect("echo");
         assert_eq!(Value::Object(echoed), json!({"a": 1}));
         let flaky = call(json!({"failures": 2}), json!({}), 2);
-        assert_eq!(
-            r.run("flaky", &flaky).await.map_err(|e| e.error_type),
-            Err("TransientError".to_owned())
-        );
-        let third = r
-            .run("flaky", &call(json!({"failures": 2}), json!({}), 3))
-            .await
-            .expect("third attempt");
+        assert_eq!(r.run("flaky", &flaky).await.map_err(|e| e.error_type), Err("TransientError".to_owned()));
+        let third = r.run("flaky", &call(json!({"failures": 2}), json!({}), 3)).await.expect("third attempt");
         assert_eq!(third.get("attempt"), Some(&json!(3)));
-        let failed = r
-            .run(
-                "fail",
-                &call(json!({"error_type": "ValueError"}), json!({}), 1),
-            )
-            .await;
-        assert_eq!(
-            failed.map_err(|e| e.error_type),
-            Err("ValueError".to_owned())
-        );
-        let missing = r
-            .run("nope", &call(json!({}), json!({}), 1))
-            .await
-            .expect_err("unknown agent");
-        assert_eq!(
-            (missing.error_type.as_str(), missing.retryable),
-            ("agent_not_found", false)
-        );
-        let not_object = r
-            .run("echo", &call(json!({}), json!([1]), 1))
-            .await
-            .expect_err("array output");
+        let failed = r.run("fail", &call(json!({"error_type": "ValueError"}), json!({}), 1)).await;
+        assert_eq!(failed.map_err(|e| e.error_type), Err("ValueError".to_owned()));
+        let missing = r.run("nope", &call(json!({}), json!({}), 1)).await.expect_err("unknown agent");
+        assert_eq!((missing.error_type.as_str(), missing.retryable), ("agent_not_found", false));
+        let not_object = r.run("echo", &call(json!({}), json!([1]), 1)).await.expect_err("array output");
         assert_eq!(not_object.error_type, "invalid_output");
     }
 
@@ -433,36 +303,14 @@ mod tests {
             {"scope": 2, "activity": "electricity_kwh", "quantity": 5000},
             {"scope": 1, "activity": "diesel_l", "quantity": 500}]});
         let scope1 = r
-            .run(
-                "emission_factor",
-                &call(
-                    json!({"scope": 1, "factors": {"diesel_l": 0.002}}),
-                    activities.clone(),
-                    1,
-                ),
-            )
+            .run("emission_factor", &call(json!({"scope": 1, "factors": {"diesel_l": 0.002}}), activities.clone(), 1))
             .await;
         let scope1 = scope1.expect("scope 1");
         assert_eq!(scope1.get("tco2e"), Some(&json!(3.0)));
-        let unknown = r
-            .run(
-                "emission_factor",
-                &call(json!({"scope": 2, "factors": {}}), activities, 1),
-            )
-            .await;
-        assert_eq!(
-            unknown.map_err(|e| e.error_type),
-            Err("UnknownActivity".to_owned())
-        );
+        let unknown = r.run("emission_factor", &call(json!({"scope": 2, "factors": {}}), activities, 1)).await;
+        assert_eq!(unknown.map_err(|e| e.error_type), Err("UnknownActivity".to_owned()));
         let total = r
-            .run(
-                "sum",
-                &call(
-                    json!({}),
-                    json!({"_input": {}, "s1": {"tco2e": 3.0}, "s2": {"tco2e": 1.5}}),
-                    1,
-                ),
-            )
+            .run("sum", &call(json!({}), json!({"_input": {}, "s1": {"tco2e": 3.0}, "s2": {"tco2e": 1.5}}), 1))
             .await
             .expect("sum");
         assert_eq!(total.get("total"), Some(&json!(4.5)));
@@ -471,29 +319,12 @@ mod tests {
     #[tokio::test]
     async fn command_agents_read_stdin_and_write_stdout() {
         let r = Registry::default()
-            .with(
-                "cat",
-                External::Command {
-                    program: "/bin/sh".into(),
-                    args: vec!["-c".into(), "cat".into()],
-                },
-            )
-            .with(
-                "boom",
-                External::Command {
-                    program: "/bin/sh".into(),
-                    args: vec!["-c".into(), "exit 3".into()],
-                },
-            );
-        let out = r
-            .run("cat", &call(json!({"k": 1}), json!({"x": 2}), 1))
-            .await
-            .expect("cat");
+            .with("cat", External::Command { program: "/bin/sh".into(), args: vec!["-c".into(), "cat".into()] })
+            .with("boom", External::Command { program: "/bin/sh".into(), args: vec!["-c".into(), "exit 3".into()] });
+        let out = r.run("cat", &call(json!({"k": 1}), json!({"x": 2}), 1)).await.expect("cat");
         assert_eq!(out.get("input"), Some(&json!({"x": 2})));
         assert_eq!(
-            r.run("boom", &call(json!({}), json!({}), 1))
-                .await
-                .map_err(|e| e.error_type),
+            r.run("boom", &call(json!({}), json!({}), 1)).await.map_err(|e| e.error_type),
             Err("CommandError".to_owned())
         );
     }
@@ -501,9 +332,7 @@ mod tests {
     #[test]
     fn registry_file_is_validated() {
         assert!(Registry::from_yaml(Some("agents:\n  g: {type: http, url: 'http://x'}\n")).is_ok());
-        assert!(
-            Registry::from_yaml(Some("agents:\n  echo: {type: http, url: 'http://x'}\n")).is_err()
-        );
+        assert!(Registry::from_yaml(Some("agents:\n  echo: {type: http, url: 'http://x'}\n")).is_err());
         assert!(Registry::from_yaml(Some("agents:\n  g: {type: ftp}\n")).is_err());
     }
 }

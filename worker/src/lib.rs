@@ -10,6 +10,7 @@
 //! - [`run`]: the consume → run → report loop, with reconnects and graceful shutdown.
 
 pub mod agents;
+pub mod cli;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -77,18 +78,8 @@ pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
 }
 
 /// One connection's life: consume until stopped or until the connection fails.
-async fn session(
-    options: Arc<WorkerOptions>,
-    mut stop: watch::Receiver<bool>,
-) -> Result<(), BrokerError> {
-    let broker = Arc::new(
-        Broker::connect(
-            &options.amqp_url,
-            &options.worker_id,
-            options.topology.clone(),
-        )
-        .await?,
-    );
+async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -> Result<(), BrokerError> {
+    let broker = Arc::new(Broker::connect(&options.amqp_url, &options.worker_id, options.topology.clone()).await?);
     let permits = Arc::new(Semaphore::new(options.concurrency as usize));
     let running: Running = Arc::default();
     let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
@@ -96,15 +87,9 @@ async fn session(
     for pool in &options.pools {
         broker.declare_pool(pool).await?;
         let tag = format!("{}-{pool}", options.worker_id);
-        consumers.push(
-            broker
-                .consume(&options.topology.task_queue(pool), &tag, prefetch)
-                .await?,
-        );
+        consumers.push(broker.consume(&options.topology.task_queue(pool), &tag, prefetch).await?);
     }
-    let (_cancel_channel, mut cancels) = broker
-        .consume_cancels(&format!("{}-cancel", options.worker_id))
-        .await?;
+    let (_cancel_channel, mut cancels) = broker.consume_cancels(&format!("{}-cancel", options.worker_id)).await?;
     let mut streams = futures_util::stream::select_all(consumers.iter_mut().map(|(_, c)| c));
     tracing::info!(worker_id = %options.worker_id, pools = ?options.pools, "worker consuming");
     let outcome = loop {
@@ -150,10 +135,7 @@ async fn handle(broker: &Broker, options: &WorkerOptions, running: &Running, del
         Ok(Message::Task(task)) => task,
         other => {
             tracing::error!(problem = ?other.err(), "not a task message; dead-lettering it");
-            let _ = delivery
-                .acker
-                .reject(BasicRejectOptions { requeue: false })
-                .await;
+            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
             return;
         }
     };
@@ -161,39 +143,21 @@ async fn handle(broker: &Broker, options: &WorkerOptions, running: &Running, del
     let result = execute(options, running, &task, deliveries).await;
     let body = Message::Result(result).to_bytes();
     let exchange = options.topology.results_exchange();
-    match broker
-        .publish(&exchange, Topology::RESULT_KEY, &body, &Default::default())
-        .await
-    {
+    match broker.publish(&exchange, Topology::RESULT_KEY, &body, &Default::default()).await {
         Ok(()) => {
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         }
         Err(e) => {
             tracing::warn!(error = %e, execution_id = %task.execution_id, node_id = %task.node_id, attempt = task.attempt,
                 "result not confirmed; returning the task to the queue");
-            let _ = delivery
-                .acker
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
     }
 }
 
 /// Runs one attempt under its timeout and cancel signal.
-async fn execute(
-    options: &WorkerOptions,
-    running: &Running,
-    task: &TaskMessage,
-    deliveries: u32,
-) -> ResultMessage {
-    let key = (
-        task.execution_id.clone(),
-        task.node_id.clone(),
-        task.attempt,
-    );
+async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage, deliveries: u32) -> ResultMessage {
+    let key = (task.execution_id.clone(), task.node_id.clone(), task.attempt);
     let cancel = Arc::new(Notify::new());
     if let Ok(mut r) = running.lock() {
         r.insert(key.clone(), cancel.clone());

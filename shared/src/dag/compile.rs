@@ -47,10 +47,7 @@ pub fn compile(mut spec: DagSpec, limits: &Limits) -> Result<Dag, ValidationRepo
         f.error(ErrorType::EmptyDag, &[], "the DAG has no nodes".into());
     }
     if count > limits.max_nodes {
-        let msg = format!(
-            "the DAG has {count} nodes; the limit is {}",
-            limits.max_nodes
-        );
+        let msg = format!("the DAG has {count} nodes; the limit is {}", limits.max_nodes);
         f.error(ErrorType::TooManyNodes, &[], msg);
     }
 
@@ -58,9 +55,7 @@ pub fn compile(mut spec: DagSpec, limits: &Limits) -> Result<Dag, ValidationRepo
     let ids = IdIndex::new(entries, &mut f);
     let position = |id: &str| ids.position.get(id).copied();
     let uses_compensation = spec.on_failure == DagFailurePolicy::Compensate
-        || entries
-            .iter()
-            .any(|(_, n)| n.on_failure == NodeFailurePolicy::Compensate);
+        || entries.iter().any(|(_, n)| n.on_failure == NodeFailurePolicy::Compensate);
 
     let mut nodes = Vec::with_capacity(entries.len());
     for (pos, (id, node)) in (0..).zip(entries) {
@@ -69,11 +64,7 @@ pub fn compile(mut spec: DagSpec, limits: &Limits) -> Result<Dag, ValidationRepo
         if first {
             check_node_fields(id, node, uses_compensation, &mut f);
         }
-        let deps = if first {
-            dependencies(id, node, &position, &ids.rank, &mut f)
-        } else {
-            Vec::new()
-        };
+        let deps = if first { dependencies(id, node, &position, &ids.rank, &mut f) } else { Vec::new() };
         nodes.push(resolve_node(id, node, deps, &dag_level, &mut f));
     }
     let children = children_of(&nodes, &ids.rank);
@@ -82,21 +73,9 @@ pub fn compile(mut spec: DagSpec, limits: &Limits) -> Result<Dag, ValidationRepo
     let order = graph::canonical_order(&children, &in_degree, &priority, &ids.rank);
     if order.is_none() {
         for cycle in graph::cycles(&children, &ids.rank) {
-            let names: Vec<&str> = cycle
-                .iter()
-                .map(|&i| entries[i as usize].0.as_str())
-                .collect();
-            let path = names
-                .iter()
-                .chain(names.first())
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" -> ");
-            f.error(
-                ErrorType::Cycle,
-                &names,
-                format!("dependency cycle: {path}"),
-            );
+            let names: Vec<&str> = cycle.iter().map(|&i| entries[i as usize].0.as_str()).collect();
+            let path = names.iter().chain(names.first()).copied().collect::<Vec<_>>().join(" -> ");
+            f.error(ErrorType::Cycle, &names, format!("dependency cycle: {path}"));
         }
     }
     let is_node = |id: &str| ids.position.contains_key(id);
@@ -107,16 +86,7 @@ pub fn compile(mut spec: DagSpec, limits: &Limits) -> Result<Dag, ValidationRepo
         }
         let condition = parse_condition(id, spec_node, &is_node, &mut f);
         let mapping = parse_mapping(id, spec_node, &is_node, &mut f);
-        check_ancestry(
-            me,
-            id,
-            condition.as_ref(),
-            &mapping,
-            &nodes,
-            &position,
-            &mut reach,
-            &mut f,
-        );
+        check_ancestry(me, id, condition.as_ref(), &mapping, &nodes, &position, &mut reach, &mut f);
         let node = &mut nodes[me as usize];
         node.condition = condition;
         node.input_mapping = mapping;
@@ -142,21 +112,10 @@ struct DagLevel {
 
 fn check_dag_fields(spec: &DagSpec, f: &mut Findings) -> DagLevel {
     if spec.name.trim().is_empty() || spec.name.chars().count() > MAX_NAME_LEN {
-        f.error(
-            ErrorType::InvalidField,
-            &[],
-            format!("name must be 1 to {MAX_NAME_LEN} characters"),
-        );
+        f.error(ErrorType::InvalidField, &[], format!("name must be 1 to {MAX_NAME_LEN} characters"));
     }
-    if spec.version.is_empty()
-        || spec.version.len() > MAX_VERSION_LEN
-        || spec.version.contains('\0')
-    {
-        f.error(
-            ErrorType::InvalidField,
-            &[],
-            format!("version must be 1 to {MAX_VERSION_LEN} characters"),
-        );
+    if spec.version.is_empty() || spec.version.len() > MAX_VERSION_LEN || spec.version.contains('\0') {
+        f.error(ErrorType::InvalidField, &[], format!("version must be 1 to {MAX_VERSION_LEN} characters"));
     }
     if let Some(id) = &spec.dag_id {
         if let Err(e) = check_id(id) {
@@ -165,21 +124,14 @@ fn check_dag_fields(spec: &DagSpec, f: &mut Findings) -> DagLevel {
     }
     let mut problems = Vec::new();
     let retry = RetryPolicy::default().overlay(spec.default_retry_policy.as_ref(), &mut problems);
-    let timeout =
-        TimeoutPolicy::default().overlay(spec.default_timeout_policy.as_ref(), &mut problems);
+    let timeout = TimeoutPolicy::default().overlay(spec.default_timeout_policy.as_ref(), &mut problems);
     for p in problems {
-        f.error(
-            ErrorType::InvalidPolicy,
-            &[],
-            format!("default policy: {p}"),
-        );
+        f.error(ErrorType::InvalidPolicy, &[], format!("default policy: {p}"));
     }
     let max_parallel_nodes = match &spec.max_parallel_nodes {
         None => DEFAULT_MAX_PARALLEL_NODES,
         Some(n) => whole_in(n, 1, u64::from(MAX_PARALLEL_NODES)).unwrap_or_else(|| {
-            let msg = format!(
-                "max_parallel_nodes must be a whole number from 1 to {MAX_PARALLEL_NODES}, not {n}"
-            );
+            let msg = format!("max_parallel_nodes must be a whole number from 1 to {MAX_PARALLEL_NODES}, not {n}");
             f.error(ErrorType::InvalidPolicy, &[], msg);
             DEFAULT_MAX_PARALLEL_NODES
         }),
@@ -199,22 +151,15 @@ fn check_dag_fields(spec: &DagSpec, f: &mut Findings) -> DagLevel {
         ("topology_levels", spec.legacy_topology_levels.is_some()),
     ] {
         if present {
-            let msg =
-                format!("{field} is computed by the orchestrator; the value given is ignored");
+            let msg = format!("{field} is computed by the orchestrator; the value given is ignored");
             f.warning(WarningType::LegacyFieldIgnored, &[], msg);
         }
     }
-    DagLevel {
-        retry,
-        timeout,
-        max_parallel_nodes,
-    }
+    DagLevel { retry, timeout, max_parallel_nodes }
 }
 
 fn whole_in(n: &Number, min: u64, max: u64) -> Option<u32> {
-    n.as_u64()
-        .filter(|v| (min..=max).contains(v))
-        .and_then(|v| u32::try_from(v).ok())
+    n.as_u64().filter(|v| (min..=max).contains(v)).and_then(|v| u32::try_from(v).ok())
 }
 
 /// Where each id is, and each node's rank in id order.
@@ -230,27 +175,17 @@ struct IdIndex<'s> {
 impl<'s> IdIndex<'s> {
     fn new(entries: &'s [(String, NodeSpec)], f: &mut Findings) -> Self {
         // Sorting on a 16-byte prefix keeps most comparisons inside one contiguous array.
-        let mut keyed: Vec<(u128, u32)> = (0..)
-            .zip(entries)
-            .map(|(p, (id, _))| (prefix(id), p))
-            .collect();
+        let mut keyed: Vec<(u128, u32)> = (0..).zip(entries).map(|(p, (id, _))| (prefix(id), p)).collect();
         let full = |a: u32, b: u32| entries[a as usize].0.cmp(&entries[b as usize].0);
         // Ties on the id are broken by position, so the first occurrence of a repeated id ranks first.
-        keyed.sort_unstable_by(|a, b| {
-            a.0.cmp(&b.0)
-                .then_with(|| full(a.1, b.1))
-                .then(a.1.cmp(&b.1))
-        });
+        keyed.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| full(a.1, b.1)).then(a.1.cmp(&b.1)));
         let mut rank = vec![0u32; entries.len()];
         let mut by_rank = Vec::with_capacity(entries.len());
         let mut position = FxHashMap::with_capacity_and_hasher(entries.len(), Default::default());
         let mut i = 0;
         while i < keyed.len() {
             let first = keyed[i];
-            let same = keyed[i..]
-                .iter()
-                .take_while(|k| k.0 == first.0 && full(k.1, first.1).is_eq())
-                .count();
+            let same = keyed[i..].iter().take_while(|k| k.0 == first.0 && full(k.1, first.1).is_eq()).count();
             let id = entries[first.1 as usize].0.as_str();
             if same > 1 {
                 let msg = format!("node id {id:?} appears {same} times; ids must be unique");
@@ -263,11 +198,7 @@ impl<'s> IdIndex<'s> {
             by_rank.push(first.1);
             i += same;
         }
-        Self {
-            position,
-            rank,
-            by_rank,
-        }
+        Self { position, rank, by_rank }
     }
 }
 
@@ -282,11 +213,7 @@ fn prefix(id: &str) -> u128 {
 
 fn check_node_fields(id: &str, node: &NodeSpec, uses_compensation: bool, f: &mut Findings) {
     if let Err(e) = check_id(id) {
-        f.error(
-            ErrorType::InvalidNodeId,
-            &[id],
-            format!("node id {id:?} {e}"),
-        );
+        f.error(ErrorType::InvalidNodeId, &[id], format!("node id {id:?} {e}"));
     }
     if let Some(legacy) = node.legacy_node_id.as_deref().filter(|l| *l != id) {
         let msg = format!("node {id:?} says its node_id is {legacy:?}; they must match");
@@ -299,25 +226,17 @@ fn check_node_fields(id: &str, node: &NodeSpec, uses_compensation: bool, f: &mut
     ];
     for (field, value) in optional_ids {
         if let Some(Err(e)) = value.map(check_id) {
-            f.error(
-                ErrorType::InvalidField,
-                &[id],
-                format!("node {id:?}: {field} {e}"),
-            );
+            f.error(ErrorType::InvalidField, &[id], format!("node {id:?}: {field} {e}"));
         }
     }
     if let Some(p) = &node.priority {
         if p.as_i64().and_then(|v| i32::try_from(v).ok()).is_none() {
-            let msg = format!(
-                "node {id:?}: priority must be a whole number in the 32-bit range, not {p}"
-            );
+            let msg = format!("node {id:?}: priority must be a whole number in the 32-bit range, not {p}");
             f.error(ErrorType::InvalidField, &[id], msg);
         }
     }
     if node.compensation_handler.is_some() && !uses_compensation {
-        let msg = format!(
-            "node {id:?} has a compensation_handler, but no failure policy of this DAG compensates"
-        );
+        let msg = format!("node {id:?} has a compensation_handler, but no failure policy of this DAG compensates");
         f.warning(WarningType::UnusedCompensationHandler, &[id], msg);
     }
 }
@@ -335,11 +254,7 @@ fn dependencies(
     for dep in &node.depends_on {
         if dep == id {
             if !std::mem::replace(&mut self_reported, true) {
-                f.error(
-                    ErrorType::SelfDependency,
-                    &[id],
-                    format!("node {id:?} depends on itself"),
-                );
+                f.error(ErrorType::SelfDependency, &[id], format!("node {id:?} depends on itself"));
             }
         } else if let Some(i) = position(dep) {
             deps.push(i);
@@ -358,18 +273,10 @@ fn dependencies(
     deps
 }
 
-fn resolve_node(
-    id: &str,
-    node: &NodeSpec,
-    deps: Vec<NodeIndex>,
-    dag: &DagLevel,
-    f: &mut Findings,
-) -> Node {
+fn resolve_node(id: &str, node: &NodeSpec, deps: Vec<NodeIndex>, dag: &DagLevel, f: &mut Findings) -> Node {
     let mut problems = Vec::new();
     let retry = dag.retry.overlay(node.retry_policy.as_ref(), &mut problems);
-    let timeout = dag
-        .timeout
-        .overlay(node.timeout_policy.as_ref(), &mut problems);
+    let timeout = dag.timeout.overlay(node.timeout_policy.as_ref(), &mut problems);
     for p in problems {
         f.error(ErrorType::InvalidPolicy, &[id], format!("node {id:?}: {p}"));
     }
@@ -380,12 +287,7 @@ fn resolve_node(
         timeout,
         condition: None,
         input_mapping: Vec::new(),
-        priority: node
-            .priority
-            .as_ref()
-            .and_then(Number::as_i64)
-            .and_then(|v| i32::try_from(v).ok())
-            .unwrap_or(0),
+        priority: node.priority.as_ref().and_then(Number::as_i64).and_then(|v| i32::try_from(v).ok()).unwrap_or(0),
         level: 0,
     }
 }
@@ -404,21 +306,10 @@ fn children_of(nodes: &[Node], rank: &[u32]) -> Vec<Vec<NodeIndex>> {
     children
 }
 
-fn parse_condition(
-    id: &str,
-    node: &NodeSpec,
-    is_node: &dyn Fn(&str) -> bool,
-    f: &mut Findings,
-) -> Option<Condition> {
+fn parse_condition(id: &str, node: &NodeSpec, is_node: &dyn Fn(&str) -> bool, f: &mut Findings) -> Option<Condition> {
     let source = node.condition.as_deref()?;
     Condition::parse(source, is_node)
-        .map_err(|e| {
-            f.error(
-                ErrorType::InvalidCondition,
-                &[id],
-                format!("node {id:?}: condition {e}"),
-            )
-        })
+        .map_err(|e| f.error(ErrorType::InvalidCondition, &[id], format!("node {id:?}: condition {e}")))
         .ok()
 }
 
@@ -454,25 +345,16 @@ fn check_ancestry(
     reach: &mut Reach,
     f: &mut Findings,
 ) {
-    let in_condition: Vec<&str> = condition
-        .map(Condition::referenced_nodes)
-        .unwrap_or_default();
+    let in_condition: Vec<&str> = condition.map(Condition::referenced_nodes).unwrap_or_default();
     let in_mapping = mapping.iter().filter_map(|(_, p)| p.node());
-    let named: BTreeMap<NodeIndex, &str> = in_condition
-        .iter()
-        .copied()
-        .chain(in_mapping)
-        .filter_map(|n| position(n).map(|i| (i, n)))
-        .collect();
+    let named: BTreeMap<NodeIndex, &str> =
+        in_condition.iter().copied().chain(in_mapping).filter_map(|n| position(n).map(|i| (i, n))).collect();
     for missing in reach.not_ancestors(me, named.keys().copied().collect(), nodes) {
         let Some(&target) = named.get(&missing) else {
             continue;
         };
-        let kind = if in_condition.contains(&target) {
-            ErrorType::InvalidCondition
-        } else {
-            ErrorType::InvalidInputMapping
-        };
+        let kind =
+            if in_condition.contains(&target) { ErrorType::InvalidCondition } else { ErrorType::InvalidInputMapping };
         let msg = format!(
             "node {id:?} reads results.{target}, but {target:?} is not one of its dependencies (direct or transitive)"
         );
@@ -488,10 +370,7 @@ struct Reach {
 
 impl Reach {
     fn new(n: usize) -> Self {
-        Self {
-            stamp: vec![0; n],
-            current: 0,
-        }
+        Self { stamp: vec![0; n], current: 0 }
     }
 
     /// Those of `wanted` that are not ancestors of `node`.
@@ -533,16 +412,10 @@ fn normalise_node(n: &mut NodeSpec) {
     if n.priority.as_ref().and_then(Number::as_i64) == Some(0) {
         n.priority = None;
     }
-    if n.retry_policy
-        .as_ref()
-        .is_some_and(|p| *p == Default::default())
-    {
+    if n.retry_policy.as_ref().is_some_and(|p| *p == Default::default()) {
         n.retry_policy = None;
     }
-    if n.timeout_policy
-        .as_ref()
-        .is_some_and(|p| *p == Default::default())
-    {
+    if n.timeout_policy.as_ref().is_some_and(|p| *p == Default::default()) {
         n.timeout_policy = None;
     }
 }
@@ -600,6 +473,5 @@ fn finish(
 /// which matches no definition, so any later verification against the stored definition fails
 /// loudly instead of passing.
 pub(crate) fn definition_hash(spec: &DagSpec) -> ContentHash {
-    content_hash(spec)
-        .unwrap_or_else(|e| ContentHash::of_bytes(format!("unhashable definition: {e}").as_bytes()))
+    content_hash(spec).unwrap_or_else(|e| ContentHash::of_bytes(format!("unhashable definition: {e}").as_bytes()))
 }

@@ -17,11 +17,8 @@ pub(crate) fn canonical_order(
 ) -> Option<Vec<u32>> {
     let key = |v: u32| (priority[v as usize], Reverse(rank[v as usize]), v);
     let mut remaining = in_degree.to_vec();
-    let mut ready: BinaryHeap<(i32, Reverse<u32>, u32)> = (0..)
-        .zip(&remaining)
-        .filter(|(_, d)| **d == 0)
-        .map(|(v, _)| key(v))
-        .collect();
+    let mut ready: BinaryHeap<(i32, Reverse<u32>, u32)> =
+        (0..).zip(&remaining).filter(|(_, d)| **d == 0).map(|(v, _)| key(v)).collect();
     let mut order = Vec::with_capacity(children.len());
     while let Some((_, _, v)) = ready.pop() {
         order.push(v);
@@ -42,12 +39,7 @@ pub(crate) fn levels(order: &[u32], nodes: &[super::Node]) -> (Vec<u32>, Vec<Vec
     let mut level_of = vec![0u32; nodes.len()];
     let mut levels: Vec<Vec<u32>> = Vec::new();
     for &v in order {
-        let level = nodes[v as usize]
-            .deps
-            .iter()
-            .map(|&d| level_of[d as usize] + 1)
-            .max()
-            .unwrap_or(0);
+        let level = nodes[v as usize].deps.iter().map(|&d| level_of[d as usize] + 1).max().unwrap_or(0);
         level_of[v as usize] = level;
         let slot = level as usize;
         if levels.len() <= slot {
@@ -89,10 +81,7 @@ fn shortest_cycle(children: &[Vec<u32>], start: u32, component_of: &[u32]) -> Op
     let mut parent = std::collections::HashMap::new();
     let mut queue = VecDeque::from([start]);
     while let Some(v) = queue.pop_front() {
-        let next = children[v as usize]
-            .iter()
-            .copied()
-            .filter(|&c| component_of[c as usize] == component);
+        let next = children[v as usize].iter().copied().filter(|&c| component_of[c as usize] == component);
         for c in next {
             if c == start {
                 let mut path = vec![v];
@@ -185,24 +174,14 @@ mod tests {
     fn order_is_lexicographically_smallest() {
         // a=0, b=1, z=2; b depends on a. Legacy FIFO gave a, z, b; the smallest order is a, b, z.
         let (children, deg) = graph(3, &[(0, 1)]);
-        assert_eq!(
-            canonical_order(&children, &deg, &[0, 0, 0], &[0, 1, 2]),
-            Some(vec![0, 1, 2])
-        );
+        assert_eq!(canonical_order(&children, &deg, &[0, 0, 0], &[0, 1, 2]), Some(vec![0, 1, 2]));
     }
 
     #[test]
     fn priority_breaks_ties_before_id() {
         let (children, deg) = graph(3, &[]);
-        assert_eq!(
-            canonical_order(&children, &deg, &[0, 5, 5], &[0, 1, 2]),
-            Some(vec![1, 2, 0])
-        );
-        assert_eq!(
-            canonical_order(&children, &deg, &[0, 5, 5], &[0, 2, 1]),
-            Some(vec![2, 1, 0]),
-            "rank, not position"
-        );
+        assert_eq!(canonical_order(&children, &deg, &[0, 5, 5], &[0, 1, 2]), Some(vec![1, 2, 0]));
+        assert_eq!(canonical_order(&children, &deg, &[0, 5, 5], &[0, 2, 1]), Some(vec![2, 1, 0]), "rank, not position");
     }
 
     #[test]

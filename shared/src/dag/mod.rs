@@ -18,12 +18,10 @@ use std::sync::OnceLock;
 
 pub use compile::{Limits, compile};
 pub use policy::{MAX_RETRIES, MAX_SECONDS, RetryPolicy, TimeoutPolicy};
-pub use report::{
-    ErrorType, Issue, ValidationError, ValidationReport, ValidationWarning, WarningType,
-};
+pub use report::{ErrorType, Issue, ValidationError, ValidationReport, ValidationWarning, WarningType};
 pub use spec::{
-    DagFailurePolicy, DagSpec, NodeEntries, NodeFailurePolicy, NodeSpec, ParseError,
-    RetryPolicySpec, RetryStrategy, Scheduling, TimeoutAction, TimeoutPolicySpec,
+    DagFailurePolicy, DagSpec, NodeEntries, NodeFailurePolicy, NodeSpec, ParseError, RetryPolicySpec, RetryStrategy,
+    Scheduling, TimeoutAction, TimeoutPolicySpec,
 };
 
 use crate::canonical::ContentHash;
@@ -81,8 +79,7 @@ impl Dag {
 
     /// `dag_hash`: SHA-256 of the RFC 8785 canonical JSON of [`Dag::definition`].
     pub fn hash(&self) -> &ContentHash {
-        self.hash
-            .get_or_init(|| compile::definition_hash(&self.definition))
+        self.hash.get_or_init(|| compile::definition_hash(&self.definition))
     }
 
     /// The normalised definition: ids filled in, DAG-level defaults written out, node-level
@@ -118,10 +115,7 @@ impl Dag {
 
     /// The worker pool that runs the node.
     pub fn queue(&self, index: NodeIndex) -> &str {
-        self.node_spec(index)
-            .queue
-            .as_deref()
-            .unwrap_or(DEFAULT_QUEUE)
+        self.node_spec(index).queue.as_deref().unwrap_or(DEFAULT_QUEUE)
     }
 
     pub fn len(&self) -> usize {
@@ -134,10 +128,7 @@ impl Dag {
 
     pub fn index_of(&self, id: &str) -> Option<NodeIndex> {
         let entries = &self.definition.nodes.0;
-        let rank = self
-            .by_rank
-            .binary_search_by(|&p| entries[p as usize].0.as_str().cmp(id))
-            .ok()?;
+        let rank = self.by_rank.binary_search_by(|&p| entries[p as usize].0.as_str().cmp(id)).ok()?;
         Some(self.by_rank[rank])
     }
 
@@ -180,9 +171,6 @@ impl Dag {
 
     /// Node ids level by level.
     pub fn level_ids(&self) -> Vec<Vec<&str>> {
-        self.levels
-            .iter()
-            .map(|l| l.iter().map(|&i| self.node_id(i)).collect())
-            .collect()
+        self.levels.iter().map(|l| l.iter().map(|&i| self.node_id(i)).collect()).collect()
     }
 }

@@ -47,32 +47,19 @@ pub struct TimeoutPolicy {
 
 impl Default for TimeoutPolicy {
     fn default() -> Self {
-        Self {
-            timeout_seconds: 60.0,
-            on_timeout: TimeoutAction::Fail,
-        }
+        Self { timeout_seconds: 60.0, on_timeout: TimeoutAction::Fail }
     }
 }
 
 impl RetryPolicy {
     /// Overlays `spec` on `self`; each problem found is pushed to `problems`.
-    pub(crate) fn overlay(
-        &self,
-        spec: Option<&RetryPolicySpec>,
-        problems: &mut Vec<String>,
-    ) -> Self {
+    pub(crate) fn overlay(&self, spec: Option<&RetryPolicySpec>, problems: &mut Vec<String>) -> Self {
         let mut out = self.clone();
         let Some(spec) = spec else { return out };
         if let Some(n) = &spec.max_retries {
-            match n
-                .as_u64()
-                .filter(|v| *v <= MAX_RETRIES)
-                .and_then(|v| u32::try_from(v).ok())
-            {
+            match n.as_u64().filter(|v| *v <= MAX_RETRIES).and_then(|v| u32::try_from(v).ok()) {
                 Some(v) => out.max_retries = v,
-                None => problems.push(format!(
-                    "max_retries must be a whole number from 0 to {MAX_RETRIES}, not {n}"
-                )),
+                None => problems.push(format!("max_retries must be a whole number from 0 to {MAX_RETRIES}, not {n}")),
             }
         }
         if let Some(s) = spec.strategy {
@@ -95,8 +82,7 @@ impl RetryPolicy {
         }
         if let Some(list) = &spec.retryable_exceptions {
             if list.iter().any(|e| e.is_empty() || e.len() > 128) {
-                problems
-                    .push("retryable_exceptions entries must be 1 to 128 characters".to_owned());
+                problems.push("retryable_exceptions entries must be 1 to 128 characters".to_owned());
             }
             out.retryable_exceptions = list.clone();
         }
@@ -118,11 +104,7 @@ impl RetryPolicy {
 }
 
 impl TimeoutPolicy {
-    pub(crate) fn overlay(
-        &self,
-        spec: Option<&TimeoutPolicySpec>,
-        problems: &mut Vec<String>,
-    ) -> Self {
+    pub(crate) fn overlay(&self, spec: Option<&TimeoutPolicySpec>, problems: &mut Vec<String>) -> Self {
         let mut out = self.clone();
         let Some(spec) = spec else { return out };
         if let Some(n) = &spec.timeout_seconds {
@@ -137,27 +119,16 @@ impl TimeoutPolicy {
     }
 
     pub fn to_spec(&self) -> TimeoutPolicySpec {
-        TimeoutPolicySpec {
-            timeout_seconds: Number::from_f64(self.timeout_seconds),
-            on_timeout: Some(self.on_timeout),
-        }
+        TimeoutPolicySpec { timeout_seconds: Number::from_f64(self.timeout_seconds), on_timeout: Some(self.on_timeout) }
     }
 }
 
 /// A duration in seconds within `[min, 24 h]`.
 fn seconds(n: &Number, field: &str, min: f64, problems: &mut Vec<String>) -> Option<f64> {
-    let v = n
-        .as_f64()
-        .filter(|v| v.is_finite() && *v >= min && *v <= MAX_SECONDS);
+    let v = n.as_f64().filter(|v| v.is_finite() && *v >= min && *v <= MAX_SECONDS);
     if v.is_none() {
-        let lower = if min > 0.0 {
-            "greater than 0"
-        } else {
-            "at least 0"
-        };
-        problems.push(format!(
-            "{field} must be {lower} and at most {MAX_SECONDS} seconds, not {n}"
-        ));
+        let lower = if min > 0.0 { "greater than 0" } else { "at least 0" };
+        problems.push(format!("{field} must be {lower} and at most {MAX_SECONDS} seconds, not {n}"));
     }
     v
 }
@@ -173,10 +144,8 @@ mod tests {
 
     #[test]
     fn node_policy_overrides_field_by_field() {
-        let dag_default = RetryPolicy::default().overlay(
-            Some(&retry(json!({"max_retries": 2, "base_delay": 2}))),
-            &mut vec![],
-        );
+        let dag_default =
+            RetryPolicy::default().overlay(Some(&retry(json!({"max_retries": 2, "base_delay": 2}))), &mut vec![]);
         let node = dag_default.overlay(Some(&retry(json!({"strategy": "linear"}))), &mut vec![]);
         assert_eq!(node.max_retries, 2, "inherited from the DAG default");
         assert_eq!(node.base_delay, 2.0);
@@ -200,13 +169,9 @@ mod tests {
             RetryPolicy::default().overlay(Some(&retry(bad.clone())), &mut problems);
             assert_eq!(problems.len(), 1, "{bad}: {problems:?}");
         }
-        for bad in [
-            json!({"timeout_seconds": 0}),
-            json!({"timeout_seconds": -5}),
-            json!({"timeout_seconds": 86400.5}),
-        ] {
-            let spec: TimeoutPolicySpec =
-                serde_json::from_value(bad.clone()).expect("timeout spec");
+        for bad in [json!({"timeout_seconds": 0}), json!({"timeout_seconds": -5}), json!({"timeout_seconds": 86400.5})]
+        {
+            let spec: TimeoutPolicySpec = serde_json::from_value(bad.clone()).expect("timeout spec");
             let mut problems = vec![];
             TimeoutPolicy::default().overlay(Some(&spec), &mut problems);
             assert_eq!(problems.len(), 1, "{bad}");
@@ -216,14 +181,9 @@ mod tests {
     #[test]
     fn boundaries_are_accepted() {
         let mut problems = vec![];
-        let p = RetryPolicy::default().overlay(
-            Some(&retry(
-                json!({"max_retries": 20, "base_delay": 0, "max_delay": 86400}),
-            )),
-            &mut problems,
-        );
-        let spec: TimeoutPolicySpec =
-            serde_json::from_value(json!({"timeout_seconds": 86400})).expect("spec");
+        let p = RetryPolicy::default()
+            .overlay(Some(&retry(json!({"max_retries": 20, "base_delay": 0, "max_delay": 86400}))), &mut problems);
+        let spec: TimeoutPolicySpec = serde_json::from_value(json!({"timeout_seconds": 86400})).expect("spec");
         let t = TimeoutPolicy::default().overlay(Some(&spec), &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!((p.max_retries, t.timeout_seconds), (20, 86400.0));

@@ -16,19 +16,12 @@ impl Dag {
         let mut box_of = vec![0usize; self.len()];
         for (b, &i) in self.by_id().iter().enumerate() {
             box_of[i as usize] = b;
-            let label = format!(
-                "{}<br/>{}",
-                escape(self.node_id(i)),
-                escape(&self.node_spec(i).agent_id)
-            );
+            let label = format!("{}<br/>{}", escape(self.node_id(i)), escape(&self.node_spec(i).agent_id));
             out.push_str(&format!("    n{b}[\"{label}\"]\n"));
         }
         for &v in self.order() {
             for &d in &self.node(v).deps {
-                out.push_str(&format!(
-                    "    n{} --> n{}\n",
-                    box_of[d as usize], box_of[v as usize]
-                ));
+                out.push_str(&format!("    n{} --> n{}\n", box_of[d as usize], box_of[v as usize]));
             }
         }
         out

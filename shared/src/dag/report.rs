@@ -57,12 +57,7 @@ pub struct ValidationReport {
 
 impl ValidationReport {
     pub fn new(errors: Vec<ValidationError>, warnings: Vec<ValidationWarning>) -> Self {
-        Self {
-            valid: errors.is_empty(),
-            error_count: errors.len(),
-            errors,
-            warnings,
-        }
+        Self { valid: errors.is_empty(), error_count: errors.len(), errors, warnings }
     }
 
     /// Whether any error has this type.
@@ -81,19 +76,11 @@ pub(crate) struct Findings {
 impl Findings {
     pub fn error(&mut self, error_type: ErrorType, nodes: &[&str], message: String) {
         let nodes = nodes.iter().map(|n| (*n).to_owned()).collect();
-        self.errors.push(Issue {
-            error_type,
-            message,
-            nodes,
-        });
+        self.errors.push(Issue { error_type, message, nodes });
     }
 
     pub fn warning(&mut self, error_type: WarningType, nodes: &[&str], message: String) {
         let nodes = nodes.iter().map(|n| (*n).to_owned()).collect();
-        self.warnings.push(Issue {
-            error_type,
-            message,
-            nodes,
-        });
+        self.warnings.push(Issue { error_type, message, nodes });
     }
 }

@@ -24,10 +24,7 @@ pub struct DagSpec {
     pub name: String,
     #[serde(default, deserialize_with = "null_as_default")]
     pub description: String,
-    #[serde(
-        default = "default_version",
-        deserialize_with = "null_as_default_version"
-    )]
+    #[serde(default = "default_version", deserialize_with = "null_as_default_version")]
     pub version: String,
     pub nodes: NodeEntries,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -61,17 +58,9 @@ pub struct DagSpec {
 pub struct NodeSpec {
     #[serde(default, deserialize_with = "null_as_default")]
     pub agent_id: String,
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "Vec::is_empty"
-    )]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Vec::is_empty")]
     pub depends_on: Vec<String>,
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "BTreeMap::is_empty"
-    )]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "BTreeMap::is_empty")]
     pub input_mapping: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_key: Option<String>,
@@ -87,18 +76,10 @@ pub struct NodeSpec {
     pub compensation_handler: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub priority: Option<Number>,
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "Map::is_empty"
-    )]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Map::is_empty")]
     pub metadata: Map<String, Value>,
     /// Static settings handed to the agent; part of the definition and of its hash.
-    #[serde(
-        default,
-        deserialize_with = "null_as_default",
-        skip_serializing_if = "Map::is_empty"
-    )]
+    #[serde(default, deserialize_with = "null_as_default", skip_serializing_if = "Map::is_empty")]
     pub params: Map<String, Value>,
     /// The worker pool that runs the node (`default` when absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -259,41 +240,25 @@ pub struct ParseError {
 impl DagSpec {
     /// Parses JSON.
     pub fn from_json(text: &str) -> Result<Self, ParseError> {
-        serde_json::from_str(text).map_err(|e| ParseError {
-            format: "JSON",
-            message: e.to_string(),
-        })
+        serde_json::from_str(text).map_err(|e| ParseError { format: "JSON", message: e.to_string() })
     }
 
     /// Parses YAML. The text is always YAML content, never a path to read.
     pub fn from_yaml(text: &str) -> Result<Self, ParseError> {
-        serde_saphyr::from_str(text).map_err(|e| ParseError {
-            format: "YAML",
-            message: e.to_string(),
-        })
+        serde_saphyr::from_str(text).map_err(|e| ParseError { format: "YAML", message: e.to_string() })
     }
 
     /// Parses JSON when the text starts with `{`, YAML otherwise.
     pub fn parse(text: &str) -> Result<Self, ParseError> {
-        if text.trim_start().starts_with('{') {
-            Self::from_json(text)
-        } else {
-            Self::from_yaml(text)
-        }
+        if text.trim_start().starts_with('{') { Self::from_json(text) } else { Self::from_yaml(text) }
     }
 
     /// Builds a spec from a JSON value (as received by the API).
     pub fn from_value(value: Value) -> Result<Self, ParseError> {
-        serde_json::from_value(value).map_err(|e| ParseError {
-            format: "JSON",
-            message: e.to_string(),
-        })
+        serde_json::from_value(value).map_err(|e| ParseError { format: "JSON", message: e.to_string() })
     }
 
     pub fn to_yaml(&self) -> Result<String, ParseError> {
-        serde_saphyr::to_string(self).map_err(|e| ParseError {
-            format: "YAML",
-            message: e.to_string(),
-        })
+        serde_saphyr::to_string(self).map_err(|e| ParseError { format: "YAML", message: e.to_string() })
     }
 }

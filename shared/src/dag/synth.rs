@@ -7,11 +7,7 @@ use super::spec::{DagSpec, NodeEntries, NodeSpec};
 
 /// A node running `agent_id` after `deps`.
 pub fn node(agent_id: &str, deps: &[String]) -> NodeSpec {
-    NodeSpec {
-        agent_id: agent_id.to_owned(),
-        depends_on: deps.to_vec(),
-        ..NodeSpec::default()
-    }
+    NodeSpec { agent_id: agent_id.to_owned(), depends_on: deps.to_vec(), ..NodeSpec::default() }
 }
 
 /// A DAG named `name` with the given nodes and defaults elsewhere.
@@ -39,24 +35,14 @@ pub fn dag(name: &str, nodes: Vec<(String, NodeSpec)>) -> DagSpec {
 /// `n` nodes in a line: `n0000 -> n0001 -> ...`.
 pub fn chain(n: usize, agent_id: &str) -> DagSpec {
     let ids: Vec<String> = (0..n).map(|i| format!("n{i:06}")).collect();
-    let nodes = (0..n)
-        .map(|i| {
-            (
-                ids[i].clone(),
-                node(agent_id, if i == 0 { &[] } else { &ids[i - 1..i] }),
-            )
-        })
-        .collect();
+    let nodes = (0..n).map(|i| (ids[i].clone(), node(agent_id, if i == 0 { &[] } else { &ids[i - 1..i] }))).collect();
     dag(&format!("chain-{n}"), nodes)
 }
 
 /// `width` independent nodes followed by one node that depends on all of them.
 pub fn fan_out_in(width: usize, agent_id: &str) -> DagSpec {
     let ids: Vec<String> = (0..width).map(|i| format!("n{i:06}")).collect();
-    let mut nodes: Vec<(String, NodeSpec)> = ids
-        .iter()
-        .map(|id| (id.clone(), node(agent_id, &[])))
-        .collect();
+    let mut nodes: Vec<(String, NodeSpec)> = ids.iter().map(|id| (id.clone(), node(agent_id, &[]))).collect();
     nodes.push(("sink".to_owned(), node(agent_id, &ids)));
     dag(&format!("fanout-{width}"), nodes)
 }
@@ -70,11 +56,7 @@ pub fn random(n: usize, edges: usize, seed: u64) -> DagSpec {
         names.swap(i, rng.below(i + 1));
     }
     let ids: Vec<String> = names.iter().map(|k| format!("n{k:07}")).collect();
-    let per_node = if n > 1 {
-        edges as f64 / (n - 1) as f64
-    } else {
-        0.0
-    };
+    let per_node = if n > 1 { edges as f64 / (n - 1) as f64 } else { 0.0 };
     let mut carry = 0.0;
     let nodes = (0..n)
         .map(|i| {

@@ -11,8 +11,7 @@ fn spec(nodes: Value) -> DagSpec {
 }
 
 fn compiled(nodes: Value) -> Dag {
-    compile(spec(nodes), &Limits::default())
-        .unwrap_or_else(|r| panic!("expected a valid DAG: {r:#?}"))
+    compile(spec(nodes), &Limits::default()).unwrap_or_else(|r| panic!("expected a valid DAG: {r:#?}"))
 }
 
 fn errors(nodes: Value) -> ValidationReport {
@@ -48,12 +47,8 @@ fn valid_shapes_compile() {
 
 #[test]
 fn levels_and_order_are_canonical() {
-    let diamond =
-        compiled(json!({"d": a(&["b", "c"]), "c": a(&["a"]), "b": a(&["a"]), "a": a(&[])}));
-    assert_eq!(
-        diamond.level_ids(),
-        vec![vec!["a"], vec!["b", "c"], vec!["d"]]
-    );
+    let diamond = compiled(json!({"d": a(&["b", "c"]), "c": a(&["a"]), "b": a(&["a"]), "a": a(&[])}));
+    assert_eq!(diamond.level_ids(), vec![vec!["a"], vec!["b", "c"], vec!["d"]]);
     assert_eq!(diamond.order_ids(), vec!["a", "b", "c", "d"]);
 
     let wide = compiled(json!({"e": a(&[]), "c": a(&[]), "a": a(&[]), "d": a(&[]), "b": a(&[])}));
@@ -82,8 +77,7 @@ fn priority_breaks_ties_before_ids() {
 
 #[test]
 fn planning_is_repeatable() {
-    let nodes =
-        json!({"a": a(&[]), "b": a(&["a"]), "c": a(&["a"]), "d": a(&["b", "c"]), "e": a(&[])});
+    let nodes = json!({"a": a(&[]), "b": a(&["a"]), "c": a(&["a"]), "d": a(&["b", "c"]), "e": a(&[])});
     let first = compiled(nodes.clone());
     for _ in 0..5 {
         let again = compiled(nodes.clone());
@@ -97,11 +91,7 @@ fn cycles_are_reported_with_their_path() {
     let two = errors(json!({"a": a(&["b"]), "b": a(&["a"])}));
     assert_eq!(kinds(&two), vec![ErrorType::Cycle]);
     assert_eq!(two.errors[0].nodes, vec!["a", "b"]);
-    assert!(
-        two.errors[0].message.contains("a -> b -> a"),
-        "{}",
-        two.errors[0].message
-    );
+    assert!(two.errors[0].message.contains("a -> b -> a"), "{}", two.errors[0].message);
 
     let three = errors(json!({"a": a(&["c"]), "b": a(&["a"]), "c": a(&["b"])}));
     assert_eq!(three.errors[0].nodes, vec!["a", "b", "c"]);
@@ -130,14 +120,7 @@ fn every_error_is_collected() {
     }));
     let mut found = kinds(&report);
     found.sort();
-    assert_eq!(
-        found,
-        vec![
-            ErrorType::SelfDependency,
-            ErrorType::MissingDependency,
-            ErrorType::Cycle
-        ]
-    );
+    assert_eq!(found, vec![ErrorType::SelfDependency, ErrorType::MissingDependency, ErrorType::Cycle]);
     assert_eq!(report.error_count, 3);
     assert!(!report.valid);
 }
@@ -157,35 +140,19 @@ fn empty_dag_is_an_error() {
 #[test]
 fn duplicate_json_keys_are_detected() {
     let text = r#"{"name": "t", "nodes": {"a": {"agent_id": "x"}, "b": {"agent_id": "y"}, "a": {"agent_id": "z"}}}"#;
-    let report = compile(
-        DagSpec::from_json(text).expect("parses"),
-        &Limits::default(),
-    )
-    .expect_err("invalid");
+    let report = compile(DagSpec::from_json(text).expect("parses"), &Limits::default()).expect_err("invalid");
     assert_eq!(kinds(&report), vec![ErrorType::DuplicateNodeId]);
     assert_eq!(report.errors[0].nodes, vec!["a"]);
 }
 
 #[test]
 fn node_ids_are_checked() {
-    for bad in [
-        "../etc",
-        "a/b",
-        "a b",
-        " a",
-        "a\u{200b}",
-        "a\u{202e}",
-        "a\u{0}",
-        "",
-    ] {
+    for bad in ["../etc", "a/b", "a b", " a", "a\u{200b}", "a\u{202e}", "a\u{0}", ""] {
         let report = errors(json!({ bad: a(&[]) }));
         assert_eq!(kinds(&report), vec![ErrorType::InvalidNodeId], "{bad:?}");
     }
     let long = "x".repeat(129);
-    assert_eq!(
-        kinds(&errors(json!({ long: a(&[]) }))),
-        vec![ErrorType::InvalidNodeId]
-    );
+    assert_eq!(kinds(&errors(json!({ long: a(&[]) }))), vec![ErrorType::InvalidNodeId]);
     let mismatch = errors(json!({"a": {"agent_id": "x", "node_id": "b"}}));
     assert_eq!(kinds(&mismatch), vec![ErrorType::InvalidNodeId]);
 }
@@ -201,10 +168,7 @@ fn policies_are_range_checked() {
     assert_eq!(kinds(&report), vec![ErrorType::InvalidPolicy; 5]);
     for (parallel, ok) in [(0, false), (1, true), (500, true), (501, false)] {
         let doc = json!({"name": "t", "max_parallel_nodes": parallel, "nodes": {"a": a(&[])}});
-        let result = compile(
-            DagSpec::from_value(doc).expect("parses"),
-            &Limits::default(),
-        );
+        let result = compile(DagSpec::from_value(doc).expect("parses"), &Limits::default());
         assert_eq!(result.is_ok(), ok, "max_parallel_nodes {parallel}");
     }
 }
@@ -217,17 +181,10 @@ fn node_policy_overrides_the_dag_default_field_by_field() {
         "default_timeout_policy": {"timeout_seconds": 30, "on_timeout": "skip"},
         "nodes": {"a": {"agent_id": "x", "retry_policy": {"max_retries": 5}, "timeout_policy": {"timeout_seconds": 120}}},
     });
-    let dag = compile(
-        DagSpec::from_value(doc).expect("parses"),
-        &Limits::default(),
-    )
-    .expect("valid");
+    let dag = compile(DagSpec::from_value(doc).expect("parses"), &Limits::default()).expect("valid");
     let node = dag.node(0);
     assert_eq!((node.retry.max_retries, node.retry.base_delay), (5, 3.0));
-    assert_eq!(
-        (node.timeout.timeout_seconds, node.timeout.on_timeout),
-        (120.0, TimeoutAction::Skip)
-    );
+    assert_eq!((node.timeout.timeout_seconds, node.timeout.on_timeout), (120.0, TimeoutAction::Skip));
 }
 
 #[test]
@@ -237,12 +194,7 @@ fn conditions_and_mappings_must_read_ancestors() {
         "calc": {"agent_id": "x", "depends_on": ["load"], "input_mapping": {"rows": "results.load.rows", "year": "input.year"}},
         "total": {"agent_id": "x", "depends_on": ["calc"], "condition": "results.load.n > 0 && results.calc.ok == true"},
     }));
-    assert_eq!(
-        ok.node(ok.index_of("calc").expect("calc"))
-            .input_mapping
-            .len(),
-        2
-    );
+    assert_eq!(ok.node(ok.index_of("calc").expect("calc")).input_mapping.len(), 2);
 
     let report = errors(json!({
         "load": a(&[]),
@@ -275,9 +227,7 @@ fn too_many_nodes_respects_the_limit() {
 
 #[test]
 fn deep_and_wide_graphs_do_not_overflow() {
-    let limits = Limits {
-        max_nodes: 1_000_000,
-    };
+    let limits = Limits { max_nodes: 1_000_000 };
     let chain = compile(synth::chain(100_000, "noop"), &limits).expect("chain");
     assert_eq!(chain.levels().len(), 100_000);
     let fan = compile(synth::fan_out_in(100_000, "noop"), &limits).expect("fan");
@@ -291,14 +241,8 @@ fn deep_and_wide_graphs_do_not_overflow() {
 
 #[test]
 fn unknown_fields_are_rejected_and_legacy_fields_accepted() {
-    let unknown =
-        DagSpec::from_value(json!({"name": "t", "nodes": {"a": {"agent_id": "x", "bogus": 1}}}));
-    assert!(
-        unknown
-            .expect_err("unknown field")
-            .message
-            .contains("bogus")
-    );
+    let unknown = DagSpec::from_value(json!({"name": "t", "nodes": {"a": {"agent_id": "x", "bogus": 1}}}));
+    assert!(unknown.expect_err("unknown field").message.contains("bogus"));
     let top = DagSpec::from_value(json!({"name": "t", "nodes": {}, "extra": true}));
     assert!(top.is_err());
 
@@ -309,11 +253,7 @@ fn unknown_fields_are_rejected_and_legacy_fields_accepted() {
                          "condition": null, "retry_policy": null, "timeout_policy": null, "on_failure": "stop",
                          "compensation_handler": null, "priority": 0, "metadata": {}}},
     });
-    let dag = compile(
-        DagSpec::from_value(legacy).expect("legacy loads"),
-        &Limits::default(),
-    )
-    .expect("valid");
+    let dag = compile(DagSpec::from_value(legacy).expect("legacy loads"), &Limits::default()).expect("valid");
     let warned: Vec<WarningType> = dag.warnings().iter().map(|w| w.error_type).collect();
     assert_eq!(warned, vec![WarningType::LegacyFieldIgnored; 2]);
 }
@@ -333,25 +273,11 @@ nodes:
 
 #[test]
 fn the_reference_example_loads_unchanged() {
-    let dag = compile(
-        DagSpec::from_yaml(REFERENCE_YAML).expect("yaml"),
-        &Limits::default(),
-    )
-    .expect("valid");
-    assert_eq!(
-        dag.level_ids(),
-        vec![vec!["load"], vec!["s1", "s2"], vec!["total"]]
-    );
+    let dag = compile(DagSpec::from_yaml(REFERENCE_YAML).expect("yaml"), &Limits::default()).expect("valid");
+    assert_eq!(dag.level_ids(), vec![vec!["load"], vec!["s1", "s2"], vec!["total"]]);
     assert_eq!(dag.max_parallel_nodes(), 4);
     let s2 = dag.node(dag.index_of("s2").expect("s2"));
-    assert_eq!(
-        (
-            s2.timeout.timeout_seconds,
-            s2.retry.max_retries,
-            s2.retry.max_delay
-        ),
-        (120.0, 2, 30.0)
-    );
+    assert_eq!((s2.timeout.timeout_seconds, s2.retry.max_retries, s2.retry.max_delay), (120.0, 2, 30.0));
     assert!(dag.id().as_str().starts_with("dag_"));
 }
 
@@ -359,28 +285,14 @@ fn the_reference_example_loads_unchanged() {
 fn hash_covers_the_whole_definition_and_nothing_else() {
     let base = json!({"name": "t", "nodes": {"b": a(&["a"]), "a": a(&[])}});
     let hash = |doc: &Value| {
-        compile(
-            DagSpec::from_value(doc.clone()).expect("parses"),
-            &Limits::default(),
-        )
-        .expect("valid")
-        .hash()
-        .clone()
+        compile(DagSpec::from_value(doc.clone()).expect("parses"), &Limits::default()).expect("valid").hash().clone()
     };
     let h = hash(&base);
     let reordered = json!({"nodes": {"a": a(&[]), "b": {"depends_on": ["a", "a"], "agent_id": "noop"}}, "name": "t"});
-    assert_eq!(
-        hash(&reordered),
-        h,
-        "key order and repeated deps do not matter"
-    );
+    assert_eq!(hash(&reordered), h, "key order and repeated deps do not matter");
     let explicit = json!({"name": "t", "max_parallel_nodes": 10, "default_retry_policy": {"max_retries": 3},
                           "nodes": {"b": a(&["a"]), "a": {"agent_id": "noop", "queue": "default", "priority": 0}}});
-    assert_eq!(
-        hash(&explicit),
-        h,
-        "defaults written out hash like defaults left out"
-    );
+    assert_eq!(hash(&explicit), h, "defaults written out hash like defaults left out");
     for (field, value) in [
         ("description", json!("changed")),
         ("metadata", json!({"owner": "x"})),
@@ -392,55 +304,30 @@ fn hash_covers_the_whole_definition_and_nothing_else() {
         changed[field] = value;
         assert_ne!(hash(&changed), h, "{field} must be covered by the hash");
     }
-    let yaml = DagSpec::from_yaml(
-        "name: t\nnodes:\n  a: {agent_id: noop}\n  b: {agent_id: noop, depends_on: [a]}\n",
-    );
+    let yaml = DagSpec::from_yaml("name: t\nnodes:\n  a: {agent_id: noop}\n  b: {agent_id: noop, depends_on: [a]}\n");
     let from_yaml = compile(yaml.expect("yaml"), &Limits::default()).expect("valid");
-    assert_eq!(
-        from_yaml.hash(),
-        &h,
-        "JSON and YAML of one document hash alike"
-    );
+    assert_eq!(from_yaml.hash(), &h, "JSON and YAML of one document hash alike");
 }
 
 #[test]
 fn yaml_export_round_trips() {
-    let dag = compile(
-        DagSpec::from_yaml(REFERENCE_YAML).expect("yaml"),
-        &Limits::default(),
-    )
-    .expect("valid");
+    let dag = compile(DagSpec::from_yaml(REFERENCE_YAML).expect("yaml"), &Limits::default()).expect("valid");
     let exported = dag.to_yaml().expect("export");
-    let again = compile(
-        DagSpec::from_yaml(&exported).expect("re-import"),
-        &Limits::default(),
-    )
-    .expect("valid");
+    let again = compile(DagSpec::from_yaml(&exported).expect("re-import"), &Limits::default()).expect("valid");
     assert_eq!(again.hash(), dag.hash());
     assert_eq!(again.definition(), dag.definition());
     let json = serde_json::to_string(dag.definition()).expect("json");
-    let via_json = compile(
-        DagSpec::from_json(&json).expect("json import"),
-        &Limits::default(),
-    )
-    .expect("valid");
+    let via_json = compile(DagSpec::from_json(&json).expect("json import"), &Limits::default()).expect("valid");
     assert_eq!(via_json.hash(), dag.hash());
 }
 
 #[test]
 fn mermaid_escapes_labels() {
-    let dag =
-        compiled(json!({"a": {"agent_id": "x"}, "b": {"agent_id": "y", "depends_on": ["a"]}}));
+    let dag = compiled(json!({"a": {"agent_id": "x"}, "b": {"agent_id": "y", "depends_on": ["a"]}}));
     let text = dag.to_mermaid();
     assert!(text.starts_with("graph TD\n"));
-    assert!(
-        text.contains("n0[\"a<br/>x\"]") && text.contains("n0 --> n1"),
-        "{text}"
-    );
-    assert_eq!(
-        super::render::escape("\"<b>#&\nx"),
-        "#quot;#lt;b#gt;#35;#amp; x"
-    );
+    assert!(text.contains("n0[\"a<br/>x\"]") && text.contains("n0 --> n1"), "{text}");
+    assert_eq!(super::render::escape("\"<b>#&\nx"), "#quot;#lt;b#gt;#35;#amp; x");
 }
 
 /// A random DAG as (node count, edges from an earlier to a later node in generation order).
@@ -454,11 +341,8 @@ fn arb_dag() -> impl Strategy<Value = (usize, Vec<(usize, usize)>)> {
 fn build(n: usize, edges: &[(usize, usize)], names: &[String]) -> DagSpec {
     let nodes = (0..n)
         .map(|i| {
-            let deps: Vec<String> = edges
-                .iter()
-                .filter(|(_, to)| *to == i)
-                .map(|(from, _)| names[*from].clone())
-                .collect();
+            let deps: Vec<String> =
+                edges.iter().filter(|(_, to)| *to == i).map(|(from, _)| names[*from].clone()).collect();
             (names[i].clone(), synth::node("noop", &deps))
         })
         .collect();
@@ -467,9 +351,7 @@ fn build(n: usize, edges: &[(usize, usize)], names: &[String]) -> DagSpec {
 
 fn names(n: usize, salt: usize) -> Vec<String> {
     // Names unrelated to generation order, so the plan cannot simply follow it.
-    (0..n)
-        .map(|i| format!("n{:03}", (i * 7 + salt) % (n * 7 + 1)))
-        .collect()
+    (0..n).map(|i| format!("n{:03}", (i * 7 + salt) % (n * 7 + 1))).collect()
 }
 
 proptest! {

@@ -1,0 +1,66 @@
+//! The worker process: settings, logging, run until SIGTERM or Ctrl-C.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use shared::amqp::Topology;
+use shared::config::Settings;
+
+use crate::WorkerOptions;
+use crate::agents::Registry;
+
+/// What `main` runs.
+pub fn main() -> ExitCode {
+    let settings = match load() {
+        Ok(s) => s,
+        Err(message) => {
+            eprintln!("worker: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    shared::telemetry::init_logging(&settings.log_level);
+    let registry = match agents(&settings) {
+        Ok(r) => r,
+        Err(message) => {
+            eprintln!("worker: {message}");
+            return ExitCode::from(2);
+        }
+    };
+    let options = WorkerOptions {
+        amqp_url: settings.amqp_url.expose().to_owned(),
+        topology: Topology::new(&settings.queue_prefix, settings.delivery_limit),
+        pools: settings.worker_queues.clone(),
+        concurrency: settings.worker_concurrency,
+        worker_id: settings.worker_id.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        grace: Duration::from_secs(u64::from(settings.shutdown_grace_seconds)),
+        registry,
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("worker: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(crate::run(options, shared::telemetry::shutdown_signal()));
+    ExitCode::SUCCESS
+}
+
+fn load() -> Result<Settings, String> {
+    let file = std::env::var("GL_ORCHESTRATOR_CONFIG_FILE").ok();
+    let text = file
+        .map(|f| std::fs::read_to_string(&f).map_err(|e| format!("GL_ORCHESTRATOR_CONFIG_FILE: {f}: {e}")))
+        .transpose()?;
+    Settings::load(std::env::vars(), text.as_deref()).map_err(|e| e.to_string())
+}
+
+fn agents(settings: &Settings) -> Result<Registry, String> {
+    let text = match &settings.agents_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .map_err(|e| format!("GL_ORCHESTRATOR_AGENTS_FILE: {}: {e}", path.display()))?,
+        ),
+        None => None,
+    };
+    Registry::from_yaml(text.as_deref())
+}
