@@ -85,6 +85,7 @@ pub struct Stack {
     workers: Vec<RunningWorker>,
     pub http: reqwest::Client,
     options: StackOptions,
+    api: Option<String>,
 }
 
 impl std::fmt::Debug for Stack {
@@ -111,6 +112,7 @@ impl Stack {
             workers: Vec::new(),
             http: reqwest::Client::new(),
             options,
+            api: None,
         };
         let settings = stack.settings();
         coordinator::db::Db::connect(&settings).await.expect("connect").migrate().await.expect("migrate");
@@ -125,6 +127,11 @@ impl Stack {
 
     /// Settings for this stack's processes.
     pub fn settings(&self) -> Settings {
+        Settings::load(self.env(), None).expect("test settings are valid")
+    }
+
+    /// The `GL_ORCHESTRATOR_*` environment of this stack's processes.
+    pub fn env(&self) -> Vec<(String, String)> {
         let mut env: Vec<(String, String)> = vec![
             ("DATABASE_URL".into(), format!("{POSTGRES}/{}", self.database)),
             ("AMQP_URL".into(), AMQP.into()),
@@ -135,8 +142,54 @@ impl Stack {
             ("DB_POOL_SIZE".into(), "5".into()),
         ];
         env.extend(self.options.settings.iter().map(|(k, v)| ((*k).to_owned(), v.clone())));
-        let env = env.into_iter().map(|(k, v)| (format!("GL_ORCHESTRATOR_{k}"), v));
-        Settings::load(env, None).expect("test settings are valid")
+        env.into_iter().map(|(k, v)| (format!("GL_ORCHESTRATOR_{k}"), v)).collect()
+    }
+
+    /// Starts `gl-coordinator serve` (path `exe`: `env!("CARGO_BIN_EXE_gl-coordinator")` in a
+    /// test) as a separate process on a free port; returns it and its API base URL.
+    pub fn spawn_coordinator(&self, exe: &str) -> (std::process::Child, String) {
+        let port = free_port();
+        let child = std::process::Command::new(exe)
+            .arg("serve")
+            .envs(self.env())
+            .env("GL_ORCHESTRATOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .env("HOSTNAME", format!("proc{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start gl-coordinator");
+        (child, format!("http://127.0.0.1:{port}/api/v1/orchestrator"))
+    }
+
+    /// Starts `gl-worker` (path `exe`) as a separate process.
+    pub fn spawn_worker(&self, exe: &str, id: &str) -> std::process::Child {
+        std::process::Command::new(exe)
+            .envs(self.env())
+            .env("GL_ORCHESTRATOR_WORKER_ID", id)
+            .env("GL_ORCHESTRATOR_WORKER_CONCURRENCY", self.options.worker_concurrency.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start gl-worker")
+    }
+
+    /// Sends API calls to `base` instead of the first in-process coordinator.
+    pub fn use_api(&mut self, base: &str) {
+        self.api = Some(base.to_owned());
+    }
+
+    /// Waits until the API at the current base answers.
+    pub async fn wait_api(&self, within: Duration) {
+        let deadline = Instant::now() + within;
+        while self.http.get(format!("{}/health", self.base())).send().await.is_err() {
+            assert!(Instant::now() < deadline, "the API at {} never answered", self.base());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// A connection to this stack's database, for checks and deliberate tampering.
+    pub async fn database(&self) -> sqlx::PgPool {
+        sqlx::PgPool::connect(&format!("{POSTGRES}/{}", self.database)).await.expect("test database")
     }
 
     pub async fn add_coordinator(&mut self, name: &str) {
@@ -164,7 +217,10 @@ impl Stack {
 
     /// `/api/v1/orchestrator` of the first coordinator.
     pub fn base(&self) -> String {
-        format!("http://{}/api/v1/orchestrator", self.coordinators[0].addr)
+        match &self.api {
+            Some(base) => base.clone(),
+            None => format!("http://{}/api/v1/orchestrator", self.coordinators[0].addr),
+        }
     }
 
     pub async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> (u16, Value) {
@@ -251,6 +307,25 @@ impl Stack {
             admin.close().await;
         }
         delete_topology(&self.prefix).await;
+    }
+}
+
+/// A TCP port free right now on 127.0.0.1.
+pub fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    listener.local_addr().expect("addr").port()
+}
+
+/// Waits until `check` returns true, or panics with `what` at the deadline.
+pub async fn eventually<F, Fut>(within: Duration, what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    while !check().await {
+        assert!(Instant::now() < deadline, "not reached within {within:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 
