@@ -23,6 +23,7 @@ use crate::db::{Created, Db, DbError, ExecutionFilter, NewExecution};
 pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Tenant of every request until authentication assigns one.
@@ -31,6 +32,7 @@ const SERVICE: &str = "greenlang-orchestrator";
 
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.max_body_bytes;
+    let metrics_state = state.clone();
     let api = Router::new()
         .route("/health", get(health))
         .route("/dags", post(create_dag))
@@ -44,7 +46,11 @@ pub fn router(state: AppState) -> Router {
         .route("/executions", get(list_executions))
         .route("/checkpoints/{execution_id}", get(list_checkpoints).delete(delete_checkpoints))
         .with_state(state);
-    Router::new().nest("/api/v1/orchestrator", api).layer(DefaultBodyLimit::max(limit))
+    Router::new()
+        .nest("/api/v1/orchestrator", api)
+        .route("/metrics", get(prometheus_text))
+        .with_state(metrics_state)
+        .layer(DefaultBodyLimit::max(limit))
 }
 
 /// An API error: a status, a stable problem type and a sentence.
@@ -136,6 +142,24 @@ fn parse_uuid(id: &str) -> ApiResult<Uuid> {
     Uuid::parse_str(id).map_err(|_| ApiError::NotFound(format!("no execution {id:?}")))
 }
 
+async fn prometheus_text(State(state): State<AppState>) -> Response {
+    let mut response = state.metrics.render().into_response();
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+    response
+}
+
+/// Counts each validation error by type, then turns the report into a 422.
+fn invalid(state: &AppState, report: ValidationReport) -> ApiError {
+    for e in &report.errors {
+        let kind =
+            serde_json::to_value(e.error_type).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
+        state.metrics.dag_validation_errors.with_label_values(&[&kind]).inc();
+    }
+    ApiError::Invalid(report)
+}
+
 async fn health(State(state): State<AppState>) -> Json<Value> {
     let database = match tokio::time::timeout(std::time::Duration::from_millis(80), state.db.ping()).await {
         Ok(Ok(())) => "ok",
@@ -164,7 +188,7 @@ fn dag_json(row: &crate::db::DagRow) -> Value {
 async fn create_dag(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let text = json_body(&headers, &body)?;
     let spec = DagSpec::from_json(&text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let dag = compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }).map_err(ApiError::Invalid)?;
+    let dag = compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }).map_err(|r| invalid(&state, r))?;
     let row = state.db.insert_dag(TENANT, &dag).await?;
     let body = json!({"dag": dag_json(&row), "message": "DAG created", "warnings": dag.warnings()});
     Ok((StatusCode::CREATED, Json(body)).into_response())
@@ -339,6 +363,11 @@ async fn provenance_of(State(state): State<AppState>, Path(id): Path<String>) ->
     let records: Vec<provenance::Record> = state.db.records(id).await?.into_iter().map(|(_, r)| r).collect();
     let stored = e.provenance_chain_hash.as_deref().and_then(|h| shared::canonical::ContentHash::parse(h).ok());
     let verdict = provenance::verify(&dag, &id.to_string(), &e.input_data, &records, stored.as_ref());
+    let result = if verdict.chain_valid { "valid" } else { "invalid" };
+    state.metrics.provenance_verifications.with_label_values(&[result]).inc();
+    if !verdict.chain_valid {
+        tracing::error!(execution_id = %id, problems = ?verdict.problems, "provenance chain verification failed");
+    }
     let depends_on = |node_id: &str| -> Vec<&str> {
         dag.index_of(node_id).map(|v| dag.node(v).deps.iter().map(|&d| dag.node_id(d)).collect()).unwrap_or_default()
     };
@@ -409,6 +438,9 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
     for node in &rejected {
         tracing::warn!(execution_id = %id, node_id = node, "checkpoint failed verification; the node runs again");
     }
+    let verified = checkpoints.len() as u64 - rejected.len().min(checkpoints.len()) as u64;
+    state.metrics.checkpoint_operations.with_label_values(&["verify", "ok"]).inc_by(verified);
+    state.metrics.checkpoint_operations.with_label_values(&["verify", "failed"]).inc_by(rejected.len() as u64);
     let snapshot =
         crate::scheduler::snapshot(&dag, &e, rows.clone()).map_err(|err| ApiError::Internal(err.to_string()))?;
     let resumed = shared::state::resume(&dag, &snapshot, trusted);
@@ -447,7 +479,10 @@ async fn delete_checkpoints(State(state): State<AppState>, Path(id): Path<String
     let id = parse_uuid(&id)?;
     state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     match state.db.delete_checkpoints(TENANT, id).await? {
-        Some(deleted) => Ok(Json(json!({"deleted": deleted, "message": "Checkpoints deleted"}))),
+        Some(deleted) => {
+            state.metrics.checkpoint_operations.with_label_values(&["delete", "ok"]).inc_by(deleted);
+            Ok(Json(json!({"deleted": deleted, "message": "Checkpoints deleted"})))
+        }
         None => Err(ApiError::Conflict(format!("execution {id} is running; its checkpoints cannot be deleted"))),
     }
 }

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
 use crate::db::{Db, DbError};
+use crate::metrics::Metrics;
 use crate::scheduler::{self, SchedulerOptions};
 use crate::{inbox, relay};
 
@@ -47,20 +48,24 @@ impl Coordinator {
         let (stop, stop_rx) = watch::channel(false);
         let topology = Topology::new(&settings.queue_prefix, settings.delivery_limit);
         let amqp = settings.amqp_url.expose().to_owned();
+        let metrics = Arc::new(Metrics::new());
+        metrics.lock_backend.with_label_values(&["postgres"]).set(1);
         let options = SchedulerOptions {
             owner: name.to_owned(),
             lease_ttl: Duration::from_secs(u64::from(settings.lease_ttl_seconds)),
             topology: topology.clone(),
             parallel_cap: settings.max_parallel_nodes,
             max_owned: settings.max_concurrent_executions as usize,
+            metrics: metrics.clone(),
         };
-        let state = AppState { db: db.clone(), settings: Arc::new(settings) };
+        let state = AppState { db: db.clone(), settings: Arc::new(settings), metrics: metrics.clone() };
         let app = api::router(state);
         let mut http_stop = stop_rx.clone();
         let tasks = vec![
             tokio::spawn(scheduler::run(db.clone(), options, stop_rx.clone())),
             tokio::spawn(relay::run(db.clone(), amqp.clone(), topology.clone(), name.to_owned(), stop_rx.clone())),
-            tokio::spawn(inbox::run(db.clone(), amqp, topology, name.to_owned(), stop_rx.clone())),
+            tokio::spawn(inbox::run(db.clone(), amqp.clone(), topology.clone(), name.to_owned(), stop_rx.clone())),
+            tokio::spawn(gauges(db.clone(), amqp, topology, metrics, stop_rx.clone())),
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = http_stop.changed().await;
@@ -87,5 +92,37 @@ impl Coordinator {
         for task in &self.tasks {
             task.abort();
         }
+    }
+}
+
+/// Refreshes the gauges read from the database and the broker every few seconds.
+async fn gauges(db: Db, amqp: String, topology: Topology, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
+    let mut broker: Option<shared::amqp::Broker> = None;
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.changed() => break,
+            _ = tick.tick() => {}
+        }
+        if let Ok((queued, backlog)) = db.backlog().await {
+            metrics.queued_executions.set(queued);
+            metrics.outbox_backlog.set(backlog);
+        }
+        let (size, idle) = db.pool_usage();
+        metrics.db_pool_active.with_label_values(&["orchestrator-service"]).set(i64::from(size.saturating_sub(idle)));
+        metrics.db_pool_idle.with_label_values(&["orchestrator-service"]).set(i64::from(idle));
+        if broker.as_ref().is_none_or(|b| !b.is_connected()) {
+            broker = shared::amqp::Broker::connect(&amqp, "gauges", topology.clone()).await.ok();
+        }
+        if let Some(b) = &broker {
+            for queue in [topology.task_queue("default"), topology.results_queue(), topology.dead_queue()] {
+                if let Ok(depth) = b.queue_depth(&queue).await {
+                    metrics.queue_depth.with_label_values(&[&queue]).set(i64::from(depth));
+                }
+            }
+        }
+    }
+    if let Some(b) = broker {
+        b.close().await;
     }
 }

@@ -914,6 +914,20 @@ impl Db {
         Ok(rows.iter().map(execution_row).collect::<Result<_, _>>()?)
     }
 
+    /// Executions waiting for a slot, and outbox rows not yet confirmed (cluster-wide).
+    pub async fn backlog(&self) -> Result<(i64, i64), DbError> {
+        Ok(sqlx::query_as(
+            "SELECT (SELECT count(*) FROM dag_executions WHERE status = 'queued'), (SELECT count(*) FROM outbox)",
+        )
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    /// Connections open, and of those idle.
+    pub fn pool_usage(&self) -> (u32, u32) {
+        (self.pool.size(), u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX))
+    }
+
     /// Per-status counts (for health and tests).
     pub async fn status_counts(&self) -> Result<HashMap<String, i64>, DbError> {
         let rows: Vec<(String, i64)> =

@@ -12,11 +12,13 @@
 //! - [`scheduler`]: leases and the per-execution driver.
 //! - [`relay`]: the outbox relay (confirmed publishing).
 //! - [`inbox`]: the result consumer.
+//! - [`metrics`]: the Prometheus metrics.
 
 pub mod api;
 pub mod app;
 pub mod cli;
 pub mod db;
 pub mod inbox;
+pub mod metrics;
 pub mod relay;
 pub mod scheduler;

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::db::{self, Db, DbError, ExecutionRow, Lease, NodeUpdate, OutboxMessage, StepWrite};
+use crate::metrics::Metrics;
 
 /// How a scheduler is set up.
 #[derive(Debug, Clone)]
@@ -38,11 +39,15 @@ pub struct SchedulerOptions {
     pub parallel_cap: u32,
     /// Most executions one replica drives at once.
     pub max_owned: usize,
+    pub metrics: Arc<Metrics>,
 }
 
 /// An execution this replica holds the lease of.
 struct Owned {
     lease: Lease,
+    dag_id: String,
+    /// When this replica first saw the execution running (for the duration metric).
+    started: std::time::Instant,
     exec: Execution,
     clock: String,
     input_hash: ContentHash,
@@ -210,6 +215,11 @@ impl Scheduler {
         }
     }
 
+    fn count_active(&self) {
+        let running = self.owned.values().filter(|o| o.exec.status() == ExecutionStatus::Running).count();
+        self.options.metrics.active_executions.set(i64::try_from(running).unwrap_or(i64::MAX));
+    }
+
     async fn step_if_owned(&mut self, id: Uuid) {
         if self.owned.contains_key(&id) {
             self.step(id).await;
@@ -234,8 +244,14 @@ impl Scheduler {
             .map(|(_, r)| r.record_hash.clone())
             .unwrap_or_else(|| provenance::genesis_record_hash(&row.execution_id.to_string()));
         let input_hash = ContentHash::parse(&row.input_hash).map_err(|_| DbError::Corrupt("bad input_hash".into()))?;
+        self.options.metrics.checkpoint_operations.with_label_values(&["load", "ok"]).inc_by(
+            (0..exec.dag().len() as NodeIndex).filter(|&v| exec.node_state(v).status == NodeStatus::Completed).count()
+                as u64,
+        );
         Ok(Owned {
             lease,
+            dag_id: row.dag_id.clone(),
+            started: std::time::Instant::now(),
             exec,
             clock: row.clock,
             input_hash,
@@ -273,15 +289,18 @@ impl Scheduler {
         let Some(owned) = self.owned.get_mut(&id) else {
             return;
         };
-        let (write, finished) = advance(owned, results, cancel, &self.options.topology);
+        let (write, observed) = advance(owned, results, cancel, &self.options.topology);
         let Some(write) = write else { return };
         let lease = owned.lease;
         match self.db.commit_step(&self.options.owner, lease, &write).await {
-            Ok(true) if finished => {
-                tracing::info!(execution_id = %id, status = %write.status, "execution finished");
-                self.owned.remove(&id);
+            Ok(true) => {
+                observed.record(&self.options.metrics, owned, &write);
+                if observed.finished {
+                    tracing::info!(execution_id = %id, status = %write.status, "execution finished");
+                    self.owned.remove(&id);
+                }
+                self.count_active();
             }
-            Ok(true) => {}
             Ok(false) => {
                 tracing::warn!(execution_id = %id, "lease lost before the step was written; forgetting the execution");
                 self.owned.remove(&id);
@@ -298,17 +317,64 @@ impl Scheduler {
     }
 }
 
+/// What a step did, for the metrics; recorded only once the step is committed.
+#[derive(Debug, Default)]
+struct Observed {
+    started: bool,
+    finished: bool,
+    /// (node, duration ms, timed out)
+    attempts: Vec<(NodeIndex, u64, bool)>,
+    retries: Vec<NodeIndex>,
+    /// Nodes that reached a final status through a result.
+    settled: Vec<(NodeIndex, NodeStatus)>,
+}
+
+impl Observed {
+    fn record(&self, m: &Metrics, owned: &Owned, write: &StepWrite) {
+        let dag = owned.exec.dag();
+        let dag_id = owned.dag_id.as_str();
+        if self.started {
+            for level in dag.levels() {
+                m.parallel_nodes_per_level.with_label_values(&[dag_id]).observe(level.len() as f64);
+            }
+        }
+        for &(v, ms, timed_out) in &self.attempts {
+            let labels = [dag_id, dag.node_id(v)];
+            m.node_execution_duration.with_label_values(&labels).observe(ms as f64 / 1000.0);
+            if timed_out {
+                m.node_timeouts.with_label_values(&labels).inc();
+            }
+        }
+        for &v in &self.retries {
+            m.node_retries.with_label_values(&[dag_id, dag.node_id(v)]).inc();
+        }
+        for &(v, status) in &self.settled {
+            m.node_executions.with_label_values(&[dag_id, dag.node_id(v), &text(&status)]).inc();
+        }
+        for (_, outputs, _, _) in &write.checkpoints {
+            m.checkpoint_operations.with_label_values(&["save", "ok"]).inc();
+            m.checkpoint_size.with_label_values::<&str>(&[]).observe(outputs.to_string().len() as f64);
+        }
+        if self.finished {
+            m.dag_executions.with_label_values(&[dag_id, &write.status]).inc();
+            m.dag_execution_duration.with_label_values(&[dag_id]).observe(owned.started.elapsed().as_secs_f64());
+            m.provenance_chain_length.with_label_values(&[dag_id]).observe(f64::from(owned.seq.max(0)));
+        }
+    }
+}
+
 /// Applies inbox results, a cancel request and due retries; returns what to write (none when
-/// nothing changed) and whether the execution finished.
+/// nothing changed) and what happened, for the metrics.
 fn advance(
     owned: &mut Owned,
     results: Vec<ResultMessage>,
     cancel: bool,
     topology: &Topology,
-) -> (Option<StepWrite>, bool) {
+) -> (Option<StepWrite>, Observed) {
     let now = now_ms();
     let dag = owned.exec.dag().clone();
     let started = matches!(owned.exec.status(), ExecutionStatus::Pending | ExecutionStatus::Queued);
+    let mut observed = Observed { started, ..Observed::default() };
     let mut effects = if started { owned.exec.start(now) } else { Vec::new() };
     let mut timing: HashMap<NodeIndex, ResultMessage> = HashMap::new();
     let mut processed = Vec::with_capacity(results.len());
@@ -324,6 +390,9 @@ fn advance(
         if let Ok(fx) = applied {
             effects.extend(fx);
             if r.kind == TaskKind::Run {
+                let timed_out =
+                    matches!(&r.outcome, shared::state::Outcome::Failed { error, .. } if error.error_type == "timeout");
+                observed.attempts.push((v, r.duration_ms, timed_out));
                 timing.insert(v, r);
             }
         }
@@ -334,7 +403,15 @@ fn advance(
     effects.extend(owned.exec.tick(now));
     let changed = owned.exec.take_changed();
     if !started && changed.is_empty() && effects.is_empty() && processed.is_empty() {
-        return (None, false);
+        return (None, observed);
+    }
+    for &v in &changed {
+        let status = owned.exec.node_state(v).status;
+        if status == NodeStatus::Retrying {
+            observed.retries.push(v);
+        } else if status.is_terminal() && timing.contains_key(&v) {
+            observed.settled.push((v, status));
+        }
     }
     let mut write = StepWrite { processed, ..StepWrite::default() };
     let mut dispatched = HashSet::new();
@@ -407,7 +484,8 @@ fn advance(
             Some(provenance::execution_chain_hash(dag.hash(), &owned.input_hash, &in_order).to_string());
         write.error = failure_summary(exec, &dag);
     }
-    (Some(write), exec.status().is_terminal())
+    observed.finished = exec.status().is_terminal();
+    (Some(write), observed)
 }
 
 /// The row update of one changed node; a node that just completed also gets its checkpoint and
