@@ -174,6 +174,8 @@ pub struct NodeUpdate {
     pub worker_id: Option<String>,
     pub input_hash: Option<String>,
     pub output_hash: Option<String>,
+    /// W3C trace id of the execution (set when the node is dispatched).
+    pub trace_id: Option<String>,
 }
 
 /// A stored checkpoint.
@@ -205,6 +207,8 @@ pub struct OutboxMessage {
     pub exchange: String,
     pub routing_key: String,
     pub body: Vec<u8>,
+    /// AMQP headers (W3C `traceparent`).
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// Everything one step of an execution writes, atomically.
@@ -243,6 +247,7 @@ pub struct OutboxRow {
     pub exchange: String,
     pub routing_key: String,
     pub body: Vec<u8>,
+    pub headers: std::collections::BTreeMap<String, String>,
 }
 
 /// What an execute request turned into.
@@ -706,12 +711,17 @@ impl Db {
             let exchanges: Vec<&str> = step.outbox.iter().map(|m| m.exchange.as_str()).collect();
             let keys: Vec<&str> = step.outbox.iter().map(|m| m.routing_key.as_str()).collect();
             let bodies: Vec<&[u8]> = step.outbox.iter().map(|m| m.body.as_slice()).collect();
-            sqlx::query("INSERT INTO outbox (exchange, routing_key, body) SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[])")
-                .bind(&exchanges)
-                .bind(&keys)
-                .bind(&bodies)
-                .execute(&mut *tx)
-                .await?;
+            let headers: Vec<Value> = step.outbox.iter().map(|m| serde_json::json!(m.headers)).collect();
+            sqlx::query(
+                "INSERT INTO outbox (exchange, routing_key, body, headers)
+                 SELECT * FROM UNNEST($1::text[], $2::text[], $3::bytea[], $4::jsonb[])",
+            )
+            .bind(&exchanges)
+            .bind(&keys)
+            .bind(&bodies)
+            .bind(&headers)
+            .execute(&mut *tx)
+            .await?;
             sqlx::query("SELECT pg_notify($1, '')").bind(OUTBOX_CHANNEL).execute(&mut *tx).await?;
         }
         if !step.processed.is_empty() {
@@ -754,11 +764,11 @@ impl Db {
     /// Claims up to `limit` unsent outbox rows for `claim` (a relay that dies leaves them to be
     /// claimed again when the claim expires).
     pub async fn claim_outbox(&self, limit: i64, claim: Duration) -> Result<Vec<OutboxRow>, DbError> {
-        let rows: Vec<(i64, String, String, Vec<u8>)> = sqlx::query_as(
+        let rows: Vec<(i64, String, String, Vec<u8>, Value)> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2)
              WHERE id IN (SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < now()
                           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
-             RETURNING id, exchange, routing_key, body",
+             RETURNING id, exchange, routing_key, body, headers",
         )
         .bind(limit)
         .bind(claim.as_secs_f64())
@@ -766,7 +776,13 @@ impl Db {
         .await?;
         let mut rows: Vec<OutboxRow> = rows
             .into_iter()
-            .map(|(id, exchange, routing_key, body)| OutboxRow { id, exchange, routing_key, body })
+            .map(|(id, exchange, routing_key, body, headers)| OutboxRow {
+                id,
+                exchange,
+                routing_key,
+                body,
+                headers: serde_json::from_value(headers).unwrap_or_default(),
+            })
             .collect();
         rows.sort_by_key(|r| r.id);
         Ok(rows)
@@ -957,13 +973,14 @@ async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate
              duration_ms = CASE WHEN u.dispatched THEN NULL ELSE COALESCE(u.duration_ms, t.duration_ms) END,
              worker_id = COALESCE(u.worker_id, t.worker_id),
              input_hash = COALESCE(u.input_hash, t.input_hash),
-             output_hash = COALESCE(u.output_hash, t.output_hash)
+             output_hash = COALESCE(u.output_hash, t.output_hash),
+             trace_id = COALESCE(u.trace_id, t.trace_id)
          FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[],
                      $10::bool[], $11::text[], $12::text[], $13::bigint[], $14::text[], $15::text[], $16::text[],
-                     $17::int[])
+                     $17::int[], $18::text[])
               AS u(node_id, status, attempt, retry_at_ms, skip_reason, error_type, error, compensation,
                    dispatched, started_at, completed_at, duration_ms, worker_id, input_hash, output_hash,
-                   attempt_base)
+                   attempt_base, trace_id)
          WHERE t.execution_id = $1 AND t.node_id = u.node_id",
     )
     .bind(id)
@@ -983,6 +1000,7 @@ async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate
     .bind(col(|n| n.input_hash.clone()))
     .bind(col(|n| n.output_hash.clone()))
     .bind(&bases)
+    .bind(col(|n| n.trace_id.clone()))
     .execute(&mut *tx)
     .await?;
     Ok(())

@@ -71,7 +71,7 @@ async fn session(
         }
         let batch: Vec<_> = rows
             .iter()
-            .map(|r| (r.exchange.clone(), r.routing_key.clone(), r.body.clone(), Default::default()))
+            .map(|r| (r.exchange.clone(), r.routing_key.clone(), r.body.clone(), r.headers.clone()))
             .collect();
         broker.publish_batch(&batch).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use shared::amqp::Topology;
 use shared::canonical::ContentHash;
 use shared::dag::{Dag, DagSpec, Limits, NodeIndex, compile};
-use shared::messages::{CancelMessage, Message, ResultMessage, TaskMessage, WIRE_VERSION};
+use shared::messages::{CancelMessage, Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
 use shared::provenance::{self, Timing};
 use shared::state::{
     Compensation, Effect, Execution, ExecutionStatus, Halt, NodeError, NodeState, NodeStatus, Snapshot, TaskKind,
@@ -434,10 +434,12 @@ fn advance(
                     timeout_ms: task.timeout_ms,
                     clock: owned.clock.clone(),
                 });
+                let trace = TraceContext::for_attempt(&execution_id, dag.node_id(task.node), task.attempt, task.kind);
                 write.outbox.push(OutboxMessage {
                     exchange: topology.tasks_exchange(),
                     routing_key: dag.queue(task.node).to_owned(),
                     body: message.to_bytes(),
+                    headers: [("traceparent".to_owned(), trace.traceparent())].into(),
                 });
             }
             Effect::CancelRunning { node, attempt } => {
@@ -451,6 +453,7 @@ fn advance(
                     exchange: topology.cancel_exchange(),
                     routing_key: String::new(),
                     body: message.to_bytes(),
+                    headers: Default::default(),
                 });
             }
             Effect::Finished(_) => write.finished = true,
@@ -512,6 +515,10 @@ fn node_update(
         error: state.error.as_ref().map(|e| e.message.clone()),
         compensation: text(&state.compensation),
         dispatched,
+        trace_id: dispatched.then(|| {
+            TraceContext::for_attempt(&owned.lease.execution_id.to_string(), &node_id, state.attempt, TaskKind::Run)
+                .trace_id
+        }),
         ..NodeUpdate::default()
     };
     if let Some(r) = result {

@@ -94,8 +94,51 @@ pub struct CancelMessage {
     pub attempt: u32,
 }
 
+/// W3C trace context of one attempt: every attempt of an execution shares the execution's trace
+/// id, and each attempt has its own span id. Derived from the ids, so any process (and a reader
+/// of the API) computes the same values without coordination.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TraceContext {
+    pub trace_id: String,
+    pub span_id: String,
+}
+
+impl TraceContext {
+    pub fn for_attempt(execution_id: &str, node_id: &str, attempt: u32, kind: TaskKind) -> Self {
+        let trace = crate::canonical::ContentHash::of_bytes(format!("trace:{execution_id}").as_bytes());
+        let span = crate::canonical::ContentHash::of_bytes(
+            format!("span:{execution_id}:{node_id}:{attempt}:{kind:?}").as_bytes(),
+        );
+        Self { trace_id: trace.as_str()[..32].to_owned(), span_id: span.as_str()[..16].to_owned() }
+    }
+
+    /// The `traceparent` header value (version 00, sampled).
+    pub fn traceparent(&self) -> String {
+        format!("00-{}-{}-01", self.trace_id, self.span_id)
+    }
+
+    /// Parses a `traceparent` header.
+    pub fn parse(header: &str) -> Option<Self> {
+        let mut parts = header.split('-');
+        let (version, trace, span, _flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+        let hex = |s: &str, n: usize| s.len() == n && s.bytes().all(|b| b.is_ascii_hexdigit());
+        (version == "00" && hex(trace, 32) && hex(span, 16))
+            .then(|| Self { trace_id: trace.to_owned(), span_id: span.to_owned() })
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn trace_context_is_shared_per_execution_and_round_trips() {
+        let a = TraceContext::for_attempt("e1", "a", 1, TaskKind::Run);
+        let b = TraceContext::for_attempt("e1", "b", 1, TaskKind::Run);
+        assert_eq!(a.trace_id, b.trace_id);
+        assert_ne!(a.span_id, b.span_id);
+        assert_eq!(TraceContext::parse(&a.traceparent()), Some(a));
+        assert_eq!(TraceContext::parse("01-zz-1-01"), None);
+    }
+
     use super::*;
     use crate::state::NodeError;
     use serde_json::json;

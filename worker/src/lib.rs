@@ -22,7 +22,7 @@ use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
 use shared::amqp::{Broker, BrokerError, Topology, delivery_count};
-use shared::messages::{Message, ResultMessage, TaskMessage, WIRE_VERSION};
+use shared::messages::{Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
 use shared::state::{NodeError, Outcome};
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -140,10 +140,17 @@ async fn handle(broker: &Broker, options: &WorkerOptions, running: &Running, del
         }
     };
     let deliveries = delivery_count(&delivery.properties);
-    let result = execute(options, running, &task, deliveries).await;
+    // The trace context travels on: the result carries the attempt's traceparent back.
+    let headers = shared::amqp::string_headers(&delivery.properties);
+    let trace = headers.get("traceparent").and_then(|h| TraceContext::parse(h));
+    let span = tracing::info_span!("attempt", execution_id = %task.execution_id, node_id = %task.node_id,
+        attempt = task.attempt, trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str()));
+    let result = tracing::Instrument::instrument(execute(options, running, &task, deliveries), span).await;
     let body = Message::Result(result).to_bytes();
     let exchange = options.topology.results_exchange();
-    match broker.publish(&exchange, Topology::RESULT_KEY, &body, &Default::default()).await {
+    let forward: std::collections::BTreeMap<String, String> =
+        headers.into_iter().filter(|(k, _)| k == "traceparent" || k == "tracestate").collect();
+    match broker.publish(&exchange, Topology::RESULT_KEY, &body, &forward).await {
         Ok(()) => {
             let _ = delivery.acker.ack(BasicAckOptions::default()).await;
         }
