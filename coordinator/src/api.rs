@@ -24,6 +24,7 @@ pub struct AppState {
     pub db: Db,
     pub settings: Arc<Settings>,
     pub metrics: Arc<crate::metrics::Metrics>,
+    pub health: Arc<crate::app::Health>,
 }
 
 /// Tenant of every request until authentication assigns one.
@@ -35,6 +36,7 @@ pub fn router(state: AppState) -> Router {
     let metrics_state = state.clone();
     let api = Router::new()
         .route("/health", get(health))
+        .route("/ready", get(ready))
         .route("/dags", post(create_dag))
         .route("/dags/{dag_id}", get(get_dag))
         .route("/dags/{dag_id}/execute", post(execute))
@@ -160,18 +162,52 @@ fn invalid(state: &AppState, report: ValidationReport) -> ApiError {
     ApiError::Invalid(report)
 }
 
+/// Each dependency's state, every check bounded so the answer comes within 100 ms even when a
+/// dependency hangs.
+async fn checks(state: &AppState) -> (&'static str, &'static str, &'static str) {
+    let bound = std::time::Duration::from_millis(80);
+    let (database, redis) = tokio::join!(
+        tokio::time::timeout(bound, state.db.ping()),
+        tokio::time::timeout(bound, redis_ping(state.settings.redis_url.expose())),
+    );
+    let database = if matches!(database, Ok(Ok(()))) { "ok" } else { "unavailable" };
+    let queue = if state.health.broker.load(std::sync::atomic::Ordering::Relaxed) { "ok" } else { "unavailable" };
+    let redis = if matches!(redis, Ok(true)) { "ok" } else { "unavailable" };
+    (database, queue, redis)
+}
+
+/// `PING` over a plain TCP connection to the Redis of `url` (`redis://[user:pass@]host:port/db`).
+async fn redis_ping(url: &str) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.split_once("://").map_or(url, |(_, r)| r);
+    let host = rest.rsplit_once('@').map_or(rest, |(_, h)| h);
+    let host = host.split('/').next().unwrap_or(host);
+    let Ok(mut stream) = tokio::net::TcpStream::connect(host).await else { return false };
+    if stream.write_all(b"PING\r\n").await.is_err() {
+        return false;
+    }
+    let mut reply = [0u8; 5];
+    stream.read_exact(&mut reply).await.is_ok() && &reply == b"+PONG"
+}
+
 async fn health(State(state): State<AppState>) -> Json<Value> {
-    let database = match tokio::time::timeout(std::time::Duration::from_millis(80), state.db.ping()).await {
-        Ok(Ok(())) => "ok",
-        _ => "unavailable",
-    };
-    let status = if database == "ok" { "healthy" } else { "degraded" };
+    let (database, queue, redis) = checks(&state).await;
+    let status = if [database, queue, redis].iter().all(|c| *c == "ok") { "healthy" } else { "degraded" };
     Json(json!({
         "status": status,
         "service": SERVICE,
         "version": env!("CARGO_PKG_VERSION"),
-        "checks": {"database": database, "queue": "unknown", "redis": "unknown"},
+        "checks": {"database": database, "queue": queue, "redis": redis},
     }))
+}
+
+/// Ready when PostgreSQL and RabbitMQ answer; Redis is optional (the service degrades).
+async fn ready(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let (database, queue, redis) = checks(&state).await;
+    if database != "ok" || queue != "ok" {
+        return Err(ApiError::Unavailable(format!("database: {database}, queue: {queue}")));
+    }
+    Ok(Json(json!({"status": "ready", "checks": {"database": database, "queue": queue, "redis": redis}})))
 }
 
 fn dag_json(row: &crate::db::DagRow) -> Value {

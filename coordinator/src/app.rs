@@ -16,6 +16,13 @@ use crate::metrics::Metrics;
 use crate::scheduler::{self, SchedulerOptions};
 use crate::{inbox, relay};
 
+/// Liveness of the dependencies that background tasks observe.
+#[derive(Debug, Default)]
+pub struct Health {
+    /// The outbox relay holds a live RabbitMQ connection.
+    pub broker: std::sync::atomic::AtomicBool,
+}
+
 /// A coordinator could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -58,12 +65,21 @@ impl Coordinator {
             max_owned: settings.max_concurrent_executions as usize,
             metrics: metrics.clone(),
         };
-        let state = AppState { db: db.clone(), settings: Arc::new(settings), metrics: metrics.clone() };
+        let health = Arc::new(Health::default());
+        let state =
+            AppState { db: db.clone(), settings: Arc::new(settings), metrics: metrics.clone(), health: health.clone() };
         let app = api::router(state);
         let mut http_stop = stop_rx.clone();
         let tasks = vec![
             tokio::spawn(scheduler::run(db.clone(), options, stop_rx.clone())),
-            tokio::spawn(relay::run(db.clone(), amqp.clone(), topology.clone(), name.to_owned(), stop_rx.clone())),
+            tokio::spawn(relay::run(
+                db.clone(),
+                amqp.clone(),
+                topology.clone(),
+                name.to_owned(),
+                health,
+                stop_rx.clone(),
+            )),
             tokio::spawn(inbox::run(db.clone(), amqp.clone(), topology.clone(), name.to_owned(), stop_rx.clone())),
             tokio::spawn(gauges(db.clone(), amqp, topology, metrics, stop_rx.clone())),
             tokio::spawn(async move {

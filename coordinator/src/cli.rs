@@ -35,6 +35,8 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Exit 0 when this host's coordinator answers its health endpoint (for container checks).
+    Healthcheck,
     /// Validate a JSON or YAML DAG file and print the report as JSON.
     Validate(FileArgs),
     /// Print the DAG's hash, topological levels and canonical order as JSON.
@@ -66,6 +68,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         Command::Plan(a) => (a, plan_json),
         Command::Serve => return run_async(serve(), err),
         Command::Migrate => return run_async(migrate(), err),
+        Command::Healthcheck => return healthcheck(err),
     };
     let limits = Limits { max_nodes: args.max_dag_nodes as usize };
     let (code, body) = match read_spec(&args.path) {
@@ -132,6 +135,20 @@ async fn migrate() -> Result<(), String> {
     db.migrate().await.map_err(|e| e.to_string())?;
     tracing::info!("migrations applied");
     Ok(())
+}
+
+fn healthcheck(err: &mut dyn Write) -> u8 {
+    let result = settings().and_then(|s| {
+        let port = s.http_addr.port();
+        shared::telemetry::http_ok(&format!("127.0.0.1:{port}"), "/api/v1/orchestrator/health")
+    });
+    match result {
+        Ok(()) => 0,
+        Err(message) => {
+            let _ = writeln!(err, "unhealthy: {message}");
+            1
+        }
+    }
 }
 
 fn hostname() -> String {

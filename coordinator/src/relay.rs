@@ -13,16 +13,29 @@ use shared::amqp::{Broker, BrokerError, Topology};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use crate::app::Health;
 use crate::db::{self, Db};
 
 const BATCH: i64 = 500;
 const CLAIM: Duration = Duration::from_secs(30);
 
 /// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
-pub async fn run(db: Db, amqp_url: String, topology: Topology, name: String, mut stop: watch::Receiver<bool>) {
+pub async fn run(
+    db: Db,
+    amqp_url: String,
+    topology: Topology,
+    name: String,
+    health: Arc<Health>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut delay = Duration::from_millis(100);
     while !*stop.borrow() {
-        match session(&db, &amqp_url, &topology, &name, &mut stop).await {
+        let result = session(&db, &amqp_url, &topology, &name, &health, &mut stop).await;
+        health.broker.store(false, Ordering::Relaxed);
+        match result {
             Ok(()) => return,
             Err(e) => tracing::warn!(error = %e, "outbox relay lost RabbitMQ; reconnecting"),
         }
@@ -39,9 +52,11 @@ async fn session(
     url: &str,
     topology: &Topology,
     name: &str,
+    health: &Health,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), BrokerError> {
     let broker = Broker::connect(url, &format!("{name}-relay"), topology.clone()).await?;
+    health.broker.store(true, Ordering::Relaxed);
     let mut pools: HashSet<String> = HashSet::new();
     let mut listener = None;
     loop {

@@ -32,3 +32,19 @@ pub async fn shutdown_signal() {
         () = term => {}
     }
 }
+
+/// A blocking `GET path` to `addr` that succeeds on a 2xx status (the `healthcheck` subcommands;
+/// no HTTP client library needed in the image).
+pub fn http_ok(addr: &str, path: &str) -> Result<(), String> {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+    let socket: std::net::SocketAddr = addr.parse().map_err(|e| format!("{addr}: {e}"))?;
+    let mut stream =
+        std::net::TcpStream::connect_timeout(&socket, Duration::from_secs(2)).map_err(|e| e.to_string())?;
+    stream.set_read_timeout(Some(Duration::from_secs(3))).map_err(|e| e.to_string())?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut head = [0u8; 12];
+    stream.read_exact(&mut head).map_err(|e| e.to_string())?;
+    let status = String::from_utf8_lossy(&head[9..12]).into_owned();
+    if status.starts_with('2') { Ok(()) } else { Err(format!("status {status}")) }
+}

@@ -167,6 +167,7 @@ impl Stack {
             .envs(self.env())
             .env("GL_ORCHESTRATOR_WORKER_ID", id)
             .env("GL_ORCHESTRATOR_WORKER_CONCURRENCY", self.options.worker_concurrency.to_string())
+            .env("GL_ORCHESTRATOR_WORKER_METRICS_ADDR", "127.0.0.1:0")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .spawn()
@@ -207,6 +208,7 @@ impl Stack {
             worker_id: id.into(),
             grace: Duration::from_secs(5),
             registry: self.options.registry.clone(),
+            metrics: Default::default(),
         };
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(worker::run(options, async move {

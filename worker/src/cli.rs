@@ -9,7 +9,8 @@ use shared::config::Settings;
 use crate::WorkerOptions;
 use crate::agents::Registry;
 
-/// What `main` runs.
+/// What `main` runs: the worker, or with the argument `healthcheck`, a check of a running
+/// worker's health endpoint (exit 0 when it answers).
 pub fn main() -> ExitCode {
     let settings = match load() {
         Ok(s) => s,
@@ -18,6 +19,23 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    match std::env::args().nth(1).as_deref() {
+        None => {}
+        Some("healthcheck") => {
+            let addr = format!("127.0.0.1:{}", settings.worker_metrics_addr.port());
+            return match shared::telemetry::http_ok(&addr, "/health") {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    ExitCode::FAILURE
+                }
+            };
+        }
+        Some(other) => {
+            eprintln!("worker: unknown argument {other:?}; usage: worker [healthcheck]");
+            return ExitCode::from(2);
+        }
+    }
     shared::telemetry::init_logging(&settings.log_level);
     let registry = match agents(&settings) {
         Ok(r) => r,
@@ -34,6 +52,7 @@ pub fn main() -> ExitCode {
         worker_id: settings.worker_id.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
         grace: Duration::from_secs(u64::from(settings.shutdown_grace_seconds)),
         registry,
+        metrics: Default::default(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -42,7 +61,14 @@ pub fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    runtime.block_on(crate::run(options, shared::telemetry::shutdown_signal()));
+    let metrics_addr = settings.worker_metrics_addr;
+    runtime.block_on(async move {
+        match options.metrics.clone().serve(metrics_addr).await {
+            Ok(addr) => tracing::info!(%addr, "worker metrics listening"),
+            Err(e) => tracing::warn!(error = %e, addr = %metrics_addr, "cannot serve worker metrics"),
+        }
+        crate::run(options, shared::telemetry::shutdown_signal()).await;
+    });
     ExitCode::SUCCESS
 }
 

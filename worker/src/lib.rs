@@ -11,6 +11,7 @@
 
 pub mod agents;
 pub mod cli;
+pub mod metrics;
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -40,6 +41,7 @@ pub struct WorkerOptions {
     /// How long in-flight attempts may run after a shutdown request.
     pub grace: Duration,
     pub registry: Registry,
+    pub metrics: Arc<metrics::WorkerMetrics>,
 }
 
 type AttemptKey = (String, String, u32);
@@ -140,6 +142,9 @@ async fn handle(broker: &Broker, options: &WorkerOptions, running: &Running, del
         }
     };
     let deliveries = delivery_count(&delivery.properties);
+    if deliveries > 1 {
+        options.metrics.redeliveries.inc();
+    }
     // The trace context travels on: the result carries the attempt's traceparent back.
     let headers = shared::amqp::string_headers(&delivery.properties);
     let trace = headers.get("traceparent").and_then(|h| TraceContext::parse(h));
@@ -180,6 +185,7 @@ async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage,
         input: task.input.clone(),
     };
     let timeout = Duration::from_millis(task.timeout_ms);
+    options.metrics.in_flight.inc();
     tracing::debug!(execution_id = %task.execution_id, node_id = %task.node_id, attempt = task.attempt, "running attempt");
     // Dropping the agent's future (on timeout or cancel) stops it; a command's process is killed.
     let outcome = tokio::select! {
@@ -199,6 +205,15 @@ async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage,
     if let Ok(mut r) = running.lock() {
         r.remove(&key);
     }
+    options.metrics.in_flight.dec();
+    let label = match &outcome {
+        Outcome::Succeeded { .. } => "succeeded",
+        Outcome::Failed { error, .. } if error.error_type == "timeout" => "timeout",
+        Outcome::Failed { error, .. } if error.error_type == "cancelled" => "cancelled",
+        Outcome::Failed { .. } => "failed",
+    };
+    options.metrics.attempts.with_label_values(&[label]).inc();
+    options.metrics.attempt_duration.observe(clock.elapsed().as_secs_f64());
     ResultMessage {
         v: WIRE_VERSION,
         execution_id: task.execution_id.clone(),

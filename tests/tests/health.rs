@@ -1,0 +1,61 @@
+//! Health, readiness and the container `healthcheck` subcommands.
+
+use std::time::Duration;
+
+use tests::{Stack, StackOptions, eventually};
+
+const COORDINATOR: &str = env!("CARGO_BIN_EXE_gl-coordinator");
+
+#[tokio::test]
+async fn health_reports_each_dependency_and_ready_follows_them() {
+    let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() }).await;
+    eventually(Duration::from_secs(20), "every dependency is ok", || async {
+        let (status, body) = stack.call(reqwest::Method::GET, "/health", None).await;
+        status == 200 && body["status"] == "healthy"
+    })
+    .await;
+    let (status, body) = stack.call(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(body["checks"], serde_json::json!({"database": "ok", "queue": "ok", "redis": "ok"}));
+    assert_eq!((body["service"].as_str(), body["version"].is_string()), (Some("greenlang-orchestrator"), true));
+    let (status, _) = stack.call(reqwest::Method::GET, "/ready", None).await;
+    assert_eq!(status, 200);
+
+    let port = stack.coordinators[0].addr.port();
+    let check = |port: u16| {
+        let env = stack.env();
+        async move {
+            tokio::process::Command::new(COORDINATOR)
+                .arg("healthcheck")
+                .envs(env)
+                .env("GL_ORCHESTRATOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
+                .output()
+                .await
+                .expect("runs")
+                .status
+                .code()
+        }
+    };
+    assert_eq!(check(port).await, Some(0));
+    assert_eq!(check(tests::free_port()).await, Some(1), "nothing listens there");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn without_rabbitmq_the_service_is_alive_but_not_ready() {
+    let closed = tests::free_port();
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        settings: vec![("AMQP_URL", format!("amqp://guest:guest@127.0.0.1:{closed}/%2f"))],
+        ..StackOptions::default()
+    })
+    .await;
+    let (status, body) = stack.call(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(status, 200, "liveness does not depend on the broker");
+    assert_eq!((body["status"].as_str(), body["checks"]["queue"].as_str()), (Some("degraded"), Some("unavailable")));
+    let response = stack.http.get(format!("{}/ready", stack.base())).send().await.expect("answers");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    stack.shutdown().await;
+}
