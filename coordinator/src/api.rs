@@ -37,8 +37,13 @@ pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route("/health", get(health))
         .route("/ready", get(ready))
-        .route("/dags", post(create_dag))
-        .route("/dags/{dag_id}", get(get_dag))
+        .route("/dags", post(create_dag).get(list_dags))
+        .route("/dags/import", post(import_dag))
+        .route("/dags/{dag_id}", get(get_dag).put(update_dag).delete(delete_dag))
+        .route("/dags/{dag_id}/validate", post(validate_dag))
+        .route("/dags/{dag_id}/export", get(export_dag))
+        .route("/dags/{dag_id}/visualize", get(visualize_dag))
+        .route("/metrics", get(summary))
         .route("/dags/{dag_id}/execute", post(execute))
         .route("/executions/{execution_id}", get(get_execution))
         .route("/executions/{execution_id}/trace", get(trace))
@@ -53,6 +58,7 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(prometheus_text))
         .with_state(metrics_state)
         .layer(DefaultBodyLimit::max(limit))
+        .layer(axum::middleware::map_response(problem_for_framework_errors))
 }
 
 /// An API error: a status, a stable problem type and a sentence.
@@ -63,6 +69,7 @@ pub enum ApiError {
     Invalid(ValidationReport),
     NotFound(String),
     Conflict(String),
+    PreconditionFailed(String),
     Unavailable(String),
     Internal(String),
 }
@@ -77,6 +84,9 @@ impl ApiError {
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "The DAG is not valid"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "No such resource"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "The request conflicts with the current state"),
+            ApiError::PreconditionFailed(_) => {
+                (StatusCode::PRECONDITION_FAILED, "precondition-failed", "The resource changed since it was read")
+            }
             ApiError::Unavailable(_) => {
                 (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "A dependency is unavailable")
             }
@@ -114,7 +124,11 @@ impl IntoResponse for ApiError {
                 tracing::error!(cause = %cause, "internal error");
                 body["detail"] = json!("the server could not complete the request");
             }
-            ApiError::BadRequest(d) | ApiError::NotFound(d) | ApiError::Conflict(d) | ApiError::Unavailable(d) => {
+            ApiError::BadRequest(d)
+            | ApiError::NotFound(d)
+            | ApiError::Conflict(d)
+            | ApiError::PreconditionFailed(d)
+            | ApiError::Unavailable(d) => {
                 body["detail"] = json!(d);
             }
             ApiError::UnsupportedMediaType => body["detail"] = json!("send the body as application/json"),
@@ -223,17 +237,15 @@ fn dag_json(row: &crate::db::DagRow) -> Value {
 
 async fn create_dag(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
     let text = json_body(&headers, &body)?;
-    let spec = DagSpec::from_json(&text).map_err(|e| ApiError::BadRequest(e.to_string()))?;
-    let dag = compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }).map_err(|r| invalid(&state, r))?;
-    let row = state.db.insert_dag(TENANT, &dag).await?;
-    let body = json!({"dag": dag_json(&row), "message": "DAG created", "warnings": dag.warnings()});
-    Ok((StatusCode::CREATED, Json(body)).into_response())
+    let dag = accept_dag(&state, DagSpec::from_json(&text))?;
+    store_new(&state, dag, "DAG created").await
 }
 
-async fn get_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
-    let row =
-        state.db.get_dag(TENANT, &dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
-    Ok(Json(json!({"dag": dag_json(&row)})))
+async fn get_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Response> {
+    let row = stored_dag(&state, &dag_id).await?;
+    let mut response = Json(json!({"dag": dag_json(&row)})).into_response();
+    etag(&mut response, row.revision);
+    Ok(response)
 }
 
 async fn execute(
@@ -263,6 +275,7 @@ async fn execute(
     if !input.is_object() {
         return Err(ApiError::BadRequest("input_data must be a JSON object".into()));
     }
+    reject_nul(&request, "the request")?;
     let options = fields.get("execution_options").cloned().unwrap_or_else(|| json!({}));
     let priority = options.get("priority").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let clock = match options.get("clock") {
@@ -599,4 +612,278 @@ fn decode_cursor(cursor: &str) -> ApiResult<(chrono::DateTime<chrono::Utc>, Uuid
     let (micros, id) = text.split_once(':').ok_or_else(bad)?;
     let at = chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+}
+
+/// Turns the framework's own error responses (unknown route, wrong method, body too large,
+/// ...) into problem+json, keeping their headers (`Allow` on a 405).
+async fn problem_for_framework_errors(response: Response) -> Response {
+    let status = response.status();
+    let is_problem = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_problem {
+        return response;
+    }
+    let (parts, _) = response.into_parts();
+    let (slug, title, detail) = match status {
+        StatusCode::NOT_FOUND => ("not-found", "No such resource", "no route matches this path"),
+        StatusCode::METHOD_NOT_ALLOWED => ("method-not-allowed", "Method not allowed", "see the Allow header"),
+        StatusCode::PAYLOAD_TOO_LARGE => {
+            ("payload-too-large", "The body is too large", "the body exceeds GL_ORCHESTRATOR_MAX_BODY_BYTES")
+        }
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => {
+            ("unsupported-media-type", "The body must be application/json", "send the body as application/json")
+        }
+        s if s.is_server_error() => ("internal", "Internal error", "the server could not complete the request"),
+        _ => ("bad-request", "The request is malformed", "the request could not be read"),
+    };
+    let body = json!({
+        "type": format!("urn:greenlang:orchestrator:problem:{slug}"),
+        "title": title, "status": status.as_u16(), "detail": detail,
+    });
+    let mut response = (status, Json(body)).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            response.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
+    response
+}
+
+/// PostgreSQL cannot store U+0000 in text or JSONB: refuse it up front, clearly.
+fn reject_nul(value: &Value, what: &str) -> ApiResult<()> {
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            Value::String(s) if s.contains('\0') => {
+                return Err(ApiError::BadRequest(format!("{what} contains a NUL character (U+0000)")));
+            }
+            Value::Array(items) => stack.extend(items),
+            Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    return Err(ApiError::BadRequest(format!("{what} contains a NUL character (U+0000)")));
+                }
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// Parses, checks and compiles a DAG document received by the API.
+fn accept_dag(state: &AppState, spec: Result<DagSpec, shared::dag::ParseError>) -> ApiResult<shared::dag::Dag> {
+    let spec = spec.map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    reject_nul(&serde_json::to_value(&spec).unwrap_or_default(), "the DAG")?;
+    compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }).map_err(|r| invalid(state, r))
+}
+
+async fn store_new(state: &AppState, dag: shared::dag::Dag, message: &str) -> ApiResult<Response> {
+    let row = state.db.insert_dag(TENANT, &dag).await?;
+    let body = json!({"dag": dag_json(&row), "message": message, "warnings": dag.warnings()});
+    let mut response = (StatusCode::CREATED, Json(body)).into_response();
+    etag(&mut response, row.revision);
+    Ok(response)
+}
+
+fn etag(response: &mut Response, revision: i64) {
+    if let Ok(v) = header::HeaderValue::from_str(&format!("\"{revision}\"")) {
+        response.headers_mut().insert(header::ETAG, v);
+    }
+}
+
+async fn stored_dag(state: &AppState, dag_id: &str) -> ApiResult<crate::db::DagRow> {
+    state.db.get_dag(TENANT, dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))
+}
+
+fn compiled(row: &crate::db::DagRow) -> ApiResult<shared::dag::Dag> {
+    let spec = DagSpec::from_value(row.definition.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
+    compile(spec, &Limits { max_nodes: usize::MAX }).map_err(|r| ApiError::Internal(format!("{:?}", r.errors)))
+}
+
+async fn list_dags(
+    State(state): State<AppState>,
+    Query(query): Query<std::collections::HashMap<String, String>>,
+) -> ApiResult<Json<Value>> {
+    let limit = match query.get("limit") {
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=500).contains(l))
+            .ok_or_else(|| ApiError::BadRequest("limit must be 1 to 500".into()))?,
+        None => 50,
+    };
+    let after = match query.get("cursor") {
+        Some(c) => Some(decode_text_cursor(c)?),
+        None => None,
+    };
+    let rows = state.db.list_dags(TENANT, after.as_deref(), limit).await?;
+    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| hex_text(&r.dag_id))).flatten();
+    let items: Vec<Value> = rows
+        .iter()
+        .map(|r| {
+            json!({"dag_id": r.dag_id, "name": r.name, "version": r.version, "dag_hash": r.dag_hash,
+                   "revision": r.revision, "node_count": r.node_count, "created_at": r.created_at,
+                   "updated_at": r.updated_at})
+        })
+        .collect();
+    Ok(Json(json!({"count": items.len(), "items": items, "next_cursor": next_cursor})))
+}
+
+fn hex_text(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_text_cursor(cursor: &str) -> ApiResult<String> {
+    let bad = || ApiError::BadRequest("cursor is not one this API returned".into());
+    let bytes: Option<Vec<u8>> = (0..cursor.len())
+        .step_by(2)
+        .map(|i| cursor.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+        .collect();
+    String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())
+}
+
+async fn import_dag(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+    let text = json_body(&headers, &body)?;
+    let request: Value = serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    let yaml = request
+        .get("yaml_content")
+        .and_then(Value::as_str)
+        .ok_or_else(|| ApiError::BadRequest("yaml_content must be a string holding the DAG as YAML".into()))?;
+    if request.as_object().is_some_and(|o| o.len() != 1) {
+        return Err(ApiError::BadRequest("the only field is yaml_content".into()));
+    }
+    let dag = accept_dag(&state, DagSpec::from_yaml(yaml))?;
+    store_new(&state, dag, "DAG imported").await
+}
+
+/// `If-Match: "3"` (or `W/"3"`, or `3`) as a revision number.
+fn if_match(headers: &HeaderMap) -> ApiResult<Option<i64>> {
+    let Some(value) = headers.get(header::IF_MATCH) else { return Ok(None) };
+    let text = value.to_str().map_err(|_| ApiError::BadRequest("If-Match must be ASCII".into()))?;
+    let bare = text.trim().trim_start_matches("W/").trim_matches('"');
+    bare.parse().map(Some).map_err(|_| ApiError::BadRequest("If-Match must carry a revision, as in ETag".into()))
+}
+
+/// Applies a PUT body to a stored definition: given fields replace, `nodes` merge per node (each
+/// node's given fields replace), and `null` deletes a field or a node.
+fn merge_update(stored: &Value, patch: &Value, dag_id: &str) -> ApiResult<Value> {
+    let (Some(base), Some(changes)) = (stored.as_object(), patch.as_object()) else {
+        return Err(ApiError::BadRequest("the body must be a JSON object".into()));
+    };
+    let mut doc = base.clone();
+    for (key, value) in changes {
+        match (key.as_str(), value) {
+            ("dag_id", v) if v.as_str() != Some(dag_id) => {
+                return Err(ApiError::BadRequest("dag_id cannot change; it must match the path".into()));
+            }
+            ("nodes", Value::Object(nodes)) => {
+                let target = doc.entry("nodes").or_insert_with(|| json!({}));
+                let Some(target) = target.as_object_mut() else {
+                    return Err(ApiError::Internal("stored nodes are not an object".into()));
+                };
+                for (node_id, change) in nodes {
+                    match change {
+                        Value::Null => {
+                            target.remove(node_id);
+                        }
+                        Value::Object(fields) => {
+                            let node = target.entry(node_id.clone()).or_insert_with(|| json!({}));
+                            let Some(node) = node.as_object_mut() else {
+                                return Err(ApiError::Internal("a stored node is not an object".into()));
+                            };
+                            for (field, v) in fields {
+                                if v.is_null() {
+                                    node.remove(field);
+                                } else {
+                                    node.insert(field.clone(), v.clone());
+                                }
+                            }
+                        }
+                        _ => return Err(ApiError::BadRequest(format!("nodes.{node_id} must be an object or null"))),
+                    }
+                }
+            }
+            ("nodes", _) => return Err(ApiError::BadRequest("nodes must be an object".into())),
+            (_, Value::Null) => {
+                doc.remove(key);
+            }
+            (_, v) => {
+                doc.insert(key.clone(), v.clone());
+            }
+        }
+    }
+    Ok(Value::Object(doc))
+}
+
+async fn update_dag(
+    State(state): State<AppState>,
+    Path(dag_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
+    let expected = if_match(&headers)?;
+    let text = json_body(&headers, &body)?;
+    let patch: Value = serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
+    let row = stored_dag(&state, &dag_id).await?;
+    if let Some(expected) = expected {
+        if expected != row.revision {
+            return Err(ApiError::PreconditionFailed(format!("revision is {}, not {expected}", row.revision)));
+        }
+    }
+    let merged = merge_update(&row.definition, &patch, &dag_id)?;
+    let dag = accept_dag(&state, DagSpec::from_value(merged))?;
+    let updated = match state.db.update_dag(TENANT, &dag, Some(row.revision)).await? {
+        crate::db::UpdateOutcome::Updated(row) => row,
+        crate::db::UpdateOutcome::NotFound => return Err(ApiError::NotFound(format!("no DAG {dag_id:?}"))),
+        crate::db::UpdateOutcome::RevisionMismatch(now) => {
+            return Err(ApiError::PreconditionFailed(format!("the DAG changed meanwhile (revision {now})")));
+        }
+    };
+    let body = json!({"dag": dag_json(&updated), "message": "DAG updated", "warnings": dag.warnings()});
+    let mut response = Json(body).into_response();
+    etag(&mut response, updated.revision);
+    Ok(response)
+}
+
+async fn delete_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
+    if !state.db.delete_dag(TENANT, &dag_id).await? {
+        return Err(ApiError::NotFound(format!("no DAG {dag_id:?}")));
+    }
+    Ok(Json(json!({"dag_id": dag_id, "message": "DAG deleted; past executions keep their pinned definition"})))
+}
+
+async fn validate_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
+    let row = stored_dag(&state, &dag_id).await?;
+    let spec = DagSpec::from_value(row.definition).map_err(|e| ApiError::Internal(e.to_string()))?;
+    let report = match compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }) {
+        Ok(dag) => dag.report(),
+        Err(report) => {
+            for e in &report.errors {
+                let kind = serde_json::to_value(e.error_type).ok().and_then(|v| v.as_str().map(str::to_owned));
+                state.metrics.dag_validation_errors.with_label_values(&[&kind.unwrap_or_default()]).inc();
+            }
+            report
+        }
+    };
+    Ok(Json(json!(report)))
+}
+
+async fn export_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
+    let row = stored_dag(&state, &dag_id).await?;
+    let yaml = compiled(&row)?.to_yaml().map_err(|e| ApiError::Internal(e.to_string()))?;
+    Ok(Json(json!({"dag_id": dag_id, "dag_hash": row.dag_hash, "yaml": yaml})))
+}
+
+async fn visualize_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
+    let row = stored_dag(&state, &dag_id).await?;
+    Ok(Json(json!({"dag_id": dag_id, "mermaid": compiled(&row)?.to_mermaid()})))
+}
+
+async fn summary(State(state): State<AppState>) -> ApiResult<Json<Value>> {
+    let mut body = state.db.summary(TENANT).await?;
+    body["max_concurrent_executions"] = json!(state.settings.max_concurrent_executions);
+    Ok(Json(body))
 }

@@ -178,6 +178,28 @@ pub struct NodeUpdate {
     pub trace_id: Option<String>,
 }
 
+/// One line of the DAG list.
+#[derive(Debug, Clone)]
+pub struct DagSummary {
+    pub dag_id: String,
+    pub name: String,
+    pub version: String,
+    pub dag_hash: String,
+    pub revision: i64,
+    pub node_count: i32,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub updated_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// What an update did.
+#[derive(Debug, Clone)]
+pub enum UpdateOutcome {
+    Updated(DagRow),
+    NotFound,
+    /// The current revision, which the `If-Match` did not name.
+    RevisionMismatch(i64),
+}
+
 /// A stored checkpoint.
 #[derive(Debug, Clone)]
 pub struct CheckpointRow {
@@ -362,6 +384,136 @@ impl Db {
             })
         })
         .transpose()
+    }
+
+    /// Stored DAGs by id, after `after`.
+    pub async fn list_dags(&self, tenant: &str, after: Option<&str>, limit: i64) -> Result<Vec<DagSummary>, DbError> {
+        let rows = sqlx::query(
+            "SELECT dag_id, name, version, dag_hash, revision, node_count, created_at, updated_at FROM dag_workflows
+             WHERE tenant_id = $1 AND ($2::text IS NULL OR dag_id > $2) ORDER BY dag_id LIMIT $3",
+        )
+        .bind(tenant)
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(DagSummary {
+                    dag_id: r.try_get("dag_id")?,
+                    name: r.try_get("name")?,
+                    version: r.try_get("version")?,
+                    dag_hash: r.try_get("dag_hash")?,
+                    revision: r.try_get("revision")?,
+                    node_count: r.try_get("node_count")?,
+                    created_at: r.try_get("created_at")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect::<Result<_, sqlx::Error>>()
+            .map_err(DbError::from)
+    }
+
+    /// Replaces a DAG's definition if its revision is still `expected` (when given).
+    pub async fn update_dag(&self, tenant: &str, dag: &Dag, expected: Option<i64>) -> Result<UpdateOutcome, DbError> {
+        let definition = serde_json::to_value(dag.definition()).map_err(|e| DbError::Corrupt(e.to_string()))?;
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("INSERT INTO dag_definitions (dag_hash, definition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(dag.hash().as_str())
+            .bind(&definition)
+            .execute(&mut *tx)
+            .await?;
+        let spec = dag.definition();
+        let updated: Option<(i64, chrono::DateTime<chrono::Utc>, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+            "UPDATE dag_workflows SET name = $3, description = $4, version = $5, dag_hash = $6, node_count = $7,
+                 revision = revision + 1, updated_at = now()
+             WHERE tenant_id = $1 AND dag_id = $2 AND ($8::bigint IS NULL OR revision = $8)
+             RETURNING revision, created_at, updated_at",
+        )
+        .bind(tenant)
+        .bind(dag.id().as_str())
+        .bind(&spec.name)
+        .bind(&spec.description)
+        .bind(&spec.version)
+        .bind(dag.hash().as_str())
+        .bind(i32::try_from(dag.len()).unwrap_or(i32::MAX))
+        .bind(expected)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some((revision, created_at, updated_at)) = updated else {
+            let current: Option<i64> =
+                sqlx::query_scalar("SELECT revision FROM dag_workflows WHERE tenant_id = $1 AND dag_id = $2")
+                    .bind(tenant)
+                    .bind(dag.id().as_str())
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            return Ok(current.map_or(UpdateOutcome::NotFound, UpdateOutcome::RevisionMismatch));
+        };
+        tx.commit().await?;
+        Ok(UpdateOutcome::Updated(DagRow {
+            dag_id: dag.id().to_string(),
+            dag_hash: dag.hash().to_string(),
+            definition,
+            revision,
+            created_at,
+            updated_at,
+        }))
+    }
+
+    /// Deletes a DAG; its executions keep their pinned definitions.
+    pub async fn delete_dag(&self, tenant: &str, dag_id: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("DELETE FROM dag_workflows WHERE tenant_id = $1 AND dag_id = $2")
+            .bind(tenant)
+            .bind(dag_id)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() == 1)
+    }
+
+    /// The figures of the JSON `/metrics` summary.
+    pub async fn summary(&self, tenant: &str) -> Result<Value, DbError> {
+        let by_status: Vec<(String, i64)> =
+            sqlx::query_as("SELECT status, count(*) FROM dag_executions WHERE tenant_id = $1 GROUP BY status")
+                .bind(tenant)
+                .fetch_all(&self.pool)
+                .await?;
+        let avg: Option<f64> = sqlx::query_scalar(
+            "SELECT (avg(extract(epoch FROM completed_at - started_at)) * 1000)::float8 FROM dag_executions
+             WHERE tenant_id = $1 AND completed_at IS NOT NULL AND started_at IS NOT NULL",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        let p99: Option<f64> = sqlx::query_scalar(
+            "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY n.duration_ms)::float8
+             FROM node_traces n JOIN dag_executions e USING (execution_id)
+             WHERE e.tenant_id = $1 AND n.duration_ms IS NOT NULL",
+        )
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        let slowest: Vec<(String, String, f64, i64)> = sqlx::query_as(
+            "SELECT e.dag_id, n.node_id, avg(n.duration_ms)::float8, count(*) FROM node_traces n
+             JOIN dag_executions e USING (execution_id)
+             WHERE e.tenant_id = $1 AND n.duration_ms IS NOT NULL
+             GROUP BY e.dag_id, n.node_id ORDER BY 3 DESC LIMIT 5",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        let counts: HashMap<String, i64> = by_status.into_iter().collect();
+        let count = |s: &str| counts.get(s).copied().unwrap_or(0);
+        Ok(serde_json::json!({
+            "active_executions": count("running"),
+            "queued_executions": count("queued") + count("pending"),
+            "total_executions": counts.values().sum::<i64>(),
+            "executions_by_status": counts,
+            "avg_execution_duration_ms": avg,
+            "p99_node_duration_ms": p99,
+            "slowest_nodes": slowest.into_iter().map(|(dag_id, node_id, avg_ms, samples)| serde_json::json!({
+                "dag_id": dag_id, "node_id": node_id, "avg_duration_ms": avg_ms, "samples": samples,
+            })).collect::<Vec<_>>(),
+        }))
     }
 
     /// A pinned definition by its hash.
