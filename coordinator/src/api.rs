@@ -16,6 +16,7 @@ use shared::dag::{DagSpec, Limits, ValidationReport, compile};
 use shared::provenance;
 use uuid::Uuid;
 
+use crate::auth::Tenant;
 use crate::db::{Created, Db, DbError, ExecutionFilter, NewExecution};
 
 /// What handlers share.
@@ -25,10 +26,9 @@ pub struct AppState {
     pub settings: Arc<Settings>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub health: Arc<crate::app::Health>,
+    pub verifier: crate::auth::Verifier,
 }
 
-/// Tenant of every request until authentication assigns one.
-const TENANT: &str = "default";
 const SERVICE: &str = "greenlang-orchestrator";
 
 pub fn router(state: AppState) -> Router {
@@ -52,6 +52,8 @@ pub fn router(state: AppState) -> Router {
         .route("/executions/{execution_id}/resume", post(resume))
         .route("/executions", get(list_executions))
         .route("/checkpoints/{execution_id}", get(list_checkpoints).delete(delete_checkpoints))
+        .route("/openapi.json", get(openapi))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
         .with_state(state);
     Router::new()
         .nest("/api/v1/orchestrator", api)
@@ -69,6 +71,8 @@ pub enum ApiError {
     Invalid(ValidationReport),
     NotFound(String),
     Conflict(String),
+    Unauthorized(String),
+    Forbidden(String),
     PreconditionFailed(String),
     Unavailable(String),
     Internal(String),
@@ -84,6 +88,8 @@ impl ApiError {
             ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "The DAG is not valid"),
             ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "No such resource"),
             ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "The request conflicts with the current state"),
+            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
+            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "The token lacks a permission"),
             ApiError::PreconditionFailed(_) => {
                 (StatusCode::PRECONDITION_FAILED, "precondition-failed", "The resource changed since it was read")
             }
@@ -128,6 +134,8 @@ impl IntoResponse for ApiError {
             | ApiError::NotFound(d)
             | ApiError::Conflict(d)
             | ApiError::PreconditionFailed(d)
+            | ApiError::Unauthorized(d)
+            | ApiError::Forbidden(d)
             | ApiError::Unavailable(d) => {
                 body["detail"] = json!(d);
             }
@@ -137,6 +145,7 @@ impl IntoResponse for ApiError {
         response
             .headers_mut()
             .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
+        crate::auth::challenge(&mut response);
         if status == StatusCode::SERVICE_UNAVAILABLE {
             response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
         }
@@ -235,14 +244,23 @@ fn dag_json(row: &crate::db::DagRow) -> Value {
     dag
 }
 
-async fn create_dag(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn create_dag(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let text = json_body(&headers, &body)?;
     let dag = accept_dag(&state, DagSpec::from_json(&text))?;
-    store_new(&state, dag, "DAG created").await
+    store_new(&state, &tenant, dag, "DAG created").await
 }
 
-async fn get_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Response> {
-    let row = stored_dag(&state, &dag_id).await?;
+async fn get_dag(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(dag_id): Path<String>,
+) -> ApiResult<Response> {
+    let row = stored_dag(&state, &tenant, &dag_id).await?;
     let mut response = Json(json!({"dag": dag_json(&row)})).into_response();
     etag(&mut response, row.revision);
     Ok(response)
@@ -250,6 +268,7 @@ async fn get_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> A
 
 async fn execute(
     State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     Path(dag_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -289,7 +308,7 @@ async fn execute(
         None => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
     let row =
-        state.db.get_dag(TENANT, &dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
+        state.db.get_dag(&tenant, &dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
     let spec = DagSpec::from_value(row.definition).map_err(|e| ApiError::Internal(e.to_string()))?;
     let dag = compile(spec, &Limits { max_nodes: usize::MAX }).map_err(ApiError::Invalid)?;
     let input_hash = provenance::hash_value(&input);
@@ -300,7 +319,7 @@ async fn execute(
     let created = state
         .db
         .create_execution(NewExecution {
-            tenant: TENANT,
+            tenant: &tenant,
             dag_id: &dag_id,
             dag: &dag,
             input: &input,
@@ -344,15 +363,23 @@ fn execution_json(e: &crate::db::ExecutionRow) -> Value {
     })
 }
 
-async fn get_execution(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn get_execution(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id)?;
-    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     Ok(Json(json!({"execution": execution_json(&e)})))
 }
 
-async fn trace(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn trace(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id)?;
-    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     let mut attempts = state.db.attempts(id).await?;
     let nodes: Vec<Value> = state
         .db
@@ -387,10 +414,10 @@ fn attempt_json(result: Value) -> Value {
     })
 }
 
-async fn cancel(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn cancel(State(state): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_uuid(&id)?;
-    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
-    if !state.db.request_cancel(TENANT, id).await? {
+    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    if !state.db.request_cancel(&tenant, id).await? {
         return Err(ApiError::Conflict(format!("execution {id} already finished as {}", e.status)));
     }
     let body = json!({"execution_id": id, "status": e.status, "message": "Execution cancellation requested"});
@@ -405,9 +432,13 @@ async fn pinned_dag(db: &Db, dag_hash: &str) -> ApiResult<shared::dag::Dag> {
     compile(spec, &Limits { max_nodes: usize::MAX }).map_err(|r| ApiError::Internal(format!("{:?}", r.errors)))
 }
 
-async fn provenance_of(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn provenance_of(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id)?;
-    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     let dag = pinned_dag(&state.db, &e.dag_hash).await?;
     let records: Vec<provenance::Record> = state.db.records(id).await?.into_iter().map(|(_, r)| r).collect();
     let stored = e.provenance_chain_hash.as_deref().and_then(|h| shared::canonical::ContentHash::parse(h).ok());
@@ -446,9 +477,9 @@ async fn provenance_of(State(state): State<AppState>, Path(id): Path<String>) ->
     })))
 }
 
-async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Response> {
+async fn resume(State(state): State<AppState>, Tenant(tenant): Tenant, Path(id): Path<String>) -> ApiResult<Response> {
     let id = parse_uuid(&id)?;
-    let e = state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     let rows = state.db.nodes(id).await?;
     let listed = |keep: &dyn Fn(&crate::db::NodeRow) -> bool| -> Vec<String> {
         rows.iter().filter(|r| keep(r)).map(|r| r.node_id.clone()).collect()
@@ -506,9 +537,13 @@ async fn resume(State(state): State<AppState>, Path(id): Path<String>) -> ApiRes
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-async fn list_checkpoints(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn list_checkpoints(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id)?;
-    state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     let items: Vec<Value> = state
         .db
         .checkpoints(id)
@@ -524,10 +559,14 @@ async fn list_checkpoints(State(state): State<AppState>, Path(id): Path<String>)
     Ok(Json(json!({"count": items.len(), "items": items})))
 }
 
-async fn delete_checkpoints(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+async fn delete_checkpoints(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(id): Path<String>,
+) -> ApiResult<Json<Value>> {
     let id = parse_uuid(&id)?;
-    state.db.execution(TENANT, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
-    match state.db.delete_checkpoints(TENANT, id).await? {
+    state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    match state.db.delete_checkpoints(&tenant, id).await? {
         Some(deleted) => {
             state.metrics.checkpoint_operations.with_label_values(&["delete", "ok"]).inc_by(deleted);
             Ok(Json(json!({"deleted": deleted, "message": "Checkpoints deleted"})))
@@ -540,6 +579,7 @@ const STATUSES: [&str; 6] = ["pending", "queued", "running", "completed", "faile
 
 async fn list_executions(
     State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let status = query.get("status").cloned();
@@ -559,7 +599,7 @@ async fn list_executions(
     let since = query.get("since").map(|s| parse_since(s)).transpose()?;
     let after = query.get("cursor").map(|c| decode_cursor(c)).transpose()?;
     let filter =
-        ExecutionFilter { tenant: TENANT.into(), dag_id: query.get("dag_id").cloned(), status, since, after, limit };
+        ExecutionFilter { tenant: tenant.clone(), dag_id: query.get("dag_id").cloned(), status, since, after, limit };
     let rows = state.db.list_executions(&filter).await?;
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| encode_cursor(r.submitted_at, r.execution_id)))
@@ -680,8 +720,8 @@ fn accept_dag(state: &AppState, spec: Result<DagSpec, shared::dag::ParseError>) 
     compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }).map_err(|r| invalid(state, r))
 }
 
-async fn store_new(state: &AppState, dag: shared::dag::Dag, message: &str) -> ApiResult<Response> {
-    let row = state.db.insert_dag(TENANT, &dag).await?;
+async fn store_new(state: &AppState, tenant: &str, dag: shared::dag::Dag, message: &str) -> ApiResult<Response> {
+    let row = state.db.insert_dag(tenant, &dag).await?;
     let body = json!({"dag": dag_json(&row), "message": message, "warnings": dag.warnings()});
     let mut response = (StatusCode::CREATED, Json(body)).into_response();
     etag(&mut response, row.revision);
@@ -694,8 +734,8 @@ fn etag(response: &mut Response, revision: i64) {
     }
 }
 
-async fn stored_dag(state: &AppState, dag_id: &str) -> ApiResult<crate::db::DagRow> {
-    state.db.get_dag(TENANT, dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))
+async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<crate::db::DagRow> {
+    state.db.get_dag(tenant, dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))
 }
 
 fn compiled(row: &crate::db::DagRow) -> ApiResult<shared::dag::Dag> {
@@ -705,6 +745,7 @@ fn compiled(row: &crate::db::DagRow) -> ApiResult<shared::dag::Dag> {
 
 async fn list_dags(
     State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     let limit = match query.get("limit") {
@@ -719,7 +760,7 @@ async fn list_dags(
         Some(c) => Some(decode_text_cursor(c)?),
         None => None,
     };
-    let rows = state.db.list_dags(TENANT, after.as_deref(), limit).await?;
+    let rows = state.db.list_dags(&tenant, after.as_deref(), limit).await?;
     let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| hex_text(&r.dag_id))).flatten();
     let items: Vec<Value> = rows
         .iter()
@@ -745,7 +786,12 @@ fn decode_text_cursor(cursor: &str) -> ApiResult<String> {
     String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())
 }
 
-async fn import_dag(State(state): State<AppState>, headers: HeaderMap, body: Bytes) -> ApiResult<Response> {
+async fn import_dag(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    headers: HeaderMap,
+    body: Bytes,
+) -> ApiResult<Response> {
     let text = json_body(&headers, &body)?;
     let request: Value = serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
     let yaml = request
@@ -756,7 +802,7 @@ async fn import_dag(State(state): State<AppState>, headers: HeaderMap, body: Byt
         return Err(ApiError::BadRequest("the only field is yaml_content".into()));
     }
     let dag = accept_dag(&state, DagSpec::from_yaml(yaml))?;
-    store_new(&state, dag, "DAG imported").await
+    store_new(&state, &tenant, dag, "DAG imported").await
 }
 
 /// `If-Match: "3"` (or `W/"3"`, or `3`) as a revision number.
@@ -820,6 +866,7 @@ fn merge_update(stored: &Value, patch: &Value, dag_id: &str) -> ApiResult<Value>
 
 async fn update_dag(
     State(state): State<AppState>,
+    Tenant(tenant): Tenant,
     Path(dag_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -827,7 +874,7 @@ async fn update_dag(
     let expected = if_match(&headers)?;
     let text = json_body(&headers, &body)?;
     let patch: Value = serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
-    let row = stored_dag(&state, &dag_id).await?;
+    let row = stored_dag(&state, &tenant, &dag_id).await?;
     if let Some(expected) = expected {
         if expected != row.revision {
             return Err(ApiError::PreconditionFailed(format!("revision is {}, not {expected}", row.revision)));
@@ -835,7 +882,7 @@ async fn update_dag(
     }
     let merged = merge_update(&row.definition, &patch, &dag_id)?;
     let dag = accept_dag(&state, DagSpec::from_value(merged))?;
-    let updated = match state.db.update_dag(TENANT, &dag, Some(row.revision)).await? {
+    let updated = match state.db.update_dag(&tenant, &dag, Some(row.revision)).await? {
         crate::db::UpdateOutcome::Updated(row) => row,
         crate::db::UpdateOutcome::NotFound => return Err(ApiError::NotFound(format!("no DAG {dag_id:?}"))),
         crate::db::UpdateOutcome::RevisionMismatch(now) => {
@@ -848,15 +895,23 @@ async fn update_dag(
     Ok(response)
 }
 
-async fn delete_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
-    if !state.db.delete_dag(TENANT, &dag_id).await? {
+async fn delete_dag(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(dag_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    if !state.db.delete_dag(&tenant, &dag_id).await? {
         return Err(ApiError::NotFound(format!("no DAG {dag_id:?}")));
     }
     Ok(Json(json!({"dag_id": dag_id, "message": "DAG deleted; past executions keep their pinned definition"})))
 }
 
-async fn validate_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
-    let row = stored_dag(&state, &dag_id).await?;
+async fn validate_dag(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(dag_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = stored_dag(&state, &tenant, &dag_id).await?;
     let spec = DagSpec::from_value(row.definition).map_err(|e| ApiError::Internal(e.to_string()))?;
     let report = match compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }) {
         Ok(dag) => dag.report(),
@@ -871,19 +926,31 @@ async fn validate_dag(State(state): State<AppState>, Path(dag_id): Path<String>)
     Ok(Json(json!(report)))
 }
 
-async fn export_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
-    let row = stored_dag(&state, &dag_id).await?;
+async fn export_dag(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(dag_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = stored_dag(&state, &tenant, &dag_id).await?;
     let yaml = compiled(&row)?.to_yaml().map_err(|e| ApiError::Internal(e.to_string()))?;
     Ok(Json(json!({"dag_id": dag_id, "dag_hash": row.dag_hash, "yaml": yaml})))
 }
 
-async fn visualize_dag(State(state): State<AppState>, Path(dag_id): Path<String>) -> ApiResult<Json<Value>> {
-    let row = stored_dag(&state, &dag_id).await?;
+async fn visualize_dag(
+    State(state): State<AppState>,
+    Tenant(tenant): Tenant,
+    Path(dag_id): Path<String>,
+) -> ApiResult<Json<Value>> {
+    let row = stored_dag(&state, &tenant, &dag_id).await?;
     Ok(Json(json!({"dag_id": dag_id, "mermaid": compiled(&row)?.to_mermaid()})))
 }
 
-async fn summary(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let mut body = state.db.summary(TENANT).await?;
+async fn summary(State(state): State<AppState>, Tenant(tenant): Tenant) -> ApiResult<Json<Value>> {
+    let mut body = state.db.summary(&tenant).await?;
     body["max_concurrent_executions"] = json!(state.settings.max_concurrent_executions);
     Ok(Json(body))
+}
+
+async fn openapi() -> Json<Value> {
+    Json(crate::openapi::document())
 }

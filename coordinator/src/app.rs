@@ -28,6 +28,8 @@ pub struct Health {
 pub enum StartError {
     #[error(transparent)]
     Db(#[from] DbError),
+    #[error("authentication: {0}")]
+    Auth(String),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -66,8 +68,14 @@ impl Coordinator {
             metrics: metrics.clone(),
         };
         let health = Arc::new(Health::default());
-        let state =
-            AppState { db: db.clone(), settings: Arc::new(settings), metrics: metrics.clone(), health: health.clone() };
+        let verifier = crate::auth::Verifier::from_settings(&settings).map_err(StartError::Auth)?;
+        let state = AppState {
+            db: db.clone(),
+            settings: Arc::new(settings),
+            metrics: metrics.clone(),
+            health: health.clone(),
+            verifier,
+        };
         let app = api::router(state);
         let mut http_stop = stop_rx.clone();
         let tasks = vec![

@@ -8,6 +8,7 @@
 //! - [`cli`]: the command line (`serve`, `migrate`, `validate`, `plan`).
 //! - [`app`]: startup wiring; [`app::Coordinator::start`] is what `serve` and the tests run.
 //! - [`api`]: the REST API and its problem+json errors.
+//! - [`endpoints`]: the table of operations (scopes, answers); [`auth`] and [`openapi`] read it.
 //! - [`db`]: persistence; every SQL statement.
 //! - [`scheduler`]: leases and the per-execution driver.
 //! - [`relay`]: the outbox relay (confirmed publishing).
@@ -16,9 +17,12 @@
 
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod db;
+pub mod endpoints;
 pub mod inbox;
 pub mod metrics;
+pub mod openapi;
 pub mod relay;
 pub mod scheduler;
