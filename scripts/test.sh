@@ -13,3 +13,5 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 scripts/services.sh
 cargo fmt --all -- --check
 cargo test --workspace --locked
+# The live API against its own OpenAPI document (needs the binaries the tests just built).
+scripts/schemathesis.sh

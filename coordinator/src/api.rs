@@ -307,8 +307,7 @@ async fn execute(
         }
         None => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    let row =
-        state.db.get_dag(&tenant, &dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))?;
+    let row = stored_dag(&state, &tenant, &dag_id).await?;
     let spec = DagSpec::from_value(row.definition).map_err(|e| ApiError::Internal(e.to_string()))?;
     let dag = compile(spec, &Limits { max_nodes: usize::MAX }).map_err(ApiError::Invalid)?;
     let input_hash = provenance::hash_value(&input);
@@ -582,6 +581,9 @@ async fn list_executions(
     Tenant(tenant): Tenant,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
+    if let Some(dag_id) = query.get("dag_id") {
+        shared::ids::check_id(dag_id).map_err(|e| ApiError::BadRequest(format!("dag_id {e}")))?;
+    }
     let status = query.get("status").cloned();
     if let Some(s) = &status {
         if !STATUSES.contains(&s.as_str()) {
@@ -624,7 +626,8 @@ fn parse_since(text: &str) -> ApiResult<chrono::DateTime<chrono::Utc>> {
     let bad = || {
         ApiError::BadRequest(format!("since must be a duration like 24h, 30m, 7d or an RFC 3339 time, not {text:?}"))
     };
-    let (number, unit) = text.split_at(text.len().saturating_sub(1));
+    let unit_at = text.char_indices().last().map_or(0, |(i, _)| i);
+    let (number, unit) = text.split_at(unit_at);
     let n: i64 = number.parse().map_err(|_| bad())?;
     let seconds = match unit {
         "s" => n,
@@ -633,7 +636,9 @@ fn parse_since(text: &str) -> ApiResult<chrono::DateTime<chrono::Utc>> {
         "d" => n.checked_mul(86_400).ok_or_else(bad)?,
         _ => return Err(bad()),
     };
-    let delta = chrono::Duration::try_seconds(seconds).filter(|_| seconds >= 0).ok_or_else(bad)?;
+    // Within a century: PostgreSQL cannot hold times much further back.
+    let delta =
+        chrono::Duration::try_seconds(seconds).filter(|_| (0..=36_500 * 86_400).contains(&seconds)).ok_or_else(bad)?;
     chrono::Utc::now().checked_sub_signed(delta).ok_or_else(bad)
 }
 
@@ -735,6 +740,9 @@ fn etag(response: &mut Response, revision: i64) {
 }
 
 async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<crate::db::DagRow> {
+    if shared::ids::check_id(dag_id).is_err() {
+        return Err(ApiError::NotFound(format!("no DAG {dag_id:?}")));
+    }
     state.db.get_dag(tenant, dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))
 }
 
@@ -783,7 +791,9 @@ fn decode_text_cursor(cursor: &str) -> ApiResult<String> {
         .step_by(2)
         .map(|i| cursor.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
         .collect();
-    String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())
+    let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
+    shared::ids::check_id(&text).map_err(|_| bad())?;
+    Ok(text)
 }
 
 async fn import_dag(
@@ -900,7 +910,7 @@ async fn delete_dag(
     Tenant(tenant): Tenant,
     Path(dag_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if !state.db.delete_dag(&tenant, &dag_id).await? {
+    if shared::ids::check_id(&dag_id).is_err() || !state.db.delete_dag(&tenant, &dag_id).await? {
         return Err(ApiError::NotFound(format!("no DAG {dag_id:?}")));
     }
     Ok(Json(json!({"dag_id": dag_id, "message": "DAG deleted; past executions keep their pinned definition"})))

@@ -137,6 +137,10 @@ async fn gauges(db: Db, amqp: String, topology: Topology, metrics: Arc<Metrics>,
         metrics.db_pool_idle.with_label_values(&["orchestrator-service"]).set(i64::from(idle));
         if broker.as_ref().is_none_or(|b| !b.is_connected()) {
             broker = shared::amqp::Broker::connect(&amqp, "gauges", topology.clone()).await.ok();
+            if let Some(b) = &broker {
+                // Declared here too, so its depth can be read before any worker or task exists.
+                let _ = b.declare_pool("default").await;
+            }
         }
         if let Some(b) = &broker {
             for queue in [topology.task_queue("default"), topology.results_queue(), topology.dead_queue()] {

@@ -35,18 +35,22 @@ fn parameters(path: &str) -> Vec<Value> {
     let query = |name: &str, schema: Value| json!({"name": name, "in": "query", "required": false, "schema": schema});
     match path {
         "/executions" => {
-            out.push(query("dag_id", json!({"type": "string"})));
+            out.push(query("dag_id", json!({"type": "string", "pattern": ID_PATTERN})));
             out.push(query(
                 "status",
                 json!({"type": "string", "enum": ["pending", "queued", "running", "completed", "failed", "cancelled"]}),
             ));
-            out.push(query("since", json!({"type": "string", "description": "24h-style duration or RFC 3339"})));
+            out.push(query(
+                "since",
+                json!({"type": "string", "description": "24h-style duration or RFC 3339",
+                       "pattern": "^([0-9]{1,7}[smhd]|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|[+-][0-9]{2}:[0-9]{2}))$"}),
+            ));
             out.push(query("limit", json!({"type": "integer", "minimum": 1, "maximum": 500})));
-            out.push(query("cursor", json!({"type": "string"})));
+            out.push(query("cursor", json!({"type": "string", "pattern": "^[0-9a-f]+$"})));
         }
         "/dags" => {
             out.push(query("limit", json!({"type": "integer", "minimum": 1, "maximum": 500})));
-            out.push(query("cursor", json!({"type": "string"})));
+            out.push(query("cursor", json!({"type": "string", "pattern": "^[0-9a-f]+$"})));
         }
         _ => {}
     }
