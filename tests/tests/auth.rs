@@ -115,3 +115,40 @@ async fn the_openapi_document_lists_every_operation_and_its_errors() {
     assert_eq!(put["security"][0]["bearerAuth"][0], "orchestrator:dags:write");
     stack.shutdown().await;
 }
+
+/// A test-only Ed25519 key pair (generated with `openssl genpkey -algorithm ed25519`).
+const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIL0T6U7ffUF2Ce36GPKaB3Hg/6CCaHAJi7puEueYuJri\n-----END PRIVATE KEY-----\n";
+const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAg4/RSieZPg7k+IqD6YSpXibSXrdXbxVXaDlMqfgwpu0=\n-----END PUBLIC KEY-----\n";
+
+#[tokio::test]
+async fn eddsa_tokens_with_issuer_and_audience() {
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        settings: vec![
+            ("AUTH", "enabled".into()),
+            ("JWT_ALGORITHM", "EdDSA".into()),
+            ("JWT_PUBLIC_KEY", ED_PUBLIC.into()),
+            ("JWT_ISSUER", "https://id.greenlang.example".into()),
+            ("JWT_AUDIENCE", "orchestrator".into()),
+        ],
+        ..StackOptions::default()
+    })
+    .await;
+    let key = EncodingKey::from_ed_pem(ED_PRIVATE.as_bytes()).expect("key");
+    let exp = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).expect("clock").as_secs() + 600;
+    let sign = |claims: Value| encode(&Header::new(jsonwebtoken::Algorithm::EdDSA), &claims, &key).expect("sign");
+    let good = sign(
+        json!({"scope": "orchestrator:dags:read", "iss": "https://id.greenlang.example", "aud": "orchestrator", "exp": exp}),
+    );
+    let wrong_aud = sign(
+        json!({"scope": "orchestrator:dags:read", "iss": "https://id.greenlang.example", "aud": "other", "exp": exp}),
+    );
+    let no_exp =
+        sign(json!({"scope": "orchestrator:dags:read", "iss": "https://id.greenlang.example", "aud": "orchestrator"}));
+    let hs256 = token("orchestrator:admin", "default", 600);
+    assert_eq!(call(&stack, reqwest::Method::GET, "/dags", Some(&good), None).await.0, 200);
+    assert_eq!(call(&stack, reqwest::Method::GET, "/dags", Some(&wrong_aud), None).await.0, 401);
+    assert_eq!(call(&stack, reqwest::Method::GET, "/dags", Some(&no_exp), None).await.0, 401, "exp is required");
+    assert_eq!(call(&stack, reqwest::Method::GET, "/dags", Some(&hs256), None).await.0, 401, "the algorithm is pinned");
+    stack.shutdown().await;
+}
