@@ -12,6 +12,8 @@ export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/services.sh
 cargo fmt --all -- --check
+# Deployment manifests and alert rules (kubernetes-validate --strict, promtool).
+scripts/deploy-check.sh
 cargo test --workspace --locked
 # The live API against its own OpenAPI document (needs the binaries the tests just built).
 scripts/schemathesis.sh
