@@ -17,3 +17,5 @@ scripts/deploy-check.sh
 cargo test --workspace --locked
 # The live API against its own OpenAPI document (needs the binaries the tests just built).
 scripts/schemathesis.sh
+# The README's first command, as a new user runs it.
+scripts/demo.sh
