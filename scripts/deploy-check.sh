@@ -18,3 +18,7 @@ tests=(deploy/monitoring/tests/*.test.yaml)
 if [ ${#tests[@]} -gt 0 ]; then
   (cd deploy/monitoring && promtool test rules tests/*.test.yaml)
 fi
+# The PrometheusRule is generated from the plain rules file; the checker ties every metric and
+# label the rules and dashboards use to coordinator/src/metrics.rs.
+"$venv/bin/python" deploy/monitoring/tests/make_prometheusrule.py --check
+"$venv/bin/python" deploy/monitoring/tests/check_monitoring.py

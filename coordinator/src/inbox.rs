@@ -19,19 +19,13 @@ use crate::db::Db;
 const BATCH: usize = 256;
 
 /// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
-pub async fn run(db: Db, amqp_url: String, topology: Topology, name: String, mut stop: watch::Receiver<bool>) {
-    let mut delay = Duration::from_millis(100);
-    while !*stop.borrow() {
-        match session(&db, &amqp_url, &topology, &name, &mut stop).await {
-            Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, "result consumer lost RabbitMQ; reconnecting"),
-        }
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+pub async fn run(db: Db, amqp_url: String, topology: Topology, name: String, stop: watch::Receiver<bool>) {
+    shared::amqp::reconnecting("result consumer", stop.clone(), || {
+        let (db, url, topology, name, mut stop) =
+            (db.clone(), amqp_url.clone(), topology.clone(), name.clone(), stop.clone());
+        async move { session(&db, &url, &topology, &name, &mut stop).await }
+    })
+    .await;
 }
 
 async fn session(

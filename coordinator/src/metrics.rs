@@ -182,6 +182,21 @@ impl Metrics {
             ),
             registry: r,
         }
+        .with_zero_failure_series()
+    }
+
+    /// Creates the failure series at zero, so an alert's `increase()` sees the very first failure
+    /// after a restart (a labelled counter otherwise appears only at its first increment).
+    fn with_zero_failure_series(self) -> Self {
+        for (operation, status) in
+            [("save", "error"), ("verify", "failed"), ("verify", "ok"), ("load", "ok"), ("save", "ok")]
+        {
+            self.checkpoint_operations.with_label_values(&[operation, status]);
+        }
+        for result in ["valid", "invalid"] {
+            self.provenance_verifications.with_label_values(&[result]);
+        }
+        self
     }
 
     /// The Prometheus text exposition of every metric.

@@ -29,22 +29,18 @@ pub async fn run(
     topology: Topology,
     name: String,
     health: Arc<Health>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let mut delay = Duration::from_millis(100);
-    while !*stop.borrow() {
-        let result = session(&db, &amqp_url, &topology, &name, &health, &mut stop).await;
-        health.broker.store(false, Ordering::Relaxed);
-        match result {
-            Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, "outbox relay lost RabbitMQ; reconnecting"),
+    shared::amqp::reconnecting("outbox relay", stop.clone(), || {
+        let (db, url, topology, name) = (db.clone(), amqp_url.clone(), topology.clone(), name.clone());
+        let (health, mut stop) = (health.clone(), stop.clone());
+        async move {
+            let result = session(&db, &url, &topology, &name, &health, &mut stop).await;
+            health.broker.store(false, Ordering::Relaxed);
+            result
         }
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(delay) => {}
-        }
-        delay = (delay * 2).min(Duration::from_secs(5));
-    }
+    })
+    .await;
 }
 
 async fn session(

@@ -273,6 +273,31 @@ fn confirm(confirmation: Confirmation, exchange: &str, routing_key: &str) -> Res
     }
 }
 
+/// Runs `session` until it ends cleanly or `stop` turns true. After a failure it waits, with capped
+/// exponential backoff and jitter (so a fleet does not reconnect in lockstep), and runs it again.
+pub async fn reconnecting<F, Fut>(what: &str, mut stop: tokio::sync::watch::Receiver<bool>, mut session: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), BrokerError>>,
+{
+    let mut delay = std::time::Duration::from_millis(100);
+    while !*stop.borrow() {
+        match session().await {
+            Ok(()) => return,
+            Err(e) => tracing::warn!(error = %e, "{what} lost RabbitMQ; reconnecting"),
+        }
+        // Jitter from the clock's nanoseconds: between half and all of the delay.
+        let nanos =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
+        let pause = delay.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0);
+        tokio::select! {
+            _ = stop.changed() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
 /// The string headers of a delivery (trace context and the like).
 pub fn string_headers(properties: &BasicProperties) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();

@@ -88,5 +88,27 @@ async fn one_scrape_shows_all_twelve_metrics() {
     for (name, labels, want) in expectations {
         assert_eq!(get(name, &labels), Some(want), "{name} {labels:?}\n{text}");
     }
+
+    // Every metric the dashboards and alert rules use appears on the live endpoint.
+    let url = format!("http://{}/metrics", stack.coordinators[0].addr);
+    tests::eventually(WITHIN, "the gauges have been refreshed", || async {
+        let text = stack.http.get(&url).send().await.expect("scrape").text().await.unwrap_or_default();
+        text.contains("gl_orchestrator_queue_depth{") && text.contains("gl_db_pool_active_connections{")
+    })
+    .await;
+    let (status, _) = stack.call(reqwest::Method::GET, &format!("/executions/{flaky}/provenance"), None).await;
+    assert_eq!(status, 200);
+    let scrape = stack.http.get(&url).send().await.expect("scrape").text().await.expect("text");
+    let file = std::env::temp_dir().join(format!("gl-scrape-{}.txt", std::process::id()));
+    std::fs::write(&file, &scrape).expect("save the scrape");
+    let check = tokio::process::Command::new("python3")
+        .arg(tests::repo_root().join("deploy/monitoring/tests/metric_names.py"))
+        .arg("--check-against")
+        .arg(&file)
+        .output()
+        .await
+        .expect("python3 runs");
+    let missing = String::from_utf8_lossy(&check.stdout);
+    assert_eq!(check.status.code(), Some(0), "used by dashboards or rules but not emitted: {missing}");
     stack.shutdown().await;
 }

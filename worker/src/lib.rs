@@ -53,22 +53,8 @@ type Running = Arc<Mutex<HashMap<AttemptKey, Arc<Notify>>>>;
 pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let options = Arc::new(options);
-    let session_loop = async {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            match session(options.clone(), stop_rx.clone()).await {
-                Ok(()) => return,
-                Err(e) => {
-                    tracing::warn!(error = %e, worker_id = %options.worker_id, "broker session ended; reconnecting")
-                }
-            }
-            if *stop_rx.borrow() {
-                return;
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_secs(5));
-        }
-    };
+    let session_loop =
+        shared::amqp::reconnecting("worker", stop_rx.clone(), || session(options.clone(), stop_rx.clone()));
     tokio::pin!(session_loop);
     tokio::select! {
         () = &mut session_loop => {}
