@@ -313,6 +313,9 @@ async fn execute(
     let input_hash = provenance::hash_value(&input);
     let key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
     let key = key.transpose().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
+    if key.as_ref().is_some_and(|k| k.is_empty() || k.len() > 200) {
+        return Err(ApiError::BadRequest("Idempotency-Key must be 1 to 200 characters".into()));
+    }
     let request_hash =
         provenance::hash_value(&json!({"dag_id": dag_id, "input_data": input, "execution_options": options}));
     let created = state
@@ -656,6 +659,10 @@ fn decode_cursor(cursor: &str) -> ApiResult<(chrono::DateTime<chrono::Utc>, Uuid
     let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
     let (micros, id) = text.split_once(':').ok_or_else(bad)?;
     let at = chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    // A cursor this API wrote holds a submission time; anything outside years 1 to 9999 is not one.
+    if !(1..=9999).contains(&chrono::Datelike::year(&at)) {
+        return Err(bad());
+    }
     Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
 }
 

@@ -99,8 +99,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
     op("get", "/openapi.json", None, "This OpenAPI document", 200, &[], None),
 ];
 
-/// The scope an operation needs: `None` when the route is unknown, `Some(None)` when it is open.
-pub fn scope_for(method: &str, path: &str) -> Option<Option<&'static str>> {
+/// The scope an operation needs (`None`: open). `HEAD` is a `GET`; anything the table does not
+/// know needs the admin scope, so a route added without its entry fails closed.
+pub fn scope_for(method: &str, path: &str) -> Option<&'static str> {
     let path = path.strip_prefix("/api/v1/orchestrator").unwrap_or(path);
-    ENDPOINTS.iter().find(|e| e.method.eq_ignore_ascii_case(method) && e.path == path).map(|e| e.scope)
+    let method = if method.eq_ignore_ascii_case("head") { "get" } else { method };
+    ENDPOINTS
+        .iter()
+        .find(|e| e.method.eq_ignore_ascii_case(method) && e.path == path)
+        .map_or(Some(ADMIN_SCOPE), |e| e.scope)
 }

@@ -90,12 +90,44 @@ async fn record(db: &Db, deliveries: Vec<Delivery>, decode: fn(&Delivery) -> Opt
                 let _ = d.acker.ack(BasicAckOptions::default()).await;
             }
         }
-        Err(e) => {
-            tracing::warn!(error = %e, results = messages.len(), "recording results failed; they go back to the queue");
+        Err(e) if e.is_unavailable() => {
+            tracing::warn!(error = %e, results = messages.len(), "database unavailable; results go back to the queue");
             tokio::time::sleep(Duration::from_millis(200)).await;
             for d in good {
                 let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
             }
+        }
+        // One bad result must not hold the others back: record them one by one.
+        Err(_) => {
+            for (d, m) in good.into_iter().zip(messages) {
+                record_one(db, d, m).await;
+            }
+        }
+    }
+}
+
+/// Records one result; a result the database refuses becomes a failed attempt of type
+/// `invalid_result`, so its node ends cleanly instead of waiting for ever.
+async fn record_one(db: &Db, delivery: Delivery, mut message: ResultMessage) {
+    let stored = match db.record_results(std::slice::from_ref(&message)).await {
+        Ok(()) => Ok(()),
+        Err(e) if e.is_unavailable() => Err(e),
+        Err(e) => {
+            tracing::error!(error = %e, execution_id = %message.execution_id, node_id = %message.node_id,
+                attempt = message.attempt, "result refused by the database; recording it as invalid_result");
+            message.outcome = Outcome::Failed {
+                error: NodeError::new("invalid_result", "the worker's result could not be stored"),
+                retryable: false,
+            };
+            db.record_results(std::slice::from_ref(&message)).await
+        }
+    };
+    match stored {
+        Ok(()) => {
+            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+        }
+        Err(_) => {
+            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
         }
     }
 }

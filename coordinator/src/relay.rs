@@ -9,7 +9,7 @@ use std::collections::HashSet;
 use std::time::Duration;
 
 use futures_util::FutureExt;
-use shared::amqp::{Broker, BrokerError, Topology};
+use shared::amqp::{Broker, BrokerError, Outgoing, Topology};
 use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 
@@ -80,9 +80,15 @@ async fn session(
                 broker.declare_pool(&row.routing_key).await?;
             }
         }
-        let batch: Vec<_> = rows
+        let batch: Vec<Outgoing> = rows
             .iter()
-            .map(|r| (r.exchange.clone(), r.routing_key.clone(), r.body.clone(), r.headers.clone()))
+            .map(|r| Outgoing {
+                exchange: r.exchange.clone(),
+                routing_key: r.routing_key.clone(),
+                body: r.body.clone(),
+                headers: r.headers.clone(),
+                mandatory: r.exchange != topology.cancel_exchange(),
+            })
             .collect();
         broker.publish_batch(&batch).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();

@@ -373,7 +373,9 @@ fn advance(
 ) -> (Option<StepWrite>, Observed) {
     let now = now_ms();
     let dag = owned.exec.dag().clone();
-    let started = matches!(owned.exec.status(), ExecutionStatus::Pending | ExecutionStatus::Queued);
+    let waiting = matches!(owned.exec.status(), ExecutionStatus::Pending | ExecutionStatus::Queued);
+    // A cancel that arrives before the start wins: nothing is dispatched at all.
+    let started = waiting && !cancel;
     let mut observed = Observed { started, ..Observed::default() };
     let mut effects = if started { owned.exec.start(now) } else { Vec::new() };
     let mut timing: HashMap<NodeIndex, ResultMessage> = HashMap::new();
@@ -385,7 +387,7 @@ fn advance(
         };
         let applied = match r.kind {
             TaskKind::Run => owned.exec.record(v, r.attempt, r.outcome.clone(), now),
-            TaskKind::Compensate => owned.exec.record_compensation(v, r.outcome.clone(), now),
+            TaskKind::Compensate => owned.exec.record_compensation(v, r.attempt, r.outcome.clone(), now),
         };
         if let Ok(fx) = applied {
             effects.extend(fx);
@@ -402,7 +404,7 @@ fn advance(
     }
     effects.extend(owned.exec.tick(now));
     let changed = owned.exec.take_changed();
-    if !started && changed.is_empty() && effects.is_empty() && processed.is_empty() {
+    if !waiting && changed.is_empty() && effects.is_empty() && processed.is_empty() {
         return (None, observed);
     }
     for &v in &changed {

@@ -77,6 +77,18 @@ impl Topology {
     pub const RESULT_KEY: &'static str = "result";
 }
 
+/// A message to publish.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    pub exchange: String,
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub headers: BTreeMap<String, String>,
+    /// Refuse to count the message as sent unless a queue received it (tasks and results). A
+    /// cancel is a best-effort signal: with no worker connected nothing needs it.
+    pub mandatory: bool,
+}
+
 /// A connection with one confirm-mode channel for publishing.
 #[derive(Debug)]
 pub struct Broker {
@@ -177,21 +189,21 @@ impl Broker {
         body: &[u8],
         headers: &BTreeMap<String, String>,
     ) -> Result<(), BrokerError> {
-        let pending = self.start_publish(exchange, routing_key, body, headers).await?;
+        let pending = self.start_publish(exchange, routing_key, body, headers, true).await?;
         confirm(pending.await?, exchange, routing_key)
     }
 
-    /// Publishes many messages, then waits for all confirms; fails if any was not routed.
-    pub async fn publish_batch(
-        &self,
-        messages: &[(String, String, Vec<u8>, BTreeMap<String, String>)],
-    ) -> Result<(), BrokerError> {
+    /// Publishes many messages, then waits for all confirms; fails if any was refused, or, when
+    /// `mandatory`, not routed.
+    pub async fn publish_batch(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
         let mut pending = Vec::with_capacity(messages.len());
-        for (exchange, key, body, headers) in messages {
-            pending.push((self.start_publish(exchange, key, body, headers).await?, exchange, key));
+        for m in messages {
+            let confirmation =
+                self.start_publish(&m.exchange, &m.routing_key, &m.body, &m.headers, m.mandatory).await?;
+            pending.push((confirmation, m));
         }
-        for (confirmation, exchange, key) in pending {
-            confirm(confirmation.await?, exchange, key)?;
+        for (confirmation, m) in pending {
+            confirm(confirmation.await?, &m.exchange, &m.routing_key)?;
         }
         Ok(())
     }
@@ -202,6 +214,7 @@ impl Broker {
         routing_key: &str,
         body: &[u8],
         headers: &BTreeMap<String, String>,
+        mandatory: bool,
     ) -> Result<lapin::PublisherConfirm, BrokerError> {
         let mut table = FieldTable::default();
         for (k, v) in headers {
@@ -211,7 +224,7 @@ impl Broker {
             .with_delivery_mode(2)
             .with_content_type("application/json".into())
             .with_headers(table);
-        let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+        let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
         Ok(self.publisher.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?)
     }
 

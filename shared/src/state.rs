@@ -216,7 +216,8 @@ pub struct Execution {
     // Derived from the above; rebuilt by `restore`.
     position: Vec<u32>,
     waiting_on: Vec<u32>,
-    ready: BinaryHeap<Reverse<u32>>,
+    /// Ready nodes by (level under level barriers else 0, canonical position).
+    ready: BinaryHeap<Reverse<(u32, u32)>>,
     retries: BinaryHeap<Reverse<(u64, u32)>>,
     running: u32,
     /// Operator cap on nodes in flight (`GL_ORCHESTRATOR_MAX_PARALLEL_NODES`), over the DAG's own.
@@ -378,16 +379,18 @@ impl Execution {
         Ok(self.advance(now_ms))
     }
 
-    /// Applies how the compensation of `node` ended.
+    /// Applies how the compensation of `node` ended. A compensation carries the attempt number of
+    /// the run it undoes, so a compensation after a resume never collides with an earlier one.
     pub fn record_compensation(
         &mut self,
         node: NodeIndex,
+        attempt: u32,
         outcome: Outcome,
         now_ms: u64,
     ) -> Result<Vec<Effect>, Stale> {
-        let state = self.nodes.get_mut(node as usize).ok_or(Stale { node, attempt: 1 })?;
-        if state.compensation != Compensation::Running {
-            return Err(Stale { node, attempt: 1 });
+        let state = self.nodes.get_mut(node as usize).ok_or(Stale { node, attempt })?;
+        if state.compensation != Compensation::Running || state.attempt != attempt {
+            return Err(Stale { node, attempt });
         }
         state.compensation = match outcome {
             Outcome::Succeeded { .. } => Compensation::Completed,
@@ -500,7 +503,7 @@ impl Execution {
                         self.set_status(c, terminal);
                         work.push(c);
                     } else {
-                        self.ready.push(Reverse(self.position[c as usize]));
+                        self.push_ready(c);
                     }
                 }
             }
@@ -517,7 +520,7 @@ impl Execution {
                 }
                 self.finish_node(node, terminal);
             }
-            None => self.ready.push(Reverse(self.position[node as usize])),
+            None => self.push_ready(node),
         }
     }
 
@@ -563,11 +566,12 @@ impl Execution {
                 break;
             }
             self.retries.pop();
-            self.ready.push(Reverse(p));
+            let v = self.dag.order()[p as usize];
+            self.push_ready(v);
         }
         let limit = self.dag.max_parallel_nodes().min(self.parallel_cap);
         while self.halt.is_none() && self.running < limit {
-            let Some(&Reverse(p)) = self.ready.peek() else {
+            let Some(&Reverse((_, p))) = self.ready.peek() else {
                 break;
             };
             let v = self.dag.order()[p as usize];
@@ -581,6 +585,16 @@ impl Execution {
             self.finish_or_compensate(&mut effects);
         }
         effects
+    }
+
+    /// Queues a ready node. Under level barriers the lowest level comes first, so a node of an
+    /// open level is never stuck behind one of a level still closed.
+    fn push_ready(&mut self, node: NodeIndex) {
+        let level = match self.dag.scheduling() {
+            Scheduling::LevelBarrier => self.dag.node(node).level,
+            Scheduling::Dependency => 0,
+        };
+        self.ready.push(Reverse((level, self.position[node as usize])));
     }
 
     /// Under level barriers a node may start only once every lower level has finished.
@@ -693,7 +707,7 @@ impl Execution {
         });
         Some(Task {
             node,
-            attempt: 1,
+            attempt: self.nodes[node as usize].attempt,
             kind: TaskKind::Compensate,
             agent_id: handler,
             input,
@@ -720,8 +734,9 @@ pub fn resume(dag: &Dag, snapshot: &Snapshot, trusted: impl Fn(NodeIndex) -> boo
     let (mut skipped, mut remaining) = (Vec::new(), Vec::new());
     for &v in dag.order() {
         let state = &mut nodes[v as usize];
-        if state.status == NodeStatus::Completed && state.outputs.is_some() && trusted(v) {
-            state.compensation = Compensation::None;
+        // A node whose effects a compensation handler undid must run again.
+        let undone = state.compensation != Compensation::None;
+        if state.status == NodeStatus::Completed && state.outputs.is_some() && !undone && trusted(v) {
             skipped.push(v);
             continue;
         }

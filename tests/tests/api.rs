@@ -169,6 +169,8 @@ async fn executions_idempotency_and_the_kill_switch() {
     assert_eq!(first["execution_id"], again["execution_id"], "same key and body, same execution");
     let other = post("k-1", json!({"a": 2})).await.expect("post");
     assert_eq!(other.status().as_u16(), 409);
+    let long_key: &'static str = Box::leak("k".repeat(201).into_boxed_str());
+    assert_eq!(post(long_key, json!({})).await.expect("post").status().as_u16(), 400);
     let id = first["execution_id"].as_str().expect("id").to_owned();
     let e = stack.wait_finished(&id, std::time::Duration::from_secs(30)).await;
     assert_eq!(e["status"], "completed");

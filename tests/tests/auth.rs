@@ -46,6 +46,7 @@ async fn tokens_scopes_and_tenants() {
         let (status, _, _) = call(&stack, Method::GET, open, None, None).await;
         assert!(status == 200 || status == 503, "{open} is open: {status}");
     }
+    assert_eq!(call(&stack, Method::HEAD, "/dags", None, None).await.0, 401, "HEAD is a GET for authorisation");
     let (status, headers, body) = call(&stack, Method::GET, "/dags", None, None).await;
     assert_eq!(status, 401);
     assert!(headers.get("www-authenticate").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer")));

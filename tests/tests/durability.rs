@@ -42,9 +42,13 @@ async fn a_worker_killed_mid_node_loses_nothing() {
         .await
         .expect("probe connects");
     let queue = shared::amqp::Topology::new(&stack.prefix, 5).task_queue("default");
+    let db = stack.database().await;
+    // Published (the outbox is empty), and no longer ready in the queue: the only consumer has it.
     eventually(WITHIN, "the victim holds the task", || async {
         let running = stack.nodes(&id).await["s0"]["status"] == "running";
-        running && broker.queue_depth(&queue).await.is_ok_and(|d| d == 0)
+        let sent =
+            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&db).await.is_ok_and(|n| n == 0);
+        running && sent && broker.queue_depth(&queue).await.is_ok_and(|d| d == 0)
     })
     .await;
     first.kill().expect("kill -9 the worker");

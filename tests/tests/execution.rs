@@ -215,19 +215,22 @@ async fn cancelling_a_running_execution_stops_its_nodes() {
 
 #[tokio::test]
 async fn http_and_command_agents_run() {
-    let app = axum::Router::new().route(
-        "/score",
-        axum::routing::post(|axum::Json(call): axum::Json<Value>| async move {
-            let rows = call["input"]["_input"]["rows"].as_i64().unwrap_or(0);
-            axum::Json(json!({"score": rows * 2, "node": call["node_id"]}))
-        }),
-    );
+    let app = axum::Router::new()
+        .route(
+            "/score",
+            axum::routing::post(|axum::Json(call): axum::Json<Value>| async move {
+                let rows = call["input"]["_input"]["rows"].as_i64().unwrap_or(0);
+                axum::Json(json!({"score": rows * 2, "node": call["node_id"]}))
+            }),
+        )
+        .route("/nul", axum::routing::post(|| async { axum::Json(json!({"text": "a\u{0}b"})) }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
     let registry = Registry::default()
         .with("scorer", External::Http { url: format!("http://{addr}/score") })
         .with("missing", External::Http { url: format!("http://{addr}/nope") })
+        .with("nul", External::Http { url: format!("http://{addr}/nul") })
         .with("cat", External::Command { program: "/bin/sh".into(), args: vec!["-c".into(), "cat".into()] });
     let stack = Stack::start(StackOptions { registry, ..StackOptions::default() }).await;
     let dag = json!({"dag_id": "ext", "name": "e", "nodes": {
@@ -244,6 +247,12 @@ async fn http_and_command_agents_run() {
     assert_eq!(e["status"], "failed");
     assert_eq!(trace["x"]["error_type"], "HttpClientError");
     assert_eq!(trace["x"]["attempt_count"], 1, "a 4xx is not retried");
+    assert!(!trace["x"]["error"].as_str().unwrap_or("").contains("127.0.0.1"), "errors never show agent URLs");
+
+    let dag = json!({"dag_id": "extnul", "name": "e", "nodes": {"x": node("nul")}});
+    let (e, trace) = run(&stack, dag, json!({})).await;
+    assert_eq!(e["status"], "failed", "outputs PostgreSQL cannot store fail the node cleanly");
+    assert_eq!(trace["x"]["error_type"], "invalid_output");
     stack.shutdown().await;
     server.abort();
 }

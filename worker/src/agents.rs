@@ -112,7 +112,7 @@ impl Registry {
             "emission_factor" => emission_factor(call),
             "sum" => sum(call),
             other => match self.external.get(other) {
-                Some(External::Http { url }) => self.http(url, call).await,
+                Some(External::Http { url }) => self.http(other, url, call).await,
                 Some(External::Command { program, args }) => command(program, args, call).await,
                 None => Err(AgentError::new("agent_not_found", format!("no agent named {other:?}"), false)),
             },
@@ -125,23 +125,27 @@ impl Registry {
         }
     }
 
-    async fn http(&self, url: &str, call: &Call) -> Result<Value, AgentError> {
-        let response = self
-            .http
-            .post(url)
-            .json(call)
-            .send()
-            .await
-            .map_err(|e| AgentError::new("ConnectionError", format!("POST {url}: {e}"), true))?;
+    /// Errors name the agent, never its URL, which may carry credentials.
+    async fn http(&self, agent_id: &str, url: &str, call: &Call) -> Result<Value, AgentError> {
+        let response =
+            self.http.post(url).json(call).send().await.map_err(|e| {
+                AgentError::new("ConnectionError", format!("agent {agent_id}: {}", e.without_url()), true)
+            })?;
         let status = response.status();
-        let body = response.text().await.map_err(|e| AgentError::new("ConnectionError", e.to_string(), true))?;
+        let body = response
+            .text()
+            .await
+            .map_err(|e| AgentError::new("ConnectionError", format!("agent {agent_id}: {}", e.without_url()), true))?;
         if status.is_client_error() {
-            return Err(AgentError::new("HttpClientError", format!("{url} answered {status}: {}", clip(&body)), false));
+            let message = format!("agent {agent_id} answered {status}: {}", clip(&body));
+            return Err(AgentError::new("HttpClientError", message, false));
         }
         if !status.is_success() {
-            return Err(AgentError::new("HttpServerError", format!("{url} answered {status}: {}", clip(&body)), true));
+            let message = format!("agent {agent_id} answered {status}: {}", clip(&body));
+            return Err(AgentError::new("HttpServerError", message, true));
         }
-        serde_json::from_str(&body).map_err(|e| AgentError::new("invalid_output", format!("{url}: {e}"), false))
+        serde_json::from_str(&body)
+            .map_err(|e| AgentError::new("invalid_output", format!("agent {agent_id}: {e}"), false))
     }
 }
 

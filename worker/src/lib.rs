@@ -46,8 +46,18 @@ pub struct WorkerOptions {
 
 type AttemptKey = (String, String, u32);
 
-/// Attempts running now, so a cancel message can stop one.
-type Running = Arc<Mutex<HashMap<AttemptKey, Arc<Notify>>>>;
+/// Attempts running now (so a cancel message can stop one), and attempts cancelled before they
+/// arrived here (so they never start).
+#[derive(Debug, Default)]
+struct Attempts {
+    running: HashMap<AttemptKey, Arc<Notify>>,
+    cancelled_early: std::collections::HashSet<AttemptKey>,
+}
+
+type Running = Arc<Mutex<Attempts>>;
+
+/// Most early cancels remembered; older ones are forgotten (their tasks long gone).
+const EARLY_CANCELS: usize = 10_000;
 
 /// Runs until `shutdown` resolves, reconnecting (with backoff) whenever the broker goes away.
 pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
@@ -85,9 +95,11 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
             _ = stop.changed() => break Ok(()),
             next = streams.next() => match next {
                 Some(Ok(delivery)) => {
-                    let permit = permits.clone().acquire_owned().await;
-                    let (broker, options, running) = (broker.clone(), options.clone(), running.clone());
+                    // The permit is taken inside the task, so this loop keeps serving cancels and
+                    // the stop signal while every slot is busy (prefetch bounds what piles up).
+                    let (broker, options, running, permits) = (broker.clone(), options.clone(), running.clone(), permits.clone());
                     tokio::spawn(async move {
+                        let permit = permits.acquire_owned().await;
                         handle(&broker, &options, &running, delivery).await;
                         drop(permit);
                     });
@@ -98,8 +110,16 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
             cancel = cancels.next() => if let Some(Ok(delivery)) = cancel {
                 if let Ok(Message::Cancel(c)) = Message::from_bytes(&delivery.data) {
                     let key = (c.execution_id, c.node_id, c.attempt);
-                    if let Some(notify) = running.lock().ok().and_then(|r| r.get(&key).cloned()) {
-                        notify.notify_one();
+                    if let Ok(mut attempts) = running.lock() {
+                        match attempts.running.get(&key) {
+                            Some(notify) => notify.notify_one(),
+                            None => {
+                                if attempts.cancelled_early.len() >= EARLY_CANCELS {
+                                    attempts.cancelled_early.clear();
+                                }
+                                attempts.cancelled_early.insert(key);
+                            }
+                        }
                     }
                 }
                 let _ = delivery.acker.ack(BasicAckOptions::default()).await;
@@ -107,10 +127,13 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
         }
     };
     drop(streams);
-    // Stop taking work; let in-flight attempts finish within the grace period. Whatever is still
-    // unacknowledged when the connection closes goes back to the queue.
-    for (channel, _) in &consumers {
-        let _ = channel.close(200, "draining".into()).await;
+    // Stop taking work, but keep the channels open: closing one would hand its unacknowledged
+    // tasks back to the queue at once and another worker would run them again. In-flight
+    // attempts finish within the grace period; whatever is still unacknowledged when the
+    // connection closes goes back to the queue.
+    for ((channel, _), pool) in consumers.iter().zip(&options.pools) {
+        let tag = format!("{}-{pool}", options.worker_id);
+        let _ = channel.basic_cancel(tag.as_str().into(), lapin::options::BasicCancelOptions::default()).await;
     }
     let all = u32::try_from(options.concurrency).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(options.grace, permits.acquire_many(all)).await;
@@ -157,8 +180,15 @@ async fn handle(broker: &Broker, options: &WorkerOptions, running: &Running, del
 async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage, deliveries: u32) -> ResultMessage {
     let key = (task.execution_id.clone(), task.node_id.clone(), task.attempt);
     let cancel = Arc::new(Notify::new());
-    if let Ok(mut r) = running.lock() {
-        r.insert(key.clone(), cancel.clone());
+    let cancelled_early = match running.lock() {
+        Ok(mut attempts) => {
+            attempts.running.insert(key.clone(), cancel.clone());
+            attempts.cancelled_early.remove(&key)
+        }
+        Err(_) => false,
+    };
+    if cancelled_early {
+        cancel.notify_one();
     }
     let started_at = now_text();
     let clock = Instant::now();
@@ -188,9 +218,10 @@ async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage,
             retryable: false,
         },
     };
-    if let Ok(mut r) = running.lock() {
-        r.remove(&key);
+    if let Ok(mut attempts) = running.lock() {
+        attempts.running.remove(&key);
     }
+    let outcome = storable(outcome);
     options.metrics.in_flight.dec();
     let label = match &outcome {
         Outcome::Succeeded { .. } => "succeeded",
@@ -213,6 +244,41 @@ async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage,
         deliveries,
         outcome,
     }
+}
+
+/// PostgreSQL cannot store U+0000: outputs holding one fail the attempt (not retryable), and error
+/// texts lose it.
+fn storable(outcome: Outcome) -> Outcome {
+    match outcome {
+        Outcome::Succeeded { outputs } if has_nul(&outputs) => Outcome::Failed {
+            error: NodeError::new("invalid_output", "the outputs contain a NUL character (U+0000)"),
+            retryable: false,
+        },
+        Outcome::Failed { mut error, retryable } => {
+            error.message.retain(|c| c != '\0');
+            error.error_type.retain(|c| c != '\0');
+            Outcome::Failed { error, retryable }
+        }
+        ok => ok,
+    }
+}
+
+fn has_nul(value: &serde_json::Value) -> bool {
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::String(s) if s.contains('\0') => return true,
+            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Object(map) => {
+                if map.keys().any(|k| k.contains('\0')) {
+                    return true;
+                }
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    false
 }
 
 /// The wall clock as RFC 3339 UTC with microseconds (timing only; never in a content hash).

@@ -167,10 +167,11 @@ fn compensate_runs_handlers_in_reverse_canonical_order() {
     let Some(Effect::Dispatch(first)) = fx.first() else { panic!("compensation starts: {fx:?}") };
     assert_eq!((first.node, first.kind, first.agent_id.as_str()), (id(&d, "b"), TaskKind::Compensate, "undo_b"));
     assert_eq!(first.input, json!({"node_id": "b", "outputs": {"b": 1}, "failed_node": "c"}));
-    let fx = e.record_compensation(id(&d, "b"), ok(json!({})), 4).expect("ok");
+    assert_eq!(first.attempt, 1, "the compensation carries the attempt it undoes");
+    let fx = e.record_compensation(id(&d, "b"), 1, ok(json!({})), 4).expect("ok");
     let Some(Effect::Dispatch(second)) = fx.first() else { panic!("then a") };
     assert_eq!(second.agent_id, "undo_a");
-    let fx = e.record_compensation(id(&d, "a"), ok(json!({})), 5).expect("ok");
+    let fx = e.record_compensation(id(&d, "a"), 1, ok(json!({})), 5).expect("ok");
     assert_eq!(finished(&fx), Some(ExecutionStatus::Failed));
     assert_eq!(e.node_state(id(&d, "a")).compensation, Compensation::Completed);
     assert_eq!(status(&e, "d"), NodeStatus::UpstreamFailed);
@@ -306,6 +307,45 @@ fn resume_keeps_trusted_checkpoints_and_renews_the_retry_budget() {
     assert_eq!(dispatched(&fx), vec![(id(&d, "d"), 1)]);
 }
 
+#[test]
+fn level_barrier_never_stalls_behind_a_closed_level() {
+    // Order a, b, slow; b (level 1) must not block slow's retry (level 0) under the barrier.
+    let d = dag(json!({"name": "t", "scheduling": "level_barrier",
+        "default_retry_policy": {"max_retries": 2, "base_delay": 1, "jitter": false}, "nodes": {
+        "a": {"agent_id": "x"}, "slow": {"agent_id": "x"}, "b": {"agent_id": "x", "depends_on": ["a"]}}}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
+    e.start(0);
+    e.record(id(&d, "slow"), 1, err("X"), 1).expect("ok");
+    e.record(id(&d, "a"), 1, ok(json!({})), 2).expect("ok");
+    assert_eq!(dispatched(&e.tick(1001)), vec![(id(&d, "slow"), 2)], "the retry of level 0 goes first");
+    assert_eq!(dispatched(&e.record(id(&d, "slow"), 2, ok(json!({})), 1002).expect("ok")), vec![(id(&d, "b"), 1)]);
+    assert_eq!(finished(&e.record(id(&d, "b"), 1, ok(json!({})), 1003).expect("ok")), Some(ExecutionStatus::Completed));
+}
+
+#[test]
+fn compensated_nodes_run_again_on_resume_and_compensate_under_a_new_attempt() {
+    let d = dag(json!({"name": "t", "on_failure": "compensate", "default_retry_policy": {"max_retries": 0}, "nodes": {
+        "a": {"agent_id": "x", "compensation_handler": "undo"}, "b": {"agent_id": "x", "depends_on": ["a"]}}}));
+    let mut e = Execution::new(d.clone(), "e", json!({}));
+    e.start(0);
+    e.record(id(&d, "a"), 1, ok(json!({})), 1).expect("ok");
+    e.record(id(&d, "b"), 1, err("X"), 2).expect("ok");
+    e.record_compensation(id(&d, "a"), 1, ok(json!({})), 3).expect("compensated");
+    let r = resume(&d, &e.snapshot(), |_| true);
+    assert!(r.skipped.is_empty(), "a's effects were undone, so its checkpoint is not trusted");
+    let mut again = Execution::restore(d.clone(), "e", json!({}), r.snapshot);
+    again.start(10);
+    again.record(id(&d, "a"), 2, ok(json!({})), 11).expect("ok");
+    let fx = again.record(id(&d, "b"), 2, err("X"), 12).expect("ok");
+    let Some(Effect::Dispatch(task)) = fx.first() else { panic!("compensation again") };
+    assert_eq!((task.kind, task.attempt), (TaskKind::Compensate, 2));
+    assert_eq!(
+        again.record_compensation(id(&d, "a"), 1, ok(json!({})), 13),
+        Err(Stale { node: id(&d, "a"), attempt: 1 })
+    );
+    assert!(again.record_compensation(id(&d, "a"), 2, ok(json!({})), 13).is_ok());
+}
+
 // ---- model-based property test ----
 
 #[derive(Debug, Clone)]
@@ -398,7 +438,7 @@ proptest! {
                     let outcome = if success { ok(json!({"from": task.node})) } else { err("AgentError") };
                     let result = match task.kind {
                         TaskKind::Run => e.record(task.node, task.attempt, outcome, now),
-                        TaskKind::Compensate => e.record_compensation(task.node, outcome, now),
+                        TaskKind::Compensate => e.record_compensation(task.node, task.attempt, outcome, now),
                     };
                     match result {
                         Ok(fx) => {
