@@ -177,12 +177,15 @@ async fn prometheus_text(State(state): State<AppState>) -> Response {
 
 /// Counts each validation error by type, then turns the report into a 422.
 fn invalid(state: &AppState, report: ValidationReport) -> ApiError {
-    for e in &report.errors {
-        let kind =
-            serde_json::to_value(e.error_type).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default();
-        state.metrics.dag_validation_errors.with_label_values(&[&kind]).inc();
-    }
+    count_validation_errors(state, &report);
     ApiError::Invalid(report)
+}
+
+fn count_validation_errors(state: &AppState, report: &ValidationReport) {
+    for e in &report.errors {
+        let kind = serde_json::to_value(e.error_type).ok().and_then(|v| v.as_str().map(str::to_owned));
+        state.metrics.dag_validation_errors.with_label_values(&[&kind.unwrap_or_default()]).inc();
+    }
 }
 
 /// Each dependency's state, every check bounded so the answer comes within 100 ms even when a
@@ -307,9 +310,7 @@ async fn execute(
         }
         None => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    let row = stored_dag(&state, &tenant, &dag_id).await?;
-    let spec = DagSpec::from_value(row.definition).map_err(|e| ApiError::Internal(e.to_string()))?;
-    let dag = compile(spec, &Limits { max_nodes: usize::MAX }).map_err(ApiError::Invalid)?;
+    let dag = compiled(&stored_dag(&state, &tenant, &dag_id).await?)?;
     let input_hash = provenance::hash_value(&input);
     let key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
     let key = key.transpose().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
@@ -430,8 +431,7 @@ async fn cancel(State(state): State<AppState>, Tenant(tenant): Tenant, Path(id):
 async fn pinned_dag(db: &Db, dag_hash: &str) -> ApiResult<shared::dag::Dag> {
     let definition =
         db.definition(dag_hash).await?.ok_or_else(|| ApiError::Internal("pinned definition missing".into()))?;
-    let spec = DagSpec::from_value(definition).map_err(|err| ApiError::Internal(err.to_string()))?;
-    compile(spec, &Limits { max_nodes: usize::MAX }).map_err(|r| ApiError::Internal(format!("{:?}", r.errors)))
+    shared::dag::compile_stored(definition, Some(dag_hash)).map_err(ApiError::Internal)
 }
 
 async fn provenance_of(
@@ -593,14 +593,7 @@ async fn list_executions(
             return Err(ApiError::BadRequest(format!("status must be one of {}", STATUSES.join(", "))));
         }
     }
-    let limit = match query.get("limit") {
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=500).contains(l))
-            .ok_or_else(|| ApiError::BadRequest("limit must be 1 to 500".into()))?,
-        None => 50,
-    };
+    let limit = page_limit(&query)?;
     let since = query.get("since").map(|s| parse_since(s)).transpose()?;
     let after = query.get("cursor").map(|c| decode_cursor(c)).transpose()?;
     let filter =
@@ -646,24 +639,50 @@ fn parse_since(text: &str) -> ApiResult<chrono::DateTime<chrono::Utc>> {
 }
 
 /// An opaque cursor: hex of `<microseconds>:<uuid>`.
-fn encode_cursor(at: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
-    format!("{}:{id}", at.timestamp_micros()).bytes().map(|b| format!("{b:02x}")).collect()
+/// `limit` of a list: 1 to 500, 50 when absent.
+fn page_limit(query: &std::collections::HashMap<String, String>) -> ApiResult<i64> {
+    match query.get("limit") {
+        None => Ok(50),
+        Some(l) => l
+            .parse::<i64>()
+            .ok()
+            .filter(|l| (1..=500).contains(l))
+            .ok_or_else(|| ApiError::BadRequest("limit must be 1 to 500".into())),
+    }
 }
 
-fn decode_cursor(cursor: &str) -> ApiResult<(chrono::DateTime<chrono::Utc>, Uuid)> {
-    let bad = || ApiError::BadRequest("cursor is not one this API returned".into());
+/// Cursors are opaque to clients: the hex of a short text only this API writes.
+fn encode_text_cursor(text: &str) -> String {
+    text.bytes().map(|b| format!("{b:02x}")).collect()
+}
+
+fn decode_text(cursor: &str) -> ApiResult<String> {
     let bytes: Option<Vec<u8>> = (0..cursor.len())
         .step_by(2)
         .map(|i| cursor.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
         .collect();
-    let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
-    let (micros, id) = text.split_once(':').ok_or_else(bad)?;
-    let at = chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad())?).ok_or_else(bad)?;
+    bytes.and_then(|b| String::from_utf8(b).ok()).ok_or_else(bad_cursor)
+}
+
+fn bad_cursor() -> ApiError {
+    ApiError::BadRequest("cursor is not one this API returned".into())
+}
+
+/// The execution list's cursor: `<microseconds>:<uuid>` of the last item.
+fn encode_cursor(at: chrono::DateTime<chrono::Utc>, id: Uuid) -> String {
+    encode_text_cursor(&format!("{}:{id}", at.timestamp_micros()))
+}
+
+fn decode_cursor(cursor: &str) -> ApiResult<(chrono::DateTime<chrono::Utc>, Uuid)> {
+    let text = decode_text(cursor)?;
+    let (micros, id) = text.split_once(':').ok_or_else(bad_cursor)?;
+    let at =
+        chrono::DateTime::from_timestamp_micros(micros.parse().map_err(|_| bad_cursor())?).ok_or_else(bad_cursor)?;
     // A cursor this API wrote holds a submission time; anything outside years 1 to 9999 is not one.
     if !(1..=9999).contains(&chrono::Datelike::year(&at)) {
-        return Err(bad());
+        return Err(bad_cursor());
     }
-    Ok((at, Uuid::parse_str(id).map_err(|_| bad())?))
+    Ok((at, Uuid::parse_str(id).map_err(|_| bad_cursor())?))
 }
 
 /// Turns the framework's own error responses (unknown route, wrong method, body too large,
@@ -754,8 +773,7 @@ async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<c
 }
 
 fn compiled(row: &crate::db::DagRow) -> ApiResult<shared::dag::Dag> {
-    let spec = DagSpec::from_value(row.definition.clone()).map_err(|e| ApiError::Internal(e.to_string()))?;
-    compile(spec, &Limits { max_nodes: usize::MAX }).map_err(|r| ApiError::Internal(format!("{:?}", r.errors)))
+    shared::dag::compile_stored(row.definition.clone(), Some(&row.dag_hash)).map_err(ApiError::Internal)
 }
 
 async fn list_dags(
@@ -763,20 +781,14 @@ async fn list_dags(
     Tenant(tenant): Tenant,
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
-    let limit = match query.get("limit") {
-        Some(l) => l
-            .parse::<i64>()
-            .ok()
-            .filter(|l| (1..=500).contains(l))
-            .ok_or_else(|| ApiError::BadRequest("limit must be 1 to 500".into()))?,
-        None => 50,
-    };
+    let limit = page_limit(&query)?;
     let after = match query.get("cursor") {
         Some(c) => Some(decode_text_cursor(c)?),
         None => None,
     };
     let rows = state.db.list_dags(&tenant, after.as_deref(), limit).await?;
-    let next_cursor = (rows.len() as i64 == limit).then(|| rows.last().map(|r| hex_text(&r.dag_id))).flatten();
+    let next_cursor =
+        (rows.len() as i64 == limit).then(|| rows.last().map(|r| encode_text_cursor(&r.dag_id))).flatten();
     let items: Vec<Value> = rows
         .iter()
         .map(|r| {
@@ -788,18 +800,10 @@ async fn list_dags(
     Ok(Json(json!({"count": items.len(), "items": items, "next_cursor": next_cursor})))
 }
 
-fn hex_text(text: &str) -> String {
-    text.bytes().map(|b| format!("{b:02x}")).collect()
-}
-
+/// The DAG list's cursor: the id of the last item.
 fn decode_text_cursor(cursor: &str) -> ApiResult<String> {
-    let bad = || ApiError::BadRequest("cursor is not one this API returned".into());
-    let bytes: Option<Vec<u8>> = (0..cursor.len())
-        .step_by(2)
-        .map(|i| cursor.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
-        .collect();
-    let text = String::from_utf8(bytes.ok_or_else(bad)?).map_err(|_| bad())?;
-    shared::ids::check_id(&text).map_err(|_| bad())?;
+    let text = decode_text(cursor)?;
+    shared::ids::check_id(&text).map_err(|_| bad_cursor())?;
     Ok(text)
 }
 
@@ -933,10 +937,7 @@ async fn validate_dag(
     let report = match compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }) {
         Ok(dag) => dag.report(),
         Err(report) => {
-            for e in &report.errors {
-                let kind = serde_json::to_value(e.error_type).ok().and_then(|v| v.as_str().map(str::to_owned));
-                state.metrics.dag_validation_errors.with_label_values(&[&kind.unwrap_or_default()]).inc();
-            }
+            count_validation_errors(&state, &report);
             report
         }
     };

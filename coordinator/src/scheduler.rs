@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use shared::amqp::Topology;
 use shared::canonical::ContentHash;
-use shared::dag::{Dag, DagSpec, Limits, NodeIndex, compile};
+use shared::dag::{Dag, NodeIndex, compile_stored};
 use shared::messages::{CancelMessage, Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
 use shared::provenance::{self, Timing};
 use shared::state::{
@@ -267,13 +267,7 @@ impl Scheduler {
         }
         let definition =
             self.db.definition(hash).await?.ok_or_else(|| DbError::Corrupt(format!("definition {hash} missing")))?;
-        let spec = DagSpec::from_value(definition).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        let dag = compile(spec, &Limits { max_nodes: usize::MAX })
-            .map_err(|r| DbError::Corrupt(format!("pinned definition {hash} no longer compiles: {:?}", r.errors)))?;
-        if dag.hash().as_str() != hash {
-            return Err(DbError::Corrupt(format!("definition {hash} hashes to {}", dag.hash())));
-        }
-        let dag = Arc::new(dag);
+        let dag = Arc::new(compile_stored(definition, Some(hash)).map_err(DbError::Corrupt)?);
         self.dags.insert(hash.to_owned(), dag.clone());
         Ok(dag)
     }

@@ -466,6 +466,21 @@ fn finish(
     })
 }
 
+/// Compiles a definition this system stored itself (a pinned one, or a stored DAG's): no node
+/// limit applies (it passed the limit when it was stored), and when `expected_hash` is given the
+/// result must hash to it, or the stored copy was altered.
+pub fn compile_stored(definition: serde_json::Value, expected_hash: Option<&str>) -> Result<Dag, String> {
+    let spec = DagSpec::from_value(definition).map_err(|e| e.to_string())?;
+    let dag = compile(spec, &Limits { max_nodes: usize::MAX })
+        .map_err(|r| format!("the stored definition no longer compiles: {:?}", r.errors))?;
+    match expected_hash {
+        Some(hash) if dag.hash().as_str() != hash => {
+            Err(format!("the stored definition {hash} hashes to {}", dag.hash()))
+        }
+        _ => Ok(dag),
+    }
+}
+
 /// SHA-256 of the canonical JSON of a definition.
 ///
 /// Turning a `DagSpec` into JSON cannot fail: every map has string keys and every number is a
