@@ -58,9 +58,12 @@ CREATE TABLE dag_executions (
     lease_owner     TEXT,
     lease_epoch     BIGINT NOT NULL DEFAULT 0,
     lease_expires_at TIMESTAMPTZ,
+    -- Order in which executions were granted a concurrency slot (first start only).
+    slot_seq        BIGINT,
     updated_at      TIMESTAMPTZ NOT NULL DEFAULT now(),
     CHECK (completed_nodes + failed_nodes + skipped_nodes <= total_nodes)
 );
+CREATE SEQUENCE dag_executions_slot_seq;
 CREATE UNIQUE INDEX dag_executions_idempotency ON dag_executions (tenant_id, idempotency_key)
     WHERE idempotency_key IS NOT NULL;
 CREATE INDEX dag_executions_claimable ON dag_executions (submitted_at)

@@ -65,6 +65,7 @@ impl Coordinator {
             topology: topology.clone(),
             parallel_cap: settings.max_parallel_nodes,
             max_owned: settings.max_concurrent_executions as usize,
+            max_concurrent: settings.max_concurrent_executions,
             metrics: metrics.clone(),
         };
         let health = Arc::new(Health::default());

@@ -295,6 +295,9 @@ pub struct NewExecution<'a> {
     pub idempotency: Option<(&'a str, &'a str)>,
 }
 
+/// Advisory-lock key that serialises the decision of which waiting executions start.
+const SLOT_LOCK: i64 = 0x676c_736c_6f74; // "glslot"
+
 /// Notification channel: an attempt result arrived (payload: execution id).
 pub const INBOX_CHANNEL: &str = "gl_orchestrator_inbox";
 /// Notification channel: outbox rows were written.
@@ -695,27 +698,97 @@ impl Db {
             .collect()
     }
 
-    /// Takes over up to `limit` executions that no live lease holds, oldest (then highest
-    /// priority) first. Each claim bumps the lease epoch, fencing off the previous holder.
-    pub async fn claim(&self, owner: &str, ttl: Duration, limit: i64) -> Result<Vec<Lease>, DbError> {
-        let rows: Vec<(Uuid, i64)> = sqlx::query_as(
-            "UPDATE dag_executions e
-             SET lease_owner = $1, lease_epoch = e.lease_epoch + 1,
+    /// Takes over up to `room` executions that no live lease holds, bumping each lease epoch
+    /// (the fencing token that makes the previous holder's writes fail).
+    ///
+    /// Executions already started are taken over first: they hold a slot already. Waiting ones
+    /// start in submission order (then by priority) only while the cluster-wide limit
+    /// (`max_concurrent`) and their DAG's own `max_concurrent_executions` leave a slot free; the
+    /// rest are marked `queued`. Slot decisions are serialised by a transaction-scoped advisory
+    /// lock, so replicas deciding at once cannot exceed the limit.
+    pub async fn claim(
+        &self,
+        owner: &str,
+        ttl: Duration,
+        room: i64,
+        max_concurrent: i64,
+    ) -> Result<Vec<Lease>, DbError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SLOT_LOCK).execute(&mut *tx).await?;
+        let mut leases: Vec<(Uuid, i64)> = sqlx::query_as(
+            "UPDATE dag_executions e SET lease_owner = $1, lease_epoch = e.lease_epoch + 1,
                  lease_expires_at = now() + make_interval(secs => $2)
              WHERE e.execution_id IN (
                  SELECT execution_id FROM dag_executions
-                 WHERE status IN ('pending', 'queued', 'running')
-                   AND (lease_expires_at IS NULL OR lease_expires_at < now())
-                 ORDER BY submitted_at, priority DESC
-                 LIMIT $3 FOR UPDATE SKIP LOCKED)
+                 WHERE status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < now())
+                 ORDER BY submitted_at LIMIT $3 FOR UPDATE SKIP LOCKED)
              RETURNING e.execution_id, e.lease_epoch",
         )
         .bind(owner)
         .bind(ttl.as_secs_f64())
-        .bind(limit)
-        .fetch_all(&self.pool)
+        .bind(room)
+        .fetch_all(&mut *tx)
         .await?;
-        Ok(rows.into_iter().map(|(execution_id, epoch)| Lease { execution_id, epoch }).collect())
+        let room = room - leases.len() as i64;
+        // Slots in use: started executions, and waiting ones some replica has just claimed.
+        let active: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT tenant_id, dag_id, count(*) FROM dag_executions
+             WHERE status = 'running' OR (status IN ('pending', 'queued') AND lease_expires_at > now())
+             GROUP BY tenant_id, dag_id",
+        )
+        .fetch_all(&mut *tx)
+        .await?;
+        let mut per_dag: HashMap<(String, String), i64> =
+            active.into_iter().map(|(tenant, dag, n)| ((tenant, dag), n)).collect();
+        let mut free = max_concurrent - per_dag.values().sum::<i64>();
+        if room > 0 && free > 0 {
+            let waiting: Vec<(Uuid, String, String, Option<i64>)> = sqlx::query_as(
+                "SELECT e.execution_id, e.tenant_id, e.dag_id, (d.definition->>'max_concurrent_executions')::bigint
+                 FROM dag_executions e JOIN dag_definitions d USING (dag_hash)
+                 WHERE e.status IN ('pending', 'queued') AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now())
+                 ORDER BY e.submitted_at, e.priority DESC, e.execution_id
+                 LIMIT 1000 FOR UPDATE OF e SKIP LOCKED",
+            )
+            .fetch_all(&mut *tx)
+            .await?;
+            let mut chosen = Vec::new();
+            for (id, tenant, dag, dag_limit) in waiting {
+                if chosen.len() as i64 >= room || free <= 0 {
+                    break;
+                }
+                let running = per_dag.entry((tenant, dag)).or_insert(0);
+                if dag_limit.is_some_and(|limit| *running >= limit) {
+                    continue;
+                }
+                *running += 1;
+                free -= 1;
+                chosen.push(id);
+            }
+            // One at a time, so slot numbers follow the order of the grant.
+            for id in chosen {
+                let started: (Uuid, i64) = sqlx::query_as(
+                    "UPDATE dag_executions SET lease_owner = $1, lease_epoch = lease_epoch + 1,
+                         lease_expires_at = now() + make_interval(secs => $2),
+                         slot_seq = COALESCE(slot_seq, nextval('dag_executions_slot_seq'))
+                     WHERE execution_id = $3 RETURNING execution_id, lease_epoch",
+                )
+                .bind(owner)
+                .bind(ttl.as_secs_f64())
+                .bind(id)
+                .fetch_one(&mut *tx)
+                .await?;
+                leases.push(started);
+            }
+        }
+        // Whatever still waits, waits for a slot.
+        sqlx::query(
+            "UPDATE dag_executions SET status = 'queued', updated_at = now()
+             WHERE status = 'pending' AND (lease_expires_at IS NULL OR lease_expires_at < now())",
+        )
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(leases.into_iter().map(|(execution_id, epoch)| Lease { execution_id, epoch }).collect())
     }
 
     /// Extends the leases still held (same owner and epoch, not expired); returns those.

@@ -39,6 +39,8 @@ pub struct SchedulerOptions {
     pub parallel_cap: u32,
     /// Most executions one replica drives at once.
     pub max_owned: usize,
+    /// `GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS`: running executions in the whole cluster.
+    pub max_concurrent: u32,
     pub metrics: Arc<Metrics>,
 }
 
@@ -149,7 +151,8 @@ impl Scheduler {
         if room == 0 {
             return;
         }
-        let leases = match self.db.claim(&self.options.owner, self.options.lease_ttl, room as i64).await {
+        let max = i64::from(self.options.max_concurrent);
+        let leases = match self.db.claim(&self.options.owner, self.options.lease_ttl, room as i64, max).await {
             Ok(leases) => leases,
             Err(e) => return tracing::warn!(error = %e, "claiming executions failed"),
         };

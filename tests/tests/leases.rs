@@ -32,10 +32,10 @@ async fn a_stale_epoch_cannot_write() {
         .expect("create");
     let Created::New(id) = created else { panic!("new execution expected") };
 
-    let first = db.claim("replica-a", Duration::from_millis(300), 10).await.expect("claim");
+    let first = db.claim("replica-a", Duration::from_millis(300), 10, 50).await.expect("claim");
     assert_eq!(first.len(), 1);
     assert!(
-        db.claim("replica-b", Duration::from_secs(30), 10).await.expect("claim").is_empty(),
+        db.claim("replica-b", Duration::from_secs(30), 10, 50).await.expect("claim").is_empty(),
         "a live lease is not taken"
     );
 
@@ -43,7 +43,7 @@ async fn a_stale_epoch_cannot_write() {
     eventually(Duration::from_secs(10), "replica-b takes the expired lease", || {
         let (db, taken) = (db.clone(), taken.clone());
         async move {
-            let got = db.claim("replica-b", Duration::from_secs(30), 10).await.expect("claim");
+            let got = db.claim("replica-b", Duration::from_secs(30), 10, 50).await.expect("claim");
             let done = !got.is_empty();
             taken.lock().expect("lock").extend(got);
             done
