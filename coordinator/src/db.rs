@@ -12,6 +12,7 @@
 //! and writes nothing when it fails.
 
 use std::collections::HashMap;
+use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::Value;
@@ -305,11 +306,17 @@ pub const OUTBOX_CHANNEL: &str = "gl_orchestrator_outbox";
 
 impl Db {
     pub async fn connect(settings: &Settings) -> Result<Self, DbError> {
+        // Our transactions last milliseconds. A process paused or hung inside one (SIGSTOP, a
+        // stalled node) would otherwise hold its row locks for ever and block the replica that
+        // takes its leases over: the server ends such a session after a few seconds instead.
+        let options = sqlx::postgres::PgConnectOptions::from_str(settings.database_url.expose())?
+            .options([("idle_in_transaction_session_timeout", "3000")])
+            .application_name("greenlang-orchestrator");
         let pool = PgPoolOptions::new()
             .max_connections(settings.db_max_connections())
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(3))
-            .connect(settings.database_url.expose())
+            .connect_with(options)
             .await?;
         Ok(Self { pool })
     }

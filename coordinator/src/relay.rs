@@ -20,7 +20,8 @@ use crate::app::Health;
 use crate::db::{self, Db};
 
 const BATCH: i64 = 500;
-const CLAIM: Duration = Duration::from_secs(30);
+/// How long a relay may hold outbox rows before another one sends them (publishing takes ms).
+const CLAIM: Duration = Duration::from_secs(10);
 
 /// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
 pub async fn run(

@@ -114,7 +114,7 @@ impl Broker {
     /// Connects and declares the shared part of the topology (idempotent).
     pub async fn connect(url: &str, connection_name: &str, topology: Topology) -> Result<Self, BrokerError> {
         let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = Connection::connect(url, properties).await?;
+        let connection = Connection::connect(&with_heartbeat(url), properties).await?;
         let publisher = connection.create_channel().await?;
         publisher.confirm_select(ConfirmSelectOptions::default()).await?;
         let broker = Self { connection, publisher, topology };
@@ -274,6 +274,19 @@ impl Broker {
     pub async fn close(&self) {
         let _ = self.connection.close(200, "bye".into()).await;
     }
+}
+
+/// Seconds between AMQP heartbeats unless the URL sets its own. The broker gives up on a peer
+/// after two missed heartbeats and returns its unacknowledged messages to the queue, so this
+/// bounds how long a paused or hung process can sit on messages (the broker default is 60 s).
+const HEARTBEAT_SECONDS: u32 = 5;
+
+fn with_heartbeat(url: &str) -> String {
+    if url.contains("heartbeat=") {
+        return url.to_owned();
+    }
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}heartbeat={HEARTBEAT_SECONDS}")
 }
 
 fn confirm(confirmation: Confirmation, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {

@@ -262,3 +262,37 @@ async fn the_runbook_lists_running_executions() {
     assert_eq!(status, 400);
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_paused_coordinator_cannot_write_under_its_expired_lease() {
+    let mut stack = Stack::start(StackOptions { coordinators: 0, ..StackOptions::default() }).await;
+    let (mut paused, base) = stack.spawn_coordinator(COORDINATOR);
+    stack.use_api(&base);
+    stack.wait_api(WITHIN).await;
+    stack.create_dag(chain("paused", 4, 400)).await;
+    let id = stack.execute("paused", json!({})).await;
+    stack.wait_for(&id, WITHIN, |e| e["completed_nodes"].as_i64().is_some_and(|n| n >= 1)).await;
+    let pid = paused.id().to_string();
+    let signal = |sig: &str| std::process::Command::new("kill").args([sig, &pid]).status().expect("kill runs");
+    assert!(signal("-STOP").success());
+    // Another replica takes over once the lease expires, and finishes the execution.
+    stack.add_coordinator("successor").await;
+    stack.use_api(&format!("http://{}/api/v1/orchestrator", stack.coordinators[0].addr));
+    let e = stack.wait_finished(&id, WITHIN).await;
+    assert_eq!(e["status"], "completed", "{e}");
+    // Resumed, the paused replica holds only a stale epoch: nothing it writes lands.
+    assert!(signal("-CONT").success());
+    tokio::time::sleep(Duration::from_millis(1500)).await; // let it try
+    let db = stack.database().await;
+    let owner: Option<String> = sqlx::query_scalar("SELECT lease_owner FROM dag_executions WHERE execution_id = $1")
+        .bind(uuid::Uuid::parse_str(&id).expect("uuid"))
+        .fetch_one(&db)
+        .await
+        .expect("owner");
+    assert_eq!(owner.as_deref(), Some("successor"));
+    assert_eq!(stack.execution(&id).await["status"], "completed", "the stale replica changed nothing");
+    assert_each_node_ran_once(&stack, &id).await;
+    paused.kill().ok();
+    let _ = paused.wait();
+    stack.shutdown().await;
+}
