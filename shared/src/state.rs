@@ -222,6 +222,8 @@ pub struct Execution {
     running: u32,
     /// Operator cap on nodes in flight (`GL_ORCHESTRATOR_MAX_PARALLEL_NODES`), over the DAG's own.
     parallel_cap: u32,
+    /// When cancel signals go out again (in memory only: after a restore they go out at once).
+    cancel_again_ms: Option<u64>,
     unfinished_per_level: Vec<u32>,
     changed: BTreeSet<NodeIndex>,
 }
@@ -255,6 +257,7 @@ impl Execution {
             retries: BinaryHeap::new(),
             running: 0,
             parallel_cap: u32::MAX,
+            cancel_again_ms: None,
             unfinished_per_level: vec![0; levels],
             changed: BTreeSet::new(),
         };
@@ -332,7 +335,19 @@ impl Execution {
 
     /// When the next retry is due, if one is waiting.
     pub fn next_wake_ms(&self) -> Option<u64> {
-        self.retries.peek().map(|Reverse((at, _))| *at)
+        let retry = self.retries.peek().map(|Reverse((at, _))| *at);
+        let cancel = self.cancel_again_ms.filter(|_| self.running > 0);
+        retry.into_iter().chain(cancel).min()
+    }
+
+    /// Cancel signals are best effort (a worker may not have received the task yet, or may have
+    /// been disconnected), so they are sent again every 2 s until the attempts have ended.
+    fn cancel_signals(&mut self, now_ms: u64) -> Vec<Effect> {
+        self.cancel_again_ms = Some(now_ms.saturating_add(CANCEL_RESEND_MS));
+        (0..self.dag.len() as NodeIndex)
+            .filter(|&v| self.nodes[v as usize].status == NodeStatus::Running)
+            .map(|v| Effect::CancelRunning { node: v, attempt: self.nodes[v as usize].attempt })
+            .collect()
     }
 
     /// Starts a pending or queued execution.
@@ -409,10 +424,7 @@ impl Execution {
         // A pending or queued execution is cancelled through the same path: it "runs" with
         // nothing to dispatch and finishes at once.
         self.status = ExecutionStatus::Running;
-        let mut effects: Vec<Effect> = (0..self.dag.len() as NodeIndex)
-            .filter(|&v| self.nodes[v as usize].status == NodeStatus::Running)
-            .map(|v| Effect::CancelRunning { node: v, attempt: self.nodes[v as usize].attempt })
-            .collect();
+        let mut effects = self.cancel_signals(now_ms);
         self.halt_with(Halt::Cancel, None);
         effects.extend(self.advance(now_ms));
         effects
@@ -568,6 +580,9 @@ impl Execution {
             self.retries.pop();
             let v = self.dag.order()[p as usize];
             self.push_ready(v);
+        }
+        if self.halt == Some(Halt::Cancel) && self.running > 0 && self.cancel_again_ms.is_none_or(|at| at <= now_ms) {
+            effects.extend(self.cancel_signals(now_ms));
         }
         let limit = self.dag.max_parallel_nodes().min(self.parallel_cap);
         while self.halt.is_none() && self.running < limit {
@@ -745,6 +760,9 @@ pub fn resume(dag: &Dag, snapshot: &Snapshot, trusted: impl Fn(NodeIndex) -> boo
     }
     Resumed { snapshot: Snapshot { status: ExecutionStatus::Pending, halt: None, nodes }, skipped, remaining }
 }
+
+/// Interval between repeated cancel signals.
+const CANCEL_RESEND_MS: u64 = 2_000;
 
 fn timeout_ms(seconds: f64) -> u64 {
     (seconds * 1000.0).ceil().clamp(1.0, 86_400_000.0) as u64

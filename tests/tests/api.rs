@@ -186,11 +186,39 @@ async fn executions_idempotency_and_the_kill_switch() {
     let (status, _) =
         stack.call(Method::POST, "/dags/dag-linear-3-node/execute", Some(json!({"input_data": {"s": "\u{0}"}}))).await;
     assert_eq!(status, 400);
-    for path in ["/executions/not-a-uuid", "/executions/01a21fb4-9622-70ea-9ba4-092666970783"] {
-        let (status, body) = stack.call(Method::GET, path, None).await;
-        assert_eq!(status, 404);
+    let unknown = "01a21fb4-9622-70ea-9ba4-092666970783";
+    for path in [
+        "/executions/not-a-uuid".to_owned(),
+        format!("/executions/{unknown}"),
+        format!("/executions/{unknown}/trace"),
+        format!("/executions/{unknown}/provenance"),
+        format!("/checkpoints/{unknown}"),
+    ] {
+        let (status, body) = stack.call(Method::GET, &path, None).await;
+        assert_eq!(status, 404, "{path}");
         problem(404, &body, "not-found");
     }
+    for (method, path) in [
+        (Method::POST, format!("/executions/{unknown}/cancel")),
+        (Method::POST, format!("/executions/{unknown}/resume")),
+        (Method::DELETE, format!("/checkpoints/{unknown}")),
+        (Method::POST, "/dags/nope/validate".to_owned()),
+        (Method::GET, "/dags/nope/export".to_owned()),
+        (Method::GET, "/dags/nope/visualize".to_owned()),
+    ] {
+        let (status, _) = stack.call(method.clone(), &path, None).await;
+        assert_eq!(status, 404, "{method} {path}");
+    }
+    // Checkpoints of a running execution cannot be deleted.
+    stack
+        .create_dag(
+            json!({"dag_id": "busy", "name": "b", "nodes": {"wait": {"agent_id": "sleep", "params": {"ms": 3000}}}}),
+        )
+        .await;
+    let busy = stack.execute("busy", json!({})).await;
+    let (status, body) = stack.call(Method::DELETE, &format!("/checkpoints/{busy}"), None).await;
+    assert_eq!(status, 409, "{body}");
+    problem(409, &body, "conflict");
     let (status, body) = stack.call(Method::GET, "/metrics", None).await;
     assert_eq!(status, 200);
     for field in [

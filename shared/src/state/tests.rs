@@ -246,6 +246,9 @@ fn cancel_stops_running_nodes_and_cancels_the_rest() {
     let fx = e.cancel(1);
     assert_eq!(fx.iter().filter(|x| matches!(x, Effect::CancelRunning { .. })).count(), 2);
     assert_eq!(status(&e, "c"), NodeStatus::Cancelled);
+    assert_eq!(e.next_wake_ms(), Some(2001), "signals go out again until the attempts end");
+    let again = e.tick(2001);
+    assert_eq!(again.iter().filter(|x| matches!(x, Effect::CancelRunning { .. })).count(), 2);
     e.record(id(&d, "a"), 1, err("cancelled"), 2).expect("ok");
     assert_eq!(status(&e, "a"), NodeStatus::Cancelled);
     let fx = e.record(id(&d, "b"), 1, ok(json!({})), 3).expect("a finished node stays finished");
