@@ -1,0 +1,97 @@
+//! # loadtest
+//!
+//! Load scenarios that drive a running orchestrator (embedded or distributed) through its REST
+//! API only. So far: [`chain`], the per-step overhead of a line of no-op nodes. The other
+//! scenarios of the load-test issue (fan-out, concurrent, memory, validate, shapes, the Celery
+//! peer) are not written yet.
+
+pub mod chain;
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A scenario could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("HTTP: {0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Api(String),
+}
+
+/// A small client of the orchestrator API.
+#[derive(Debug, Clone)]
+pub struct Client {
+    base: String,
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Client {
+    /// `base` is the API root, for example `http://127.0.0.1:8080/api/v1/orchestrator`.
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Self { base: base.trim_end_matches('/').to_owned(), http: reqwest::Client::new(), token }
+    }
+
+    pub async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(u16, Value), LoadError> {
+        let mut request = self.http.request(method, format!("{}{path}", self.base));
+        if let Some(token) = &self.token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let response = request.send().await?;
+        let status = response.status().as_u16();
+        let text = response.text().await?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    /// Waits until the execution is finished, polling with a deadline.
+    pub async fn wait_finished(&self, id: &str, within: Duration) -> Result<Value, LoadError> {
+        let deadline = Instant::now() + within;
+        loop {
+            let (_, body) = self.call(reqwest::Method::GET, &format!("/executions/{id}"), None).await?;
+            let status = body["execution"]["status"].as_str().unwrap_or("");
+            if matches!(status, "completed" | "failed" | "cancelled") {
+                return Ok(body["execution"].clone());
+            }
+            if Instant::now() > deadline {
+                return Err(LoadError::Api(format!("execution {id} did not finish within {within:?}")));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+/// The p-th percentile (0..=100) of `values`, by nearest rank; `None` when empty.
+pub fn percentile(values: &[f64], p: f64) -> Option<f64> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * sorted.len() as f64).ceil().max(1.0) as usize;
+    sorted.get(rank.min(sorted.len()) - 1).copied()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        assert_eq!(percentile(&v, 50.0), Some(50.0));
+        assert_eq!(percentile(&v, 99.0), Some(99.0));
+        assert_eq!(percentile(&v, 100.0), Some(100.0));
+        assert_eq!(percentile(&[3.0], 99.0), Some(3.0));
+        assert_eq!(percentile(&[], 50.0), None);
+    }
+}

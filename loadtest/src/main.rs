@@ -1,0 +1,44 @@
+//! The `loadtest` binary: one subcommand per scenario; results as JSON on stdout.
+
+use clap::{Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(name = "loadtest", about = "Load scenarios for GreenLang Orchestrator (through the REST API)")]
+struct Cli {
+    /// API root of the orchestrator under test.
+    #[arg(long, default_value = "http://127.0.0.1:8080/api/v1/orchestrator")]
+    base: String,
+    /// Bearer token, when the server requires one.
+    #[arg(long, env = "GL_ORCHESTRATOR_TOKEN")]
+    token: Option<String>,
+    #[command(subcommand)]
+    scenario: Scenario,
+}
+
+#[derive(Debug, Subcommand)]
+enum Scenario {
+    /// A chain of no-op nodes: per-step overhead and dependency-to-start latency.
+    Chain {
+        #[arg(long, default_value_t = 40)]
+        steps: usize,
+    },
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let client = loadtest::Client::new(&cli.base, cli.token);
+    let result = match cli.scenario {
+        Scenario::Chain { steps } => loadtest::chain::run(&client, steps.max(2)).await.map(|r| r.to_json()),
+    };
+    match result {
+        Ok(json) => {
+            println!("{json:#}");
+            std::process::ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("loadtest: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
