@@ -1137,6 +1137,12 @@ impl Db {
         }
         let done =
             sqlx::query("DELETE FROM dag_checkpoints WHERE execution_id = $1").bind(id).execute(&mut *tx).await?;
+        // A resume that read these checkpoints before the delete must not go ahead: bumping the
+        // epoch makes its compare-and-set fail.
+        sqlx::query("UPDATE dag_executions SET lease_epoch = lease_epoch + 1 WHERE execution_id = $1")
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(Some(done.rows_affected()))
     }

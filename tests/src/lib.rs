@@ -201,7 +201,7 @@ impl Stack {
     pub fn add_worker(&mut self, id: &str) {
         let settings = self.settings();
         let options = WorkerOptions {
-            amqp_url: AMQP.into(),
+            amqp_url: shared::config::Secret::new(AMQP),
             topology: Topology::new(&self.prefix, settings.delivery_limit),
             pools: vec!["default".into()],
             concurrency: self.options.worker_concurrency,

@@ -45,7 +45,7 @@ pub fn main() -> ExitCode {
         }
     };
     let options = WorkerOptions {
-        amqp_url: settings.amqp_url.expose().to_owned(),
+        amqp_url: settings.amqp_url.clone(),
         topology: Topology::new(&settings.queue_prefix, settings.delivery_limit),
         pools: settings.worker_queues.clone(),
         concurrency: settings.worker_concurrency,

@@ -32,7 +32,7 @@ use agents::{Call, Registry};
 /// How a worker is set up.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    pub amqp_url: String,
+    pub amqp_url: shared::config::Secret,
     pub topology: Topology,
     /// The node `queue`s (worker pools) to consume.
     pub pools: Vec<String>,
@@ -77,7 +77,8 @@ pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
 
 /// One connection's life: consume until stopped or until the connection fails.
 async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -> Result<(), BrokerError> {
-    let broker = Arc::new(Broker::connect(&options.amqp_url, &options.worker_id, options.topology.clone()).await?);
+    let broker =
+        Arc::new(Broker::connect(options.amqp_url.expose(), &options.worker_id, options.topology.clone()).await?);
     let permits = Arc::new(Semaphore::new(options.concurrency as usize));
     let running: Running = Arc::default();
     let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
