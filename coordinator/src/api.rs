@@ -264,9 +264,7 @@ async fn get_dag(
     Path(dag_id): Path<String>,
 ) -> ApiResult<Response> {
     let row = stored_dag(&state, &tenant, &dag_id).await?;
-    let mut response = Json(json!({"dag": dag_json(&row)})).into_response();
-    etag(&mut response, row.revision);
-    Ok(response)
+    Ok(with_etag(StatusCode::OK, json!({"dag": dag_json(&row)}), row.revision))
 }
 
 async fn execute(
@@ -754,22 +752,27 @@ fn accept_dag(state: &AppState, spec: Result<DagSpec, shared::dag::ParseError>) 
 async fn store_new(state: &AppState, tenant: &str, dag: shared::dag::Dag, message: &str) -> ApiResult<Response> {
     let row = state.db.insert_dag(tenant, &dag).await?;
     let body = json!({"dag": dag_json(&row), "message": message, "warnings": dag.warnings()});
-    let mut response = (StatusCode::CREATED, Json(body)).into_response();
-    etag(&mut response, row.revision);
-    Ok(response)
+    Ok(with_etag(StatusCode::CREATED, body, row.revision))
 }
 
-fn etag(response: &mut Response, revision: i64) {
+/// A JSON response carrying the DAG revision as its `ETag` (the `If-Match` of the next update).
+fn with_etag(status: StatusCode, body: Value, revision: i64) -> Response {
+    let mut response = (status, Json(body)).into_response();
     if let Ok(v) = header::HeaderValue::from_str(&format!("\"{revision}\"")) {
         response.headers_mut().insert(header::ETAG, v);
     }
+    response
+}
+
+fn no_dag(dag_id: &str) -> ApiError {
+    ApiError::NotFound(format!("no DAG {dag_id:?}"))
 }
 
 async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<crate::db::DagRow> {
     if shared::ids::check_id(dag_id).is_err() {
-        return Err(ApiError::NotFound(format!("no DAG {dag_id:?}")));
+        return Err(no_dag(dag_id));
     }
-    state.db.get_dag(tenant, dag_id).await?.ok_or_else(|| ApiError::NotFound(format!("no DAG {dag_id:?}")))
+    state.db.get_dag(tenant, dag_id).await?.ok_or_else(|| no_dag(dag_id))
 }
 
 fn compiled(row: &crate::db::DagRow) -> ApiResult<shared::dag::Dag> {
@@ -905,15 +908,13 @@ async fn update_dag(
     let dag = accept_dag(&state, DagSpec::from_value(merged))?;
     let updated = match state.db.update_dag(&tenant, &dag, Some(row.revision)).await? {
         crate::db::UpdateOutcome::Updated(row) => row,
-        crate::db::UpdateOutcome::NotFound => return Err(ApiError::NotFound(format!("no DAG {dag_id:?}"))),
+        crate::db::UpdateOutcome::NotFound => return Err(no_dag(&dag_id)),
         crate::db::UpdateOutcome::RevisionMismatch(now) => {
             return Err(ApiError::PreconditionFailed(format!("the DAG changed meanwhile (revision {now})")));
         }
     };
     let body = json!({"dag": dag_json(&updated), "message": "DAG updated", "warnings": dag.warnings()});
-    let mut response = Json(body).into_response();
-    etag(&mut response, updated.revision);
-    Ok(response)
+    Ok(with_etag(StatusCode::OK, body, updated.revision))
 }
 
 async fn delete_dag(
@@ -922,7 +923,7 @@ async fn delete_dag(
     Path(dag_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     if shared::ids::check_id(&dag_id).is_err() || !state.db.delete_dag(&tenant, &dag_id).await? {
-        return Err(ApiError::NotFound(format!("no DAG {dag_id:?}")));
+        return Err(no_dag(&dag_id));
     }
     Ok(Json(json!({"dag_id": dag_id, "message": "DAG deleted; past executions keep their pinned definition"})))
 }
