@@ -27,6 +27,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub health: Arc<crate::app::Health>,
     pub verifier: crate::auth::Verifier,
+    /// Execution locks and the DAG cache (optional: every use falls back to PostgreSQL).
+    pub redis: Arc<crate::redis::Redis>,
 }
 
 const SERVICE: &str = "greenlang-orchestrator";
@@ -308,7 +310,6 @@ async fn execute(
         }
         None => chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
     };
-    let dag = compiled(&stored_dag(&state, &tenant, &dag_id).await?)?;
     let input_hash = provenance::hash_value(&input);
     let key = headers.get("idempotency-key").map(|v| v.to_str().map(str::to_owned));
     let key = key.transpose().map_err(|_| ApiError::BadRequest("Idempotency-Key must be visible ASCII".into()))?;
@@ -317,27 +318,35 @@ async fn execute(
     }
     let request_hash =
         provenance::hash_value(&json!({"dag_id": dag_id, "input_data": input, "execution_options": options}));
-    let created = state
-        .db
-        .create_execution(NewExecution {
-            tenant: &tenant,
-            dag_id: &dag_id,
-            dag: &dag,
-            input: &input,
-            input_hash: input_hash.as_str(),
-            options: &options,
-            priority,
-            clock: &clock,
-            idempotency: key.as_deref().map(|k| (k, request_hash.as_str())),
-        })
-        .await
-        .map_err(|e| match e {
-            DbError::Conflict(what) => ApiError::Conflict(what),
-            e => e.into(),
-        })?;
-    let (id, message) = match created {
-        Created::New(id) => (id, "Execution accepted"),
-        Created::Existing(id) => (id, "Execution already accepted for this Idempotency-Key"),
+    // A cached definition may be stale; the database refuses it and the second pass reads it fresh.
+    let mut row = stored_dag(&state, &tenant, &dag_id).await?;
+    let (id, message) = loop {
+        let created = state
+            .db
+            .create_execution(NewExecution {
+                tenant: &tenant,
+                dag_id: &dag_id,
+                dag: &compiled(&row)?,
+                input: &input,
+                input_hash: input_hash.as_str(),
+                options: &options,
+                priority,
+                clock: &clock,
+                idempotency: key.as_deref().map(|k| (k, request_hash.as_str())),
+            })
+            .await
+            .map_err(|e| match e {
+                DbError::Conflict(what) => ApiError::Conflict(what),
+                e => e.into(),
+            })?;
+        match created {
+            Created::New(id) => break (id, "Execution accepted"),
+            Created::Existing(id) => break (id, "Execution already accepted for this Idempotency-Key"),
+            Created::DagChanged => {
+                state.redis.forget_dag(&tenant, &dag_id).await;
+                row = state.db.get_dag(&tenant, &dag_id).await?.ok_or_else(|| no_dag(&dag_id))?;
+            }
+        }
     };
     let body = json!({"execution_id": id, "dag_id": dag_id, "status": "pending", "message": message});
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
@@ -751,6 +760,7 @@ fn accept_dag(state: &AppState, spec: Result<DagSpec, shared::dag::ParseError>) 
 
 async fn store_new(state: &AppState, tenant: &str, dag: shared::dag::Dag, message: &str) -> ApiResult<Response> {
     let row = state.db.insert_dag(tenant, &dag).await?;
+    state.redis.forget_dag(tenant, &row.dag_id).await;
     let body = json!({"dag": dag_json(&row), "message": message, "warnings": dag.warnings()});
     Ok(with_etag(StatusCode::CREATED, body, row.revision))
 }
@@ -768,11 +778,17 @@ fn no_dag(dag_id: &str) -> ApiError {
     ApiError::NotFound(format!("no DAG {dag_id:?}"))
 }
 
+/// A stored DAG, from the Redis cache when it has it (and then cached).
 async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<crate::db::DagRow> {
     if shared::ids::check_id(dag_id).is_err() {
         return Err(no_dag(dag_id));
     }
-    state.db.get_dag(tenant, dag_id).await?.ok_or_else(|| no_dag(dag_id))
+    if let Some(row) = state.redis.cached_dag(tenant, dag_id).await {
+        return Ok(row);
+    }
+    let row = state.db.get_dag(tenant, dag_id).await?.ok_or_else(|| no_dag(dag_id))?;
+    state.redis.cache_dag(tenant, &row).await;
+    Ok(row)
 }
 
 fn compiled(row: &crate::db::DagRow) -> ApiResult<shared::dag::Dag> {
@@ -898,7 +914,8 @@ async fn update_dag(
     let expected = if_match(&headers)?;
     let text = json_body(&headers, &body)?;
     let patch: Value = serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
-    let row = stored_dag(&state, &tenant, &dag_id).await?;
+    // Fresh from the database, never the cache: the revision decides If-Match.
+    let row = state.db.get_dag(&tenant, &dag_id).await?.ok_or_else(|| no_dag(&dag_id))?;
     if let Some(expected) = expected {
         if expected != row.revision {
             return Err(ApiError::PreconditionFailed(format!("revision is {}, not {expected}", row.revision)));
@@ -906,7 +923,9 @@ async fn update_dag(
     }
     let merged = merge_update(&row.definition, &patch, &dag_id)?;
     let dag = accept_dag(&state, DagSpec::from_value(merged))?;
-    let updated = match state.db.update_dag(&tenant, &dag, Some(row.revision)).await? {
+    let outcome = state.db.update_dag(&tenant, &dag, Some(row.revision)).await?;
+    state.redis.forget_dag(&tenant, &dag_id).await;
+    let updated = match outcome {
         crate::db::UpdateOutcome::Updated(row) => row,
         crate::db::UpdateOutcome::NotFound => return Err(no_dag(&dag_id)),
         crate::db::UpdateOutcome::RevisionMismatch(now) => {
@@ -925,6 +944,7 @@ async fn delete_dag(
     if shared::ids::check_id(&dag_id).is_err() || !state.db.delete_dag(&tenant, &dag_id).await? {
         return Err(no_dag(&dag_id));
     }
+    state.redis.forget_dag(&tenant, &dag_id).await;
     Ok(Json(json!({"dag_id": dag_id, "message": "DAG deleted; past executions keep their pinned definition"})))
 }
 

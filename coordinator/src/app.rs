@@ -30,6 +30,8 @@ pub enum StartError {
     Db(#[from] DbError),
     #[error("authentication: {0}")]
     Auth(String),
+    #[error(transparent)]
+    Redis(#[from] crate::locks::LockError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
 }
@@ -58,7 +60,10 @@ impl Coordinator {
         let topology = Topology::new(&settings.queue_prefix, settings.delivery_limit);
         let amqp = settings.amqp_url.expose().to_owned();
         let metrics = Arc::new(Metrics::new());
+        // Until Redis first answers, the PostgreSQL lease alone fences the work.
         metrics.lock_backend.with_label_values(&["postgres"]).set(1);
+        metrics.lock_backend.with_label_values(&["redis"]).set(0);
+        let redis = Arc::new(crate::redis::Redis::connect(settings.redis_url.expose(), &settings.redis_prefix)?);
         let options = SchedulerOptions {
             owner: name.to_owned(),
             lease_ttl: Duration::from_secs(u64::from(settings.lease_ttl_seconds)),
@@ -67,6 +72,7 @@ impl Coordinator {
             max_owned: settings.max_concurrent_executions as usize,
             max_concurrent: settings.max_concurrent_executions,
             metrics: metrics.clone(),
+            locks: redis.clone(),
         };
         let health = Arc::new(Health::default());
         let verifier = crate::auth::Verifier::from_settings(&settings).map_err(StartError::Auth)?;
@@ -76,6 +82,7 @@ impl Coordinator {
             metrics: metrics.clone(),
             health: health.clone(),
             verifier,
+            redis,
         };
         let app = api::router(state);
         let mut http_stop = stop_rx.clone();

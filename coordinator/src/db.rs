@@ -32,6 +32,7 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 #[derive(Debug, Clone)]
 pub struct Db {
     pool: PgPool,
+    options: sqlx::postgres::PgConnectOptions,
 }
 
 /// A database operation failed.
@@ -55,7 +56,7 @@ impl DbError {
 }
 
 /// A stored DAG.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct DagRow {
     pub dag_id: String,
     pub dag_hash: String,
@@ -279,6 +280,9 @@ pub enum Created {
     New(Uuid),
     /// The same idempotency key and body were seen before.
     Existing(Uuid),
+    /// The DAG is no longer the definition the caller read (it changed or was deleted since,
+    /// e.g. a stale cache entry); nothing was written.
+    DagChanged,
 }
 
 /// A new execution.
@@ -316,9 +320,18 @@ impl Db {
             .max_connections(settings.db_max_connections())
             .min_connections(0)
             .acquire_timeout(Duration::from_secs(3))
-            .connect_with(options)
+            .connect_with(options.clone())
             .await?;
-        Ok(Self { pool })
+        Ok(Self { pool, options })
+    }
+
+    /// A `LISTEN` on `channel` over a connection of its own: a listener holds its connection for
+    /// ever, so taking it from the pool would shrink what `DB_POOL_SIZE` promises to requests.
+    pub async fn listen(&self, channel: &str) -> Result<sqlx::postgres::PgListener, DbError> {
+        let own = PgPoolOptions::new().max_connections(1).connect_with(self.options.clone()).await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
+        listener.listen(channel).await?;
+        Ok(listener)
     }
 
     pub fn pool(&self) -> &PgPool {
@@ -553,8 +566,18 @@ impl Db {
                 };
             }
         }
-        let id = Uuid::now_v7();
         let dag = new.dag;
+        // Pin only what the DAG is now; the share lock keeps it so until this commits.
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT dag_hash FROM dag_workflows WHERE tenant_id = $1 AND dag_id = $2 FOR SHARE")
+                .bind(new.tenant)
+                .bind(new.dag_id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if current.as_deref() != Some(dag.hash().as_str()) {
+            return Ok(Created::DagChanged);
+        }
+        let id = Uuid::now_v7();
         let inserted = sqlx::query(
             "INSERT INTO dag_executions (execution_id, tenant_id, dag_id, dag_hash, input_data, input_hash, options,
                                          priority, clock, idempotency_key, request_hash, total_nodes)

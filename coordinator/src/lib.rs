@@ -11,6 +11,8 @@
 //! - [`endpoints`]: the table of operations (scopes, answers); [`auth`] and [`openapi`] read it.
 //! - [`db`]: persistence; every SQL statement.
 //! - [`scheduler`]: leases and the per-execution driver.
+//! - [`locks`]: the execution-lock trait and its in-process twin; [`redis`]: the Redis adapter
+//!   (locks and the DAG cache).
 //! - [`relay`]: the outbox relay (confirmed publishing).
 //! - [`inbox`]: the result consumer.
 //! - [`metrics`]: the Prometheus metrics.
@@ -22,7 +24,9 @@ pub mod cli;
 pub mod db;
 pub mod endpoints;
 pub mod inbox;
+pub mod locks;
 pub mod metrics;
 pub mod openapi;
+pub mod redis;
 pub mod relay;
 pub mod scheduler;

@@ -62,7 +62,7 @@ async fn session(
             return Ok(());
         }
         if listener.is_none() {
-            listener = listen(db).await;
+            listener = db.listen(db::OUTBOX_CHANNEL).await.ok();
         }
         let rows = match db.claim_outbox(BATCH, CLAIM).await {
             Ok(rows) => rows,
@@ -98,12 +98,6 @@ async fn session(
             tracing::warn!(error = %e, "deleting sent outbox rows failed");
         }
     }
-}
-
-async fn listen(db: &Db) -> Option<PgListener> {
-    let mut listener = PgListener::connect_with(db.pool()).await.ok()?;
-    listener.listen(db::OUTBOX_CHANNEL).await.ok()?;
-    Some(listener)
 }
 
 /// Waits for a notification, a stop, or a short poll interval; drains queued notifications.

@@ -26,6 +26,7 @@ use tokio::sync::watch;
 use uuid::Uuid;
 
 use crate::db::{self, Db, DbError, ExecutionRow, Lease, NodeUpdate, OutboxMessage, StepWrite};
+use crate::locks::{Fence, Locks};
 use crate::metrics::Metrics;
 
 /// How a scheduler is set up.
@@ -42,6 +43,8 @@ pub struct SchedulerOptions {
     /// `GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS`: running executions in the whole cluster.
     pub max_concurrent: u32,
     pub metrics: Arc<Metrics>,
+    /// The second fence beside the PostgreSQL lease (Redis in production).
+    pub locks: Arc<dyn Locks>,
 }
 
 /// An execution this replica holds the lease of.
@@ -71,7 +74,7 @@ pub async fn run(db: Db, options: SchedulerOptions, mut stop: watch::Receiver<bo
     }
     loop {
         if listener.is_none() {
-            listener = listen(&db).await;
+            listener = db.listen(db::INBOX_CHANNEL).await.ok();
         }
         let wake = scheduler.next_wake();
         tokio::select! {
@@ -89,18 +92,15 @@ pub async fn run(db: Db, options: SchedulerOptions, mut stop: watch::Receiver<bo
             () = sleep_until_ms(wake) => scheduler.wake_due().await,
         }
     }
+    for id in scheduler.owned.keys().copied().collect::<Vec<_>>() {
+        scheduler.forget(id);
+    }
     match db.release_all(&scheduler.options.owner).await {
         Ok(n) => {
             tracing::info!(owner = %scheduler.options.owner, released = n, "leases handed back")
         }
         Err(e) => tracing::warn!(error = %e, "could not hand leases back; they will expire"),
     }
-}
-
-async fn listen(db: &Db) -> Option<PgListener> {
-    let mut listener = PgListener::connect_with(db.pool()).await.ok()?;
-    listener.listen(db::INBOX_CHANNEL).await.ok()?;
-    Some(listener)
 }
 
 /// The next execution id notified; `None` when the listener broke.
@@ -157,6 +157,9 @@ impl Scheduler {
             Err(e) => return tracing::warn!(error = %e, "claiming executions failed"),
         };
         for lease in leases {
+            if !self.lock(lease).await {
+                continue;
+            }
             match self.load(lease).await {
                 Ok(owned) => {
                     tracing::info!(execution_id = %lease.execution_id, epoch = lease.epoch, "execution leased");
@@ -172,22 +175,65 @@ impl Scheduler {
 
     async fn renew(&mut self) {
         if self.owned.is_empty() {
+            // Nothing to renew: still find out whether the lock backend answers, for the gauge.
+            let answered = self.options.locks.holder(Uuid::nil()).await.is_ok();
+            self.backend_answered(answered);
             return;
         }
         let leases: Vec<Lease> = self.owned.values().map(|o| o.lease).collect();
-        match self.db.renew(&self.options.owner, &leases, self.options.lease_ttl).await {
-            Ok(held) => {
-                let held: HashSet<Uuid> = held.iter().map(|l| l.execution_id).collect();
-                self.owned.retain(|id, _| {
-                    let keep = held.contains(id);
-                    if !keep {
-                        tracing::warn!(execution_id = %id, "lease lost; forgetting the execution");
-                    }
-                    keep
-                });
+        let held = match self.db.renew(&self.options.owner, &leases, self.options.lease_ttl).await {
+            Ok(held) => held,
+            Err(e) => return tracing::warn!(error = %e, "renewing leases failed"),
+        };
+        let live: HashSet<Uuid> = held.iter().map(|l| l.execution_id).collect();
+        for lease in leases {
+            if !live.contains(&lease.execution_id) {
+                tracing::warn!(execution_id = %lease.execution_id, "lease lost; forgetting the execution");
+                self.forget(lease.execution_id);
+            } else if !self.lock(lease).await {
+                self.forget(lease.execution_id);
             }
-            Err(e) => tracing::warn!(error = %e, "renewing leases failed"),
         }
+    }
+
+    fn fence(&self, lease: Lease) -> Fence {
+        Fence { epoch: lease.epoch, owner: self.options.owner.clone() }
+    }
+
+    /// Takes or renews the execution's lock for this lease. `false` only when a newer lease holds
+    /// it; when the lock backend is unreachable the PostgreSQL lease alone fences the work.
+    async fn lock(&self, lease: Lease) -> bool {
+        let fence = self.fence(lease);
+        match self.options.locks.hold(lease.execution_id, &fence, self.options.lease_ttl).await {
+            Ok(taken) => {
+                self.backend_answered(true);
+                if !taken {
+                    tracing::warn!(execution_id = %lease.execution_id, "a newer lease holds the lock; not driving it");
+                }
+                taken
+            }
+            Err(e) => {
+                self.backend_answered(false);
+                tracing::debug!(error = %e, "lock backend unavailable; the PostgreSQL lease alone fences the work");
+                true
+            }
+        }
+    }
+
+    /// `gl_orchestrator_lock_backend`: the lock backend while it answers, `postgres` while not.
+    fn backend_answered(&self, answered: bool) {
+        let gauge = &self.options.metrics.lock_backend;
+        gauge.with_label_values(&[self.options.locks.backend()]).set(i64::from(answered));
+        gauge.with_label_values(&["postgres"]).set(i64::from(!answered));
+    }
+
+    /// Stops driving an execution and releases its lock in the background.
+    fn forget(&mut self, id: Uuid) {
+        let Some(owned) = self.owned.remove(&id) else { return };
+        let (locks, fence) = (self.options.locks.clone(), self.fence(owned.lease));
+        tokio::spawn(async move {
+            let _ = locks.release(id, &fence).await;
+        });
     }
 
     async fn poll(&mut self) {
@@ -294,13 +340,13 @@ impl Scheduler {
                 observed.record(&self.options.metrics, owned, &write);
                 if observed.finished {
                     tracing::info!(execution_id = %id, status = %write.status, "execution finished");
-                    self.owned.remove(&id);
+                    self.forget(id);
                 }
                 self.count_active();
             }
             Ok(false) => {
                 tracing::warn!(execution_id = %id, "lease lost before the step was written; forgetting the execution");
-                self.owned.remove(&id);
+                self.forget(id);
             }
             Err(e) => {
                 // The in-memory state ran ahead of the database: rebuild it from what was committed.

@@ -54,6 +54,7 @@ pub fn coordinator(args: &[&str]) -> CliRun {
 /// The server URLs every test uses (the services the machine runs).
 pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+pub const REDIS: &str = "redis://127.0.0.1:6379";
 
 /// How to build a stack.
 #[derive(Debug, Clone)]
@@ -125,6 +126,11 @@ impl Stack {
         stack
     }
 
+    /// This stack's Redis key prefix (every key it writes carries a TTL).
+    pub fn redis_prefix(&self) -> String {
+        format!("{}:", self.prefix.replace('.', ":"))
+    }
+
     /// Settings for this stack's processes.
     pub fn settings(&self) -> Settings {
         Settings::load(self.env(), None).expect("test settings are valid")
@@ -136,6 +142,8 @@ impl Stack {
             ("DATABASE_URL".into(), format!("{POSTGRES}/{}", self.database)),
             ("AMQP_URL".into(), AMQP.into()),
             ("QUEUE_PREFIX".into(), self.prefix.clone()),
+            ("REDIS_URL".into(), REDIS.into()),
+            ("REDIS_PREFIX".into(), self.redis_prefix()),
             ("HTTP_ADDR".into(), "127.0.0.1:0".into()),
             ("AUTH".into(), "disabled".into()),
             ("LEASE_TTL_SECONDS".into(), "5".into()),
@@ -309,6 +317,63 @@ impl Stack {
             admin.close().await;
         }
         delete_topology(&self.prefix).await;
+    }
+}
+
+/// A `redis-server` of a test's own on a free port, so that the test can stop and restart it
+/// without touching the machine's shared Redis. Killed when dropped.
+#[derive(Debug)]
+pub struct OwnRedis {
+    pub port: u16,
+    child: Option<std::process::Child>,
+}
+
+impl OwnRedis {
+    pub fn start() -> Self {
+        let mut redis = Self { port: free_port(), child: None };
+        redis.restart();
+        redis
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts the server (again) on the same port, and waits until it answers.
+    pub fn restart(&mut self) {
+        let child = std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &self.port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server is installed");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// `redis-cli shutdown nosave`, as the runbook's outage drill does.
+    pub fn shutdown(&mut self) {
+        let status = std::process::Command::new("redis-cli")
+            .args(["-p", &self.port.to_string(), "shutdown", "nosave"])
+            .stdout(std::process::Stdio::null())
+            .status()
+            .expect("redis-cli is installed");
+        let _ = status;
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnRedis {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 }
 

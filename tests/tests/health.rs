@@ -59,3 +59,48 @@ async fn without_rabbitmq_the_service_is_alive_but_not_ready() {
     assert_eq!(response.headers()["content-type"], "application/problem+json");
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_exhausted_database_pool_answers_503_with_retry_after_never_a_hang() {
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        settings: vec![("DB_POOL_SIZE", "2".into()), ("DB_POOL_MAX_OVERFLOW", "0".into())],
+        ..StackOptions::default()
+    })
+    .await;
+    // Every connection the coordinator may open ends up waiting on this table lock.
+    let db = stack.database().await;
+    let mut blocker = db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE dag_workflows IN ACCESS EXCLUSIVE MODE").execute(&mut *blocker).await.expect("lock");
+    let blocked: Vec<_> = (0..4)
+        .map(|i| {
+            let (http, url) = (stack.http.clone(), format!("{}/dags/blocked-{i}", stack.base()));
+            tokio::spawn(async move { http.get(url).send().await.map(|r| r.status().as_u16()) })
+        })
+        .collect();
+    eventually(Duration::from_secs(20), "the pool's connections wait on the lock", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = 'greenlang-orchestrator' AND wait_event_type = 'Lock'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap_or(0);
+        waiting >= 2
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let response = stack.http.get(format!("{}/dags/another", stack.base())).send().await.expect("answers");
+    assert_eq!(response.status().as_u16(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    assert_eq!(response.headers()["content-type"], "application/problem+json");
+    assert!(started.elapsed() < Duration::from_secs(15), "refused within the acquire timeout, not hung");
+    blocker.rollback().await.expect("unlock");
+    for request in blocked {
+        let status = request.await.expect("task").expect("answered");
+        assert!(status == 404 || status == 503, "every waiting request ends: {status}");
+    }
+    let (status, _) = stack.call(reqwest::Method::GET, "/dags/another", None).await;
+    assert_eq!(status, 404, "served again once connections are free");
+    stack.shutdown().await;
+}

@@ -1,0 +1,170 @@
+//! Redis, for real: the lock contract, the DAG cache and its invalidation, and an outage in the
+//! middle of a 200-execution run (the service keeps executing under the PostgreSQL limiter,
+//! reports the fallback, and returns to Redis).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use coordinator::locks::{Locks, check_contract};
+use coordinator::redis::Redis;
+use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface};
+use serde_json::json;
+use tests::{OwnRedis, REDIS, Stack, StackOptions, eventually};
+
+async fn client(url: &str) -> Client {
+    let client = Builder::from_config(Config::from_url(url).expect("url")).build().expect("client");
+    client.init().await.expect("Redis answers");
+    client
+}
+
+#[tokio::test]
+async fn redis_locks_keep_the_same_contract_as_the_in_memory_twin() {
+    let prefix = format!("gltest:{}:", uuid::Uuid::new_v4().simple());
+    let redis = Redis::connect(REDIS, &prefix).expect("client");
+    eventually(Duration::from_secs(10), "Redis answers", || async { redis.holder(uuid::Uuid::nil()).await.is_ok() })
+        .await;
+    check_contract(&redis).await;
+    assert!(redis.lock_key(uuid::Uuid::nil()).starts_with(&format!("{prefix}lock:")));
+}
+
+#[tokio::test]
+async fn dag_definitions_are_cached_and_invalidated_and_a_stale_entry_never_starts_an_execution() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let redis = client(REDIS).await;
+    let key = format!("{}dag:default:cached", stack.redis_prefix());
+    stack.create_dag(json!({"dag_id": "cached", "name": "v1", "nodes": {"a": {"agent_id": "echo"}}})).await;
+    let (_, first) = stack.call(reqwest::Method::GET, "/dags/cached", None).await;
+    let cached: Option<String> = redis.get(&key).await.expect("get");
+    let cached: serde_json::Value = serde_json::from_str(&cached.expect("a read fills the cache")).expect("JSON");
+    assert_eq!(cached["dag_hash"], first["dag"]["dag_hash"]);
+    assert!(redis.ttl::<i64, _>(&key).await.expect("ttl") > 0, "cache entries expire");
+
+    let (status, _) = stack.call(reqwest::Method::PUT, "/dags/cached", Some(json!({"name": "v2"}))).await;
+    assert_eq!(status, 200);
+    assert_eq!(redis.get::<Option<String>, _>(&key).await.expect("get"), None, "an update drops the entry");
+    let (_, second) = stack.call(reqwest::Method::GET, "/dags/cached", None).await;
+    assert_eq!(second["dag"]["name"], "v2");
+    assert_ne!(second["dag"]["dag_hash"], first["dag"]["dag_hash"]);
+
+    // An invalidation that never arrived (Redis was unreachable from that replica): the stale v1
+    // is in the cache, yet an execution pins the definition the database holds now.
+    let stale = serde_json::to_string(&cached).expect("text");
+    let _: () = redis.set(&key, stale, None, None, false).await.expect("set");
+    let id = stack.execute("cached", json!({})).await;
+    assert_eq!(stack.execution(&id).await["dag_hash"], second["dag"]["dag_hash"]);
+
+    let (status, _) = stack.call(reqwest::Method::DELETE, "/dags/cached", None).await;
+    assert_eq!(status, 200);
+    assert_eq!(redis.get::<Option<String>, _>(&key).await.expect("get"), None, "a delete drops the entry");
+    let (status, _) = stack.call(reqwest::Method::GET, "/dags/cached", None).await;
+    assert_eq!(status, 404);
+    stack.shutdown().await;
+}
+
+/// The value of `gl_orchestrator_lock_backend{backend=...}` on one coordinator.
+async fn backend_gauge(http: &reqwest::Client, addr: std::net::SocketAddr, backend: &str) -> Option<i64> {
+    let text = http.get(format!("http://{addr}/metrics")).send().await.ok()?.text().await.ok()?;
+    let line = format!("gl_orchestrator_lock_backend{{backend=\"{backend}\"}} ");
+    text.lines().find_map(|l| l.strip_prefix(&line)).and_then(|v| v.trim().parse().ok())
+}
+
+async fn all_on(stack: &Stack, backend: &str) -> bool {
+    for c in &stack.coordinators {
+        if backend_gauge(&stack.http, c.addr, backend).await != Some(1) {
+            return false;
+        }
+    }
+    true
+}
+
+async fn count(db: &sqlx::PgPool, status: &str) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM dag_executions WHERE status = $1")
+        .bind(status)
+        .fetch_one(db)
+        .await
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn redis_stopped_half_way_then_restarted_keeps_the_limit_and_the_order() {
+    let mut redis = OwnRedis::start();
+    let stack = Stack::start(StackOptions {
+        coordinators: 2,
+        workers: 2,
+        worker_concurrency: 8,
+        settings: vec![("MAX_CONCURRENT_EXECUTIONS", "10".into()), ("REDIS_URL", redis.url())],
+        ..StackOptions::default()
+    })
+    .await;
+    stack
+        .create_dag(json!({"dag_id": "limited", "name": "l", "nodes": {
+            "a": {"agent_id": "sleep", "params": {"ms": 20}},
+            "b": {"agent_id": "sleep", "params": {"ms": 20}, "depends_on": ["a"]}}}))
+        .await;
+    eventually(Duration::from_secs(20), "every coordinator locks through Redis", || all_on(&stack, "redis")).await;
+    let db = stack.database().await;
+    let (peak, done) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicBool::new(false)));
+    let sampler = {
+        let (db, peak, done) = (db.clone(), peak.clone(), done.clone());
+        tokio::spawn(async move {
+            while !done.load(Ordering::Relaxed) {
+                peak.fetch_max(count(&db, "running").await, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(stack.execute("limited", json!({})).await);
+    }
+
+    // While Redis is up, a running execution's lock names its lease: `<epoch>:<owner>`.
+    let cli = client(&redis.url()).await;
+    eventually(Duration::from_secs(30), "a running execution's lock mirrors its lease", || async {
+        let lease: Option<(uuid::Uuid, i64, String)> = sqlx::query_as(
+            "SELECT execution_id, lease_epoch, lease_owner FROM dag_executions
+             WHERE status = 'running' AND lease_owner IS NOT NULL LIMIT 1",
+        )
+        .fetch_optional(&db)
+        .await
+        .unwrap_or(None);
+        let Some((id, epoch, owner)) = lease else { return false };
+        let key = format!("{}lock:{id}", stack.redis_prefix());
+        cli.get::<Option<String>, _>(key).await.ok().flatten() == Some(format!("{epoch}:{owner}"))
+    })
+    .await;
+    let _ = cli.quit().await;
+
+    eventually(Duration::from_secs(120), "half the executions complete", || async {
+        count(&db, "completed").await >= 100
+    })
+    .await;
+    redis.shutdown();
+    eventually(Duration::from_secs(30), "the gauge shows the PostgreSQL fallback", || all_on(&stack, "postgres")).await;
+    let (_, health) = stack.call(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(health["status"], "degraded", "{health}");
+    let completed_at_outage = count(&db, "completed").await;
+    eventually(Duration::from_secs(120), "executions keep completing without Redis", || async {
+        count(&db, "completed").await >= completed_at_outage + 30
+    })
+    .await;
+    redis.restart();
+    eventually(Duration::from_secs(30), "the gauge shows the return to Redis", || all_on(&stack, "redis")).await;
+
+    for id in &ids {
+        let e = stack.wait_finished(id, Duration::from_secs(240)).await;
+        assert_eq!(e["status"], "completed", "{e}");
+    }
+    done.store(true, Ordering::Relaxed);
+    sampler.await.expect("sampler");
+    let peak = peak.load(Ordering::Relaxed);
+    assert!((1..=10).contains(&peak), "at most 10 running at any sampled moment, saw {peak}");
+    let slots: Vec<i64> =
+        sqlx::query_scalar("SELECT slot_seq FROM dag_executions ORDER BY submitted_at, priority DESC, execution_id")
+            .fetch_all(&db)
+            .await
+            .expect("order");
+    assert!(slots.windows(2).all(|w| w[0] < w[1]), "slots are granted in submission order: {slots:?}");
+    stack.shutdown().await;
+}
