@@ -482,6 +482,7 @@ async fn provenance_of(
         "problems": verdict.problems,
         "node_count": records.len(),
         "canonical_order": dag.order_ids(),
+        "definition": dag.definition(),
         "nodes": nodes,
     })))
 }
