@@ -114,9 +114,21 @@ async fn redis_stopped_half_way_then_restarted_keeps_the_limit_and_the_order() {
             }
         })
     };
+    // Submitted at once, half through each coordinator.
+    let submissions: Vec<_> = (0..200)
+        .map(|i| {
+            let url = format!("http://{}/api/v1/orchestrator/dags/limited/execute", stack.coordinators[i % 2].addr);
+            let http = stack.http.clone();
+            tokio::spawn(async move {
+                let body: serde_json::Value =
+                    http.post(url).json(&json!({})).send().await.expect("accepted").json().await.expect("JSON");
+                body["execution_id"].as_str().expect("execution_id").to_owned()
+            })
+        })
+        .collect();
     let mut ids = Vec::new();
-    for _ in 0..200 {
-        ids.push(stack.execute("limited", json!({})).await);
+    for submission in submissions {
+        ids.push(submission.await.expect("submitted"));
     }
 
     // While Redis is up, a running execution's lock names its lease: `<epoch>:<owner>`.
