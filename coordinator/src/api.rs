@@ -596,10 +596,10 @@ async fn list_executions(
         shared::ids::check_id(dag_id).map_err(|e| ApiError::BadRequest(format!("dag_id {e}")))?;
     }
     let status = query.get("status").cloned();
-    if let Some(s) = &status {
-        if !STATUSES.contains(&s.as_str()) {
-            return Err(ApiError::BadRequest(format!("status must be one of {}", STATUSES.join(", "))));
-        }
+    if let Some(s) = &status
+        && !STATUSES.contains(&s.as_str())
+    {
+        return Err(ApiError::BadRequest(format!("status must be one of {}", STATUSES.join(", "))));
     }
     let limit = page_limit(&query)?;
     let since = query.get("since").map(|s| parse_since(s)).transpose()?;
@@ -917,10 +917,10 @@ async fn update_dag(
     let patch: Value = serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
     // Fresh from the database, never the cache: the revision decides If-Match.
     let row = state.db.get_dag(&tenant, &dag_id).await?.ok_or_else(|| no_dag(&dag_id))?;
-    if let Some(expected) = expected {
-        if expected != row.revision {
-            return Err(ApiError::PreconditionFailed(format!("revision is {}, not {expected}", row.revision)));
-        }
+    if let Some(expected) = expected
+        && expected != row.revision
+    {
+        return Err(ApiError::PreconditionFailed(format!("revision is {}, not {expected}", row.revision)));
     }
     let merged = merge_update(&row.definition, &patch, &dag_id)?;
     let dag = accept_dag(&state, DagSpec::from_value(merged))?;

@@ -62,10 +62,11 @@ impl Locks for MemoryLocks {
     async fn hold(&self, execution: Uuid, fence: &Fence, ttl: Duration) -> Result<bool, LockError> {
         let mut held = self.held.lock().map_err(|_| LockError("poisoned".into()))?;
         let now = Instant::now();
-        if let Some((current, expires)) = held.get(&execution) {
-            if *expires > now && current.epoch > fence.epoch {
-                return Ok(false);
-            }
+        if let Some((current, expires)) = held.get(&execution)
+            && *expires > now
+            && current.epoch > fence.epoch
+        {
+            return Ok(false);
         }
         held.insert(execution, (fence.clone(), now + ttl));
         Ok(true)

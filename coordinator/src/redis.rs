@@ -66,7 +66,8 @@ impl Redis {
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()
             .map_err(|e| LockError(e.to_string()))?;
-        let _ = client.connect();
+        // The handle is the background connection task; dropping it leaves the task running.
+        drop(client.connect());
         Ok(Self { client, prefix: prefix.to_owned(), down_until: Mutex::new(None) })
     }
 

@@ -202,10 +202,10 @@ pub fn verify(
         if expected_parents != record.parent_hashes {
             issues.push("parent_hashes differ from the chain hashes of its completed dependencies".to_owned());
         }
-        if let Some(v) = dag.index_of(&record.node_id) {
-            if dag.node_spec(v).agent_id != record.agent_id {
-                issues.push("agent_id differs from the pinned definition".to_owned());
-            }
+        if let Some(v) = dag.index_of(&record.node_id)
+            && dag.node_spec(v).agent_id != record.agent_id
+        {
+            issues.push("agent_id differs from the pinned definition".to_owned());
         }
         let chain =
             node_chain_hash(&record.node_id, &record.agent_id, &input_hash, &output_hash, &record.parent_hashes);
@@ -235,10 +235,10 @@ pub fn verify(
     let in_order: Vec<ContentHash> =
         dag.order().iter().filter_map(|&v: &NodeIndex| recomputed_chain.get(dag.node_id(v)).cloned()).collect();
     let recomputed = execution_chain_hash(dag.hash(), &value_hash(execution_input), &in_order);
-    if let Some(stored) = stored_chain_hash {
-        if *stored != recomputed {
-            problems.push("provenance_chain_hash does not match the hash recomputed from the records".to_owned());
-        }
+    if let Some(stored) = stored_chain_hash
+        && *stored != recomputed
+    {
+        problems.push("provenance_chain_hash does not match the hash recomputed from the records".to_owned());
     }
     let chain_valid = problems.is_empty() && verdicts.iter().all(|v| v.valid);
     Verification { chain_valid, recomputed_chain_hash: recomputed, nodes: verdicts, problems }

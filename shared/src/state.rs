@@ -682,12 +682,12 @@ impl Execution {
     }
 
     fn finish_or_compensate(&mut self, effects: &mut Vec<Effect>) {
-        if self.halt == Some(Halt::Compensate) {
-            if let Some(task) = self.next_compensation() {
-                self.running += 1;
-                effects.push(Effect::Dispatch(task));
-                return;
-            }
+        if self.halt == Some(Halt::Compensate)
+            && let Some(task) = self.next_compensation()
+        {
+            self.running += 1;
+            effects.push(Effect::Dispatch(task));
+            return;
         }
         let any_failed = self.nodes.iter().any(|s| s.status == NodeStatus::Failed);
         self.status = match self.halt {

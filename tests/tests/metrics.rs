@@ -19,6 +19,9 @@ fn sample(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
     })
 }
 
+/// A metric, its labels and the value one scrape must show.
+type Expectation<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
+
 #[tokio::test]
 async fn one_scrape_shows_all_twelve_metrics() {
     let stack = Stack::start(StackOptions::default()).await;
@@ -66,7 +69,7 @@ async fn one_scrape_shows_all_twelve_metrics() {
     let flaky_dag = [("dag_id", "m-flaky")];
     let flaky_node = [("dag_id", "m-flaky"), ("node_id", "f")];
     let timeout_node = [("dag_id", "m-timeout"), ("node_id", "slow")];
-    let expectations: Vec<(&str, Vec<(&str, &str)>, f64)> = vec![
+    let expectations: Vec<Expectation> = vec![
         ("gl_orchestrator_dag_executions_total", vec![("dag_id", "m-flaky"), ("status", "completed")], 1.0),
         ("gl_orchestrator_dag_executions_total", vec![("dag_id", "m-timeout"), ("status", "failed")], 1.0),
         ("gl_orchestrator_dag_executions_total", vec![("dag_id", "m-resume"), ("status", "failed")], 2.0),

@@ -136,7 +136,7 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
         let tag = format!("{}-{pool}", options.worker_id);
         let _ = channel.basic_cancel(tag.as_str().into(), lapin::options::BasicCancelOptions::default()).await;
     }
-    let all = u32::try_from(options.concurrency).unwrap_or(u32::MAX);
+    let all = options.concurrency;
     let _ = tokio::time::timeout(options.grace, permits.acquire_many(all)).await;
     broker.close().await;
     outcome

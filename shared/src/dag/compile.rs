@@ -117,10 +117,10 @@ fn check_dag_fields(spec: &DagSpec, f: &mut Findings) -> DagLevel {
     if spec.version.is_empty() || spec.version.len() > MAX_VERSION_LEN || spec.version.contains('\0') {
         f.error(ErrorType::InvalidField, &[], format!("version must be 1 to {MAX_VERSION_LEN} characters"));
     }
-    if let Some(id) = &spec.dag_id {
-        if let Err(e) = check_id(id) {
-            f.error(ErrorType::InvalidField, &[], format!("dag_id {}", e));
-        }
+    if let Some(id) = &spec.dag_id
+        && let Err(e) = check_id(id)
+    {
+        f.error(ErrorType::InvalidField, &[], format!("dag_id {}", e));
     }
     let mut problems = Vec::new();
     let retry = RetryPolicy::default().overlay(spec.default_retry_policy.as_ref(), &mut problems);
@@ -136,13 +136,12 @@ fn check_dag_fields(spec: &DagSpec, f: &mut Findings) -> DagLevel {
             DEFAULT_MAX_PARALLEL_NODES
         }),
     };
-    if let Some(n) = &spec.max_concurrent_executions {
-        if whole_in(n, 1, MAX_CONCURRENT_EXECUTIONS).is_none() {
-            let msg = format!(
-                "max_concurrent_executions must be a whole number from 1 to {MAX_CONCURRENT_EXECUTIONS}, not {n}"
-            );
-            f.error(ErrorType::InvalidPolicy, &[], msg);
-        }
+    if let Some(n) = &spec.max_concurrent_executions
+        && whole_in(n, 1, MAX_CONCURRENT_EXECUTIONS).is_none()
+    {
+        let msg =
+            format!("max_concurrent_executions must be a whole number from 1 to {MAX_CONCURRENT_EXECUTIONS}, not {n}");
+        f.error(ErrorType::InvalidPolicy, &[], msg);
     }
     for (field, present) in [
         ("hash", spec.legacy_hash.is_some()),
@@ -229,11 +228,11 @@ fn check_node_fields(id: &str, node: &NodeSpec, uses_compensation: bool, f: &mut
             f.error(ErrorType::InvalidField, &[id], format!("node {id:?}: {field} {e}"));
         }
     }
-    if let Some(p) = &node.priority {
-        if p.as_i64().and_then(|v| i32::try_from(v).ok()).is_none() {
-            let msg = format!("node {id:?}: priority must be a whole number in the 32-bit range, not {p}");
-            f.error(ErrorType::InvalidField, &[id], msg);
-        }
+    if let Some(p) = &node.priority
+        && p.as_i64().and_then(|v| i32::try_from(v).ok()).is_none()
+    {
+        let msg = format!("node {id:?}: priority must be a whole number in the 32-bit range, not {p}");
+        f.error(ErrorType::InvalidField, &[id], msg);
     }
     if node.compensation_handler.is_some() && !uses_compensation {
         let msg = format!("node {id:?} has a compensation_handler, but no failure policy of this DAG compensates");

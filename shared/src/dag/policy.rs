@@ -107,10 +107,10 @@ impl TimeoutPolicy {
     pub(crate) fn overlay(&self, spec: Option<&TimeoutPolicySpec>, problems: &mut Vec<String>) -> Self {
         let mut out = self.clone();
         let Some(spec) = spec else { return out };
-        if let Some(n) = &spec.timeout_seconds {
-            if let Some(v) = seconds(n, "timeout_seconds", f64::MIN_POSITIVE, problems) {
-                out.timeout_seconds = v;
-            }
+        if let Some(n) = &spec.timeout_seconds
+            && let Some(v) = seconds(n, "timeout_seconds", f64::MIN_POSITIVE, problems)
+        {
+            out.timeout_seconds = v;
         }
         if let Some(a) = spec.on_timeout {
             out.on_timeout = a;
