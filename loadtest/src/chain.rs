@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Map, Value, json};
 
-use crate::{Client, LoadError, percentile};
+use crate::{Client, LoadError, millis, percentile, time};
 
 /// What one chain run measured.
 #[derive(Debug, Clone, PartialEq)]
@@ -42,26 +42,12 @@ pub fn dag(dag_id: &str, steps: usize) -> Value {
     json!({"dag_id": dag_id, "name": format!("loadtest chain of {steps}"), "max_parallel_nodes": 1, "nodes": nodes})
 }
 
-fn time(value: &Value) -> Option<DateTime<Utc>> {
-    value.as_str().and_then(|t| DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&Utc))
-}
-
-fn millis(from: DateTime<Utc>, to: DateTime<Utc>) -> f64 {
-    (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
-}
-
 /// Runs one chain of `steps` nodes and measures it.
 pub async fn run(client: &Client, steps: usize) -> Result<ChainResult, LoadError> {
     let dag_id = format!("loadtest-chain-{steps}");
-    let (status, body) = client.call(reqwest::Method::POST, "/dags", Some(&dag(&dag_id, steps))).await?;
-    if status != 201 && status != 409 {
-        return Err(LoadError::Api(format!("creating the DAG answered {status}: {body}")));
-    }
-    let (status, body) =
-        client.call(reqwest::Method::POST, &format!("/dags/{dag_id}/execute"), Some(&json!({}))).await?;
-    let id =
-        body["execution_id"].as_str().filter(|_| status == 202).ok_or_else(|| LoadError::Api(format!("{body}")))?;
-    let execution = client.wait_finished(id, Duration::from_secs(300)).await?;
+    client.ensure_dag(&dag(&dag_id, steps)).await?;
+    let id = client.execute(&dag_id, &json!({})).await?;
+    let execution = client.wait_finished(&id, Duration::from_secs(300)).await?;
     if execution["status"] != "completed" {
         return Err(LoadError::Api(format!("the chain did not complete: {execution}")));
     }

@@ -1,11 +1,13 @@
 //! # loadtest
 //!
 //! Load scenarios that drive a running orchestrator (embedded or distributed) through its REST
-//! API only. So far: [`chain`], the per-step overhead of a line of no-op nodes. The other
-//! scenarios of the load-test issue (fan-out, concurrent, memory, validate, shapes, the Celery
-//! peer) are not written yet.
+//! API only: [`chain`] (per-step overhead of a line of no-op nodes), [`fanout`] (trivial nodes
+//! per second) and [`concurrent`] (many executions at once). The other scenarios of the
+//! load-test issue (memory, validate, shapes, the Celery peer) are not written yet.
 
 pub mod chain;
+pub mod concurrent;
+pub mod fanout;
 
 use std::time::{Duration, Instant};
 
@@ -53,6 +55,25 @@ impl Client {
         Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
     }
 
+    /// Stores `dag` unless a DAG with its id exists.
+    pub async fn ensure_dag(&self, dag: &Value) -> Result<(), LoadError> {
+        let (status, body) = self.call(reqwest::Method::POST, "/dags", Some(dag)).await?;
+        match status {
+            201 | 409 => Ok(()),
+            _ => Err(LoadError::Api(format!("creating the DAG answered {status}: {body}"))),
+        }
+    }
+
+    /// Starts an execution; returns its id.
+    pub async fn execute(&self, dag_id: &str, input: &Value) -> Result<String, LoadError> {
+        let body = serde_json::json!({"input_data": input});
+        let (status, body) = self.call(reqwest::Method::POST, &format!("/dags/{dag_id}/execute"), Some(&body)).await?;
+        match body["execution_id"].as_str() {
+            Some(id) if status == 202 => Ok(id.to_owned()),
+            _ => Err(LoadError::Api(format!("execute answered {status}: {body}"))),
+        }
+    }
+
     /// Waits until the execution is finished, polling with a deadline.
     pub async fn wait_finished(&self, id: &str, within: Duration) -> Result<Value, LoadError> {
         let deadline = Instant::now() + within;
@@ -68,6 +89,16 @@ impl Client {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
+}
+
+/// An RFC 3339 time of an API answer.
+pub fn time(value: &Value) -> Option<chrono::DateTime<chrono::Utc>> {
+    value.as_str().and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok()).map(|t| t.with_timezone(&chrono::Utc))
+}
+
+/// Milliseconds from `from` to `to`.
+pub fn millis(from: chrono::DateTime<chrono::Utc>, to: chrono::DateTime<chrono::Utc>) -> f64 {
+    (to - from).num_microseconds().unwrap_or(0) as f64 / 1000.0
 }
 
 /// The p-th percentile (0..=100) of `values`, by nearest rank; `None` when empty.

@@ -9,7 +9,7 @@ struct Cli {
     #[arg(long, default_value = "http://127.0.0.1:8080/api/v1/orchestrator")]
     base: String,
     /// Bearer token, when the server requires one.
-    #[arg(long, env = "GL_ORCHESTRATOR_TOKEN")]
+    #[arg(long, env = "GLCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
     #[command(subcommand)]
     scenario: Scenario,
@@ -22,7 +22,20 @@ enum Scenario {
         #[arg(long, default_value_t = 40)]
         steps: usize,
     },
+    /// One execution of WIDTH independent no-op nodes and a fan-in: nodes per second. The server
+    /// must allow WIDTH + 1 nodes (`GL_ORCHESTRATOR_MAX_DAG_NODES`).
+    Fanout {
+        #[arg(long, default_value_t = 10_000)]
+        width: usize,
+    },
+    /// N executions of a 20-node DAG (10 ms per node) started at once.
+    Concurrent {
+        #[arg(long, default_value_t = 50)]
+        n: usize,
+    },
 }
+
+const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
@@ -30,6 +43,8 @@ async fn main() -> std::process::ExitCode {
     let client = loadtest::Client::new(&cli.base, cli.token);
     let result = match cli.scenario {
         Scenario::Chain { steps } => loadtest::chain::run(&client, steps.max(2)).await.map(|r| r.to_json()),
+        Scenario::Fanout { width } => loadtest::fanout::run(&client, width.max(1), HOUR).await.map(|r| r.to_json()),
+        Scenario::Concurrent { n } => loadtest::concurrent::run(&client, n.max(1), HOUR).await.map(|r| r.to_json()),
     };
     match result {
         Ok(json) => {

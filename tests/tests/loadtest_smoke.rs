@@ -1,4 +1,4 @@
-//! A short run of each load scenario that exists, so the tool never rots (no thresholds here:
+//! A short run of each load scenario that exists (chain, fanout, concurrent), so the tool never rots (no thresholds here:
 //! figures belong in BENCHMARKS.md).
 
 use tests::{Stack, StackOptions};
@@ -11,5 +11,25 @@ async fn the_chain_scenario_measures_a_short_chain() {
     assert_eq!(result.steps, 5);
     assert!(result.makespan_ms >= result.node_time_ms, "{result:?}");
     assert!(result.dependency_to_start_p99_ms >= result.dependency_to_start_p50_ms, "{result:?}");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_fanout_scenario_measures_a_small_fan_out() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let client = loadtest::Client::new(&stack.base(), None);
+    let result = loadtest::fanout::run(&client, 20, std::time::Duration::from_secs(120)).await.expect("runs");
+    assert_eq!(result.width, 20);
+    assert!(result.nodes_per_second > 0.0 && result.makespan_ms >= result.fanout_ms, "{result:?}");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_concurrent_scenario_runs_executions_at_once_without_failures() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let client = loadtest::Client::new(&stack.base(), None);
+    let result = loadtest::concurrent::run(&client, 5, std::time::Duration::from_secs(120)).await.expect("runs");
+    assert_eq!((result.executions, result.failures), (5, 0), "{result:?}");
+    assert!(result.latency_p99_ms >= result.latency_p50_ms && result.latency_p50_ms > 0.0, "{result:?}");
     stack.shutdown().await;
 }
