@@ -31,7 +31,7 @@ pub fn dag(dag_id: &str, width: usize) -> Value {
     let mut nodes: Map<String, Value> = (0..width).map(|i| (format!("f{i:05}"), json!({"agent_id": "noop"}))).collect();
     let all: Vec<String> = nodes.keys().cloned().collect();
     nodes.insert("join".into(), json!({"agent_id": "noop", "depends_on": all}));
-    json!({"dag_id": dag_id, "name": format!("loadtest fan-out of {width}"), "nodes": nodes})
+    json!({"dag_id": dag_id, "name": format!("loadtest fan-out of {width}"), "max_parallel_nodes": 500, "nodes": nodes})
 }
 
 pub async fn run(client: &Client, width: usize, within: Duration) -> Result<FanoutResult, LoadError> {

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Reproduces the distributed figures of BENCHMARKS.md: release builds, a fresh database, one
+# coordinator and two workers on this machine, then each scenario; results go to
+# loadtest/results/<scenario>.json. Usage: loadtest/run.sh [chain fanout concurrent ...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh
+export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/greenlang-orchestrator/target}
+cargo build -q --release --locked -p coordinator -p worker -p loadtest
+bin=$CARGO_TARGET_DIR/release
+tag=bench_$(date +%s)
+psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $tag"
+export GL_ORCHESTRATOR_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$tag
+export GL_ORCHESTRATOR_QUEUE_PREFIX=gl.$tag GL_ORCHESTRATOR_REDIS_PREFIX=gl:$tag:
+export GL_ORCHESTRATOR_AUTH=disabled GL_ORCHESTRATOR_HTTP_ADDR=127.0.0.1:18080
+export GL_ORCHESTRATOR_MAX_DAG_NODES=20000 GL_ORCHESTRATOR_MAX_PARALLEL_NODES=500
+export GL_ORCHESTRATOR_MAX_BODY_BYTES=8388608 GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS=500
+export GL_ORCHESTRATOR_LOG_LEVEL=warn GL_ORCHESTRATOR_WORKER_CONCURRENCY=8
+"$bin/coordinator" migrate
+pids=()
+cleanup() {
+  kill "${pids[@]}" 2>/dev/null || true
+  wait 2>/dev/null || true
+  psql -h 127.0.0.1 -U postgres -qc "DROP DATABASE IF EXISTS $tag WITH (FORCE)" || true
+}
+trap cleanup EXIT
+"$bin/coordinator" serve & pids+=($!)
+GL_ORCHESTRATOR_WORKER_ID=w1 GL_ORCHESTRATOR_WORKER_METRICS_ADDR=127.0.0.1:0 "$bin/worker" & pids+=($!)
+GL_ORCHESTRATOR_WORKER_ID=w2 GL_ORCHESTRATOR_WORKER_METRICS_ADDR=127.0.0.1:0 "$bin/worker" & pids+=($!)
+base=http://127.0.0.1:18080/api/v1/orchestrator
+for _ in $(seq 100); do curl -sf "$base/ready" >/dev/null && break; sleep 0.2; done
+mkdir -p loadtest/results
+scenarios=("$@")
+[ ${#scenarios[@]} -gt 0 ] || scenarios=(chain fanout concurrent concurrent-500)
+for s in "${scenarios[@]}"; do
+  case $s in
+    concurrent-500) args=(concurrent --n 500) ;;
+    *) args=("$s") ;;
+  esac
+  echo "loadtest: $s" >&2
+  "$bin/loadtest" --base "$base" "${args[@]}" | tee "loadtest/results/$s.json"
+done
