@@ -296,3 +296,58 @@ async fn a_paused_coordinator_cannot_write_under_its_expired_lease() {
     let _ = paused.wait();
     stack.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_task_that_kills_every_worker_it_reaches_fails_as_poison_instead_of_looping() {
+    // A command agent that SIGKILLs the worker running it: each delivery kills a worker process
+    // while it holds the task unacknowledged, so the broker delivers it again, up to the limit.
+    let dir = std::env::temp_dir().join(format!("gl-poison-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let agents = dir.join("agents.yaml");
+    std::fs::write(&agents, "agents:\n  crash: {type: command, program: /bin/sh, args: ['-c', 'kill -9 $PPID']}\n")
+        .expect("agents file");
+    let stack = Stack::start(StackOptions {
+        workers: 0,
+        settings: vec![("DELIVERY_LIMIT", "2".into()), ("AGENTS_FILE", agents.to_string_lossy().into_owned())],
+        ..StackOptions::default()
+    })
+    .await;
+    stack
+        .create_dag(json!({"dag_id": "poison", "name": "poison", "on_failure": "continue", "nodes": {
+            "crash": {"agent_id": "crash", "retry_policy": {"max_retries": 3, "base_delay": 0.01}},
+            "fine": {"agent_id": "noop"}}}))
+        .await;
+    let id = stack.execute("poison", json!({})).await;
+    let (mut deaths, deadline) = (0, std::time::Instant::now() + WITHIN);
+    let finished = loop {
+        let e = stack.execution(&id).await;
+        if matches!(e["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+            break e;
+        }
+        assert!(std::time::Instant::now() < deadline, "never ended; {deaths} workers died: {e}");
+        // One worker at a time; when it dies, the next one gets the redelivered task.
+        let mut worker = stack.spawn_worker(WORKER, &format!("w{deaths}"));
+        loop {
+            if worker.try_wait().expect("wait").is_some() {
+                deaths += 1;
+                break;
+            }
+            let e = stack.execution(&id).await;
+            if e["status"] == "failed" || std::time::Instant::now() > deadline {
+                worker.kill().ok();
+                let _ = worker.wait();
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    assert_eq!(finished["status"], "failed", "{finished}");
+    let nodes = stack.nodes(&id).await;
+    let crash = &nodes["crash"];
+    assert_eq!((crash["status"].as_str(), crash["error_type"].as_str()), (Some("failed"), Some("poison")), "{crash}");
+    assert_eq!(crash["attempt_count"], 1, "poison is never retried, though the policy allows 3 retries: {crash}");
+    assert_eq!(nodes["fine"]["status"], "completed", "other work goes on");
+    assert!(deaths >= 2, "the task was delivered again after a worker died ({deaths} died)");
+    let _ = std::fs::remove_dir_all(&dir);
+    stack.shutdown().await;
+}
