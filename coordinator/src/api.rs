@@ -276,6 +276,7 @@ async fn execute(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
+    let request_started = std::time::SystemTime::now();
     if !state.settings.accept_new_executions {
         return Err(ApiError::Unavailable(
             "new executions are switched off (GL_ORCHESTRATOR_ACCEPT_NEW_EXECUTIONS=false)".into(),
@@ -340,7 +341,10 @@ async fn execute(
                 e => e.into(),
             })?;
         match created {
-            Created::New(id) => break (id, "Execution accepted"),
+            Created::New(id) => {
+                crate::spans::submitted(&id.to_string(), &dag_id, request_started);
+                break (id, "Execution accepted");
+            }
             Created::Existing(id) => break (id, "Execution already accepted for this Idempotency-Key"),
             Created::DagChanged => {
                 state.redis.forget_dag(&tenant, &dag_id).await;

@@ -116,7 +116,7 @@ fn settings() -> Result<Settings, String> {
 
 async fn serve() -> Result<(), String> {
     let settings = settings()?;
-    shared::telemetry::init_logging(&settings.log_level);
+    let telemetry = shared::telemetry::init(&settings.log_level, "greenlang-orchestrator-coordinator");
     if settings.auth == shared::config::AuthMode::Enabled {
         settings.check_auth().map_err(|e| e.to_string())?;
     }
@@ -125,6 +125,7 @@ async fn serve() -> Result<(), String> {
     shared::telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     coordinator.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }
 

@@ -15,7 +15,7 @@
 //!   (locks and the DAG cache).
 //! - [`relay`]: the outbox relay (confirmed publishing).
 //! - [`inbox`]: the result consumer.
-//! - [`metrics`]: the Prometheus metrics.
+//! - [`metrics`]: the Prometheus metrics. [`spans`]: the execution's trace spans.
 
 pub mod api;
 pub mod app;
@@ -30,3 +30,4 @@ pub mod openapi;
 pub mod redis;
 pub mod relay;
 pub mod scheduler;
+pub mod spans;

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::db::{self, Db, DbError, ExecutionRow, Lease, NodeUpdate, OutboxMessage, StepWrite};
 use crate::locks::{Fence, Locks};
 use crate::metrics::Metrics;
+use crate::spans::AttemptSpan;
 
 /// How a scheduler is set up.
 #[derive(Debug, Clone)]
@@ -332,13 +333,16 @@ impl Scheduler {
         let Some(owned) = self.owned.get_mut(&id) else {
             return;
         };
+        let attempt_spans: Vec<AttemptSpan> = results.iter().map(AttemptSpan::of).collect();
         let (write, observed) = advance(owned, results, cancel, &self.options.topology);
         let Some(write) = write else { return };
         let lease = owned.lease;
         match self.db.commit_step(&self.options.owner, lease, &write).await {
             Ok(true) => {
                 observed.record(&self.options.metrics, owned, &write);
+                attempt_spans.iter().for_each(AttemptSpan::record);
                 if observed.finished {
+                    crate::spans::execution(&id.to_string(), &owned.dag_id, &write.status, owned.started.elapsed());
                     tracing::info!(execution_id = %id, status = %write.status, "execution finished");
                     self.forget(id);
                 }

@@ -104,6 +104,20 @@ pub struct TraceContext {
 }
 
 impl TraceContext {
+    /// The root span of an execution's trace (the execution itself).
+    pub fn for_execution(execution_id: &str) -> Self {
+        let trace = crate::canonical::ContentHash::of_bytes(format!("trace:{execution_id}").as_bytes());
+        let span = crate::canonical::ContentHash::of_bytes(format!("root:{execution_id}").as_bytes());
+        Self { trace_id: trace.as_str()[..32].to_owned(), span_id: span.as_str()[..16].to_owned() }
+    }
+
+    /// The span of the API request that submitted the execution.
+    pub fn for_submission(execution_id: &str) -> Self {
+        let root = Self::for_execution(execution_id);
+        let span = crate::canonical::ContentHash::of_bytes(format!("submit:{execution_id}").as_bytes());
+        Self { trace_id: root.trace_id, span_id: span.as_str()[..16].to_owned() }
+    }
+
     pub fn for_attempt(execution_id: &str, node_id: &str, attempt: u32, kind: TaskKind) -> Self {
         let trace = crate::canonical::ContentHash::of_bytes(format!("trace:{execution_id}").as_bytes());
         let span = crate::canonical::ContentHash::of_bytes(
@@ -135,6 +149,9 @@ mod tests {
         let b = TraceContext::for_attempt("e1", "b", 1, TaskKind::Run);
         assert_eq!(a.trace_id, b.trace_id);
         assert_ne!(a.span_id, b.span_id);
+        let root = TraceContext::for_execution("e1");
+        assert_eq!(root.trace_id, a.trace_id, "the root span is in the execution's trace");
+        assert!(root.span_id != a.span_id && root.span_id != b.span_id);
         assert_eq!(TraceContext::parse(&a.traceparent()), Some(a));
         assert_eq!(TraceContext::parse("01-zz-1-01"), None);
     }

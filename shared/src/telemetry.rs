@@ -1,14 +1,144 @@
-//! Process plumbing shared by the binaries: logging set-up and the shutdown signal.
+//! Process plumbing shared by the binaries: logs, OpenTelemetry traces and the shutdown signal.
 
-/// Structured logs to stderr: JSON when `LOG_FORMAT=json`, text otherwise; `RUST_LOG` refines
-/// the level given.
+/// The tracing pipeline of a process; [`Telemetry::shutdown`] flushes spans not yet exported.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    provider: Option<opentelemetry_sdk::trace::SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Exports what is buffered and stops the exporter (no-op when tracing is off).
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Structured logs to stderr (JSON when `LOG_FORMAT=json`; `RUST_LOG` refines `level`) and, when
+/// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OpenTelemetry traces exported over OTLP/HTTP (JSON) with
+/// `OTEL_SERVICE_NAME` (default `service`) and the sample ratio `OTEL_TRACES_SAMPLER_ARG`
+/// (default 1). The ratio applies to the trace id, which is derived from the execution id, so
+/// every process keeps or drops the same executions whole.
+pub fn init(level: &str, service: &str) -> Telemetry {
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+    use tracing_subscriber::{Layer, fmt};
+
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,lapin=warn")));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let logs = match json {
+        true => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+        false => fmt::layer().with_writer(std::io::stderr).boxed(),
+    };
+    let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.trim().is_empty()).and_then(|_| {
+        match tracer_provider(service) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("tracing export disabled: {e}");
+                None
+            }
+        }
+    });
+    let spans = provider.as_ref().map(|p| {
+        use opentelemetry::trace::TracerProvider as _;
+        opentelemetry::global::set_tracer_provider(p.clone());
+        tracing_opentelemetry::layer().with_tracer(p.tracer(TRACER))
+    });
+    // A second initialisation (tests) is harmless: the first subscriber stays.
+    let _ = tracing_subscriber::registry().with(filter).with(logs).with(spans).try_init();
+    Telemetry { provider }
+}
+
+/// Logs only (commands that never export traces).
 pub fn init_logging(level: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,lapin=warn")));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    // A second initialisation (tests) is harmless: the first subscriber stays.
     let _ = if json { builder.json().try_init() } else { builder.try_init() };
+}
+
+/// The instrumentation scope of every span.
+const TRACER: &str = "greenlang-orchestrator";
+
+fn tracer_provider(service: &str) -> Result<opentelemetry_sdk::trace::SdkTracerProvider, String> {
+    use opentelemetry_otlp::{Protocol, WithExportConfig};
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_http()
+        .with_protocol(Protocol::HttpJson)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let ratio = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().and_then(|r| r.parse::<f64>().ok()).unwrap_or(1.0);
+    let name = std::env::var("OTEL_SERVICE_NAME").unwrap_or_else(|_| service.to_owned());
+    let resource = opentelemetry_sdk::Resource::builder().with_service_name(name).build();
+    Ok(opentelemetry_sdk::trace::SdkTracerProvider::builder()
+        .with_batch_exporter(exporter)
+        .with_sampler(opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(ratio.clamp(0.0, 1.0)))
+        .with_resource(resource)
+        .build())
+}
+
+/// Records a finished span with the ids given (not generated), so that spans written by different
+/// processes at different times link up: an execution's root span, and one span per attempt that
+/// the worker's span hangs under. A no-op when tracing is off.
+pub fn record_span(
+    name: &'static str,
+    context: &crate::messages::TraceContext,
+    parent_span_id: Option<&str>,
+    (start, end): (std::time::SystemTime, std::time::SystemTime),
+    attributes: Vec<opentelemetry::KeyValue>,
+) {
+    use opentelemetry::trace::{Span as _, TraceContextExt, Tracer as _};
+    let (Some(trace), Some(own)) = (trace_id(&context.trace_id), span_id(&context.span_id)) else {
+        return;
+    };
+    let tracer = opentelemetry::global::tracer(TRACER);
+    let parent = match parent_span_id.and_then(span_id) {
+        Some(parent) => opentelemetry::Context::new().with_remote_span_context(remote(trace, parent)),
+        None => opentelemetry::Context::new(),
+    };
+    let mut span = tracer
+        .span_builder(name)
+        .with_trace_id(trace)
+        .with_span_id(own)
+        .with_start_time(start)
+        .with_attributes(attributes)
+        .start_with_context(&tracer, &parent);
+    span.end_with_timestamp(end);
+}
+
+/// The OpenTelemetry context of a W3C trace context received from another process, for
+/// `tracing_opentelemetry::OpenTelemetrySpanExt::set_parent`.
+pub fn remote_parent(context: &crate::messages::TraceContext) -> Option<opentelemetry::Context> {
+    use opentelemetry::trace::TraceContextExt;
+    let (trace, span) = (trace_id(&context.trace_id)?, span_id(&context.span_id)?);
+    Some(opentelemetry::Context::new().with_remote_span_context(remote(trace, span)))
+}
+
+/// Attaches the trace context received from another process as the parent of `span`.
+pub fn set_remote_parent(span: &tracing::Span, context: &crate::messages::TraceContext) {
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+    if let Some(parent) = remote_parent(context) {
+        let _ = span.set_parent(parent);
+    }
+}
+
+fn remote(
+    trace: opentelemetry::trace::TraceId,
+    span: opentelemetry::trace::SpanId,
+) -> opentelemetry::trace::SpanContext {
+    use opentelemetry::trace::{SpanContext, TraceFlags, TraceState};
+    SpanContext::new(trace, span, TraceFlags::SAMPLED, true, TraceState::default())
+}
+
+fn trace_id(hex: &str) -> Option<opentelemetry::trace::TraceId> {
+    opentelemetry::trace::TraceId::from_hex(hex).ok()
+}
+
+fn span_id(hex: &str) -> Option<opentelemetry::trace::SpanId> {
+    opentelemetry::trace::SpanId::from_hex(hex).ok()
 }
 
 /// Resolves on SIGTERM or Ctrl-C.

@@ -65,11 +65,20 @@ pub struct StackOptions {
     pub registry: Registry,
     /// Extra `GL_ORCHESTRATOR_*` settings (suffix, value).
     pub settings: Vec<(&'static str, String)>,
+    /// Other environment variables of the processes started with `spawn_*` (e.g. `OTEL_*`).
+    pub process_env: Vec<(&'static str, String)>,
 }
 
 impl Default for StackOptions {
     fn default() -> Self {
-        Self { coordinators: 1, workers: 2, worker_concurrency: 4, registry: Registry::default(), settings: Vec::new() }
+        Self {
+            coordinators: 1,
+            workers: 2,
+            worker_concurrency: 4,
+            registry: Registry::default(),
+            settings: Vec::new(),
+            process_env: Vec::new(),
+        }
     }
 }
 
@@ -160,6 +169,7 @@ impl Stack {
         let child = std::process::Command::new(exe)
             .arg("serve")
             .envs(self.env())
+            .envs(self.options.process_env.iter().map(|(k, v)| (*k, v)))
             .env("GL_ORCHESTRATOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
             .env("HOSTNAME", format!("proc{port}"))
             .stdout(std::process::Stdio::null())
@@ -173,6 +183,7 @@ impl Stack {
     pub fn spawn_worker(&self, exe: &str, id: &str) -> std::process::Child {
         std::process::Command::new(exe)
             .envs(self.env())
+            .envs(self.options.process_env.iter().map(|(k, v)| (*k, v)))
             .env("GL_ORCHESTRATOR_WORKER_ID", id)
             .env("GL_ORCHESTRATOR_WORKER_CONCURRENCY", self.options.worker_concurrency.to_string())
             .env("GL_ORCHESTRATOR_WORKER_METRICS_ADDR", "127.0.0.1:0")

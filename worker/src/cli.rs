@@ -36,7 +36,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    shared::telemetry::init_logging(&settings.log_level);
+    let telemetry = shared::telemetry::init(&settings.log_level, "greenlang-orchestrator-worker");
     let registry = match agents(&settings) {
         Ok(r) => r,
         Err(message) => {
@@ -69,6 +69,7 @@ pub fn main() -> ExitCode {
         }
         crate::run(options, shared::telemetry::shutdown_signal()).await;
     });
+    telemetry.shutdown();
     ExitCode::SUCCESS
 }
 

@@ -158,8 +158,12 @@ async fn handle(broker: &Broker, options: &WorkerOptions, running: &Running, del
     // The trace context travels on: the result carries the attempt's traceparent back.
     let headers = shared::amqp::string_headers(&delivery.properties);
     let trace = headers.get("traceparent").and_then(|h| TraceContext::parse(h));
-    let span = tracing::info_span!("attempt", execution_id = %task.execution_id, node_id = %task.node_id,
-        attempt = task.attempt, trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str()));
+    let span = tracing::info_span!("node.execute", execution_id = %task.execution_id, node_id = %task.node_id,
+        attempt = task.attempt, agent_id = %task.agent_id, trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str()));
+    // Exported as a child of the coordinator's span of this attempt, in the execution's trace.
+    if let Some(trace) = &trace {
+        shared::telemetry::set_remote_parent(&span, trace);
+    }
     let result = tracing::Instrument::instrument(execute(options, running, &task, deliveries), span).await;
     let body = Message::Result(result).to_bytes();
     let exchange = options.topology.results_exchange();
