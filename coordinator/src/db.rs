@@ -302,6 +302,8 @@ pub struct NewExecution<'a> {
 
 /// Advisory-lock key that serialises the decision of which waiting executions start.
 const SLOT_LOCK: i64 = 0x676c_736c_6f74; // "glslot"
+/// Serialises execution inserts so `submit_seq` follows commit order.
+const SUBMIT_LOCK: i64 = 0x676c_7375_626d; // "glsubm"
 
 /// Notification channel: an attempt result arrived (payload: execution id).
 pub const INBOX_CHANNEL: &str = "gl_orchestrator_inbox";
@@ -578,6 +580,8 @@ impl Db {
             return Ok(Created::DagChanged);
         }
         let id = Uuid::now_v7();
+        // Held until commit: `submit_seq` (drawn by the insert) then follows commit order.
+        sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SUBMIT_LOCK).execute(&mut *tx).await?;
         let inserted = sqlx::query(
             "INSERT INTO dag_executions (execution_id, tenant_id, dag_id, dag_hash, input_data, input_hash, options,
                                          priority, clock, idempotency_key, request_hash, total_nodes)
@@ -732,7 +736,7 @@ impl Db {
     /// (the fencing token that makes the previous holder's writes fail).
     ///
     /// Executions already started are taken over first: they hold a slot already. Waiting ones
-    /// start in submission order (then by priority) only while the cluster-wide limit
+    /// start in submission order (`submit_seq`, which follows commit order) only while the cluster-wide limit
     /// (`max_concurrent`) and their DAG's own `max_concurrent_executions` leave a slot free; the
     /// rest are marked `queued`. Slot decisions are serialised by a transaction-scoped advisory
     /// lock, so replicas deciding at once cannot exceed the limit.
@@ -776,7 +780,7 @@ impl Db {
                 "SELECT e.execution_id, e.tenant_id, e.dag_id, (d.definition->>'max_concurrent_executions')::bigint
                  FROM dag_executions e JOIN dag_definitions d USING (dag_hash)
                  WHERE e.status IN ('pending', 'queued') AND (e.lease_expires_at IS NULL OR e.lease_expires_at < now())
-                 ORDER BY e.submitted_at, e.priority DESC, e.execution_id
+                 ORDER BY e.submit_seq
                  LIMIT 1000 FOR UPDATE OF e SKIP LOCKED",
             )
             .fetch_all(&mut *tx)

@@ -52,12 +52,11 @@ async fn two_hundred_executions_never_exceed_ten_running_and_start_in_order() {
     sampler.await.expect("sampler");
     let peak = peak.load(Ordering::Relaxed);
     assert!((1..=10).contains(&peak), "at most 10 running at any sampled moment, saw {peak}");
-    let order: Vec<(uuid::Uuid, i64)> = sqlx::query_as(
-        "SELECT execution_id, slot_seq FROM dag_executions ORDER BY submitted_at, priority DESC, execution_id",
-    )
-    .fetch_all(&db)
-    .await
-    .expect("order");
+    let order: Vec<(uuid::Uuid, i64)> =
+        sqlx::query_as("SELECT execution_id, slot_seq FROM dag_executions ORDER BY submit_seq")
+            .fetch_all(&db)
+            .await
+            .expect("order");
     let slots: Vec<i64> = order.iter().map(|(_, s)| *s).collect();
     assert!(slots.windows(2).all(|w| w[0] < w[1]), "slots are granted in submission order: {slots:?}");
     stack.shutdown().await;

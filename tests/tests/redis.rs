@@ -172,11 +172,10 @@ async fn redis_stopped_half_way_then_restarted_keeps_the_limit_and_the_order() {
     sampler.await.expect("sampler");
     let peak = peak.load(Ordering::Relaxed);
     assert!((1..=10).contains(&peak), "at most 10 running at any sampled moment, saw {peak}");
-    let slots: Vec<i64> =
-        sqlx::query_scalar("SELECT slot_seq FROM dag_executions ORDER BY submitted_at, priority DESC, execution_id")
-            .fetch_all(&db)
-            .await
-            .expect("order");
+    let slots: Vec<i64> = sqlx::query_scalar("SELECT slot_seq FROM dag_executions ORDER BY submit_seq")
+        .fetch_all(&db)
+        .await
+        .expect("order");
     assert!(slots.windows(2).all(|w| w[0] < w[1]), "slots are granted in submission order: {slots:?}");
     stack.shutdown().await;
 }
