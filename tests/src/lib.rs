@@ -313,6 +313,73 @@ impl Stack {
         body
     }
 
+    /// The reliability auditor, run after a fault: waits until every execution of this stack is
+    /// finished, then checks that each completed node has exactly one provenance record, every
+    /// completed execution's chain verifies, no outbox row is left, and the task and result
+    /// queues are empty. Panics with what is wrong.
+    pub async fn audit(&self, within: Duration) {
+        let db = self.database().await;
+        let deadline = Instant::now() + within;
+        loop {
+            let open: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM dag_executions WHERE status NOT IN ('completed', 'failed', 'cancelled')",
+            )
+            .fetch_one(&db)
+            .await
+            .expect("count");
+            let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db).await.expect("outbox");
+            let queued = self.queue_depths().await;
+            if open == 0 && outbox == 0 && queued == 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "audit: {open} executions unfinished, {outbox} outbox rows, {queued} messages queued"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let twice: Vec<(uuid::Uuid, String, i64)> = sqlx::query_as(
+            "SELECT execution_id, node_id, count(*) FROM execution_provenance GROUP BY 1, 2 HAVING count(*) <> 1",
+        )
+        .fetch_all(&db)
+        .await
+        .expect("records");
+        assert!(twice.is_empty(), "audit: nodes recorded other than once: {twice:?}");
+        let unrecorded: Vec<(uuid::Uuid, String)> = sqlx::query_as(
+            "SELECT t.execution_id, t.node_id FROM node_traces t
+             WHERE t.status = 'completed' AND NOT EXISTS (SELECT 1 FROM execution_provenance p
+                 WHERE p.execution_id = t.execution_id AND p.node_id = t.node_id)",
+        )
+        .fetch_all(&db)
+        .await
+        .expect("unrecorded");
+        assert!(unrecorded.is_empty(), "audit: completed nodes without a record: {unrecorded:?}");
+        let completed: Vec<uuid::Uuid> =
+            sqlx::query_scalar("SELECT execution_id FROM dag_executions WHERE status = 'completed'")
+                .fetch_all(&db)
+                .await
+                .expect("completed");
+        for id in completed {
+            let provenance = self.provenance(&id.to_string()).await;
+            assert_eq!(provenance["chain_valid"], true, "audit: the chain of {id} does not verify: {provenance}");
+        }
+    }
+
+    /// Messages ready in this stack's task and result queues (`u32::MAX` while the broker cannot
+    /// be asked, so that the auditor keeps waiting).
+    async fn queue_depths(&self) -> u32 {
+        let Ok(broker) = shared::amqp::Broker::connect(AMQP, "auditor", Topology::new(&self.prefix, 1)).await else {
+            return u32::MAX;
+        };
+        let t = Topology::new(&self.prefix, 1);
+        let mut total = 0;
+        for queue in [t.task_queue("default"), t.results_queue()] {
+            total += broker.queue_depth(&queue).await.unwrap_or(0);
+        }
+        broker.close().await;
+        total
+    }
+
     /// Stops every process, then deletes the database and the queues.
     pub async fn shutdown(self) {
         for w in self.workers {
@@ -386,6 +453,28 @@ impl Drop for OwnRedis {
             let _ = child.wait();
         }
     }
+}
+
+/// The fault matrix's workload, `copies` executions of one DAG: a fan-out and fan-in through a
+/// flaky node (succeeds on its third attempt), a node that times out and is skipped, and a short
+/// sleep. The DAG is stored on the first call.
+pub async fn mixed_workload(stack: &Stack, copies: usize) -> Vec<String> {
+    let (status, body) = stack
+        .call(reqwest::Method::POST, "/dags", Some(json!({"dag_id": "mixed", "name": "mixed", "nodes": {
+            "a": {"agent_id": "echo"},
+            "flaky": {"agent_id": "flaky", "params": {"failures": 2}, "depends_on": ["a"],
+                      "retry_policy": {"max_retries": 3, "base_delay": 0.01}},
+            "slow": {"agent_id": "sleep", "params": {"ms": 5000}, "timeout_policy": {"timeout_seconds": 0.2, "on_timeout": "skip"},
+                     "depends_on": ["a"]},
+            "b": {"agent_id": "sleep", "params": {"ms": 30}, "depends_on": ["a"]},
+            "join": {"agent_id": "echo", "depends_on": ["flaky", "slow", "b"]}}})))
+        .await;
+    assert!(status == 201 || status == 409, "{body}");
+    let mut ids = Vec::new();
+    for i in 0..copies {
+        ids.push(stack.execute("mixed", json!({"copy": i})).await);
+    }
+    ids
 }
 
 /// A TCP port free right now on 127.0.0.1.

@@ -1,0 +1,105 @@
+//! The fault matrix, part 1 (faults that do not disturb other tests): duplicate and late result
+//! messages, and a worker paused past its heartbeat. Each run ends with the auditor
+//! (`Stack::audit`). Restarts of the shared RabbitMQ and PostgreSQL are in `fault_rabbitmq.rs`
+//! and `fault_postgres.rs`, one test per binary, so that nothing else runs meanwhile.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use shared::amqp::{Broker, Topology};
+use shared::messages::Message;
+use tests::{AMQP, Stack, StackOptions, mixed_workload};
+
+const WITHIN: Duration = Duration::from_secs(90);
+const WORKER: &str = env!("CARGO_BIN_EXE_gl-worker");
+
+/// The stored result messages of an execution, as they arrived.
+async fn stored_results(stack: &Stack, id: &str) -> Vec<Value> {
+    sqlx::query_scalar("SELECT result FROM node_attempts WHERE execution_id = $1 ORDER BY node_id, attempt")
+        .bind(uuid::Uuid::parse_str(id).expect("uuid"))
+        .fetch_all(&stack.database().await)
+        .await
+        .expect("results")
+}
+
+#[tokio::test]
+async fn duplicate_and_late_results_change_nothing() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let ids = mixed_workload(&stack, 3).await;
+    for id in &ids {
+        assert_eq!(stack.wait_finished(id, WITHIN).await["status"], "completed");
+    }
+    let before: Vec<Value> = futures_of(&stack, &ids).await;
+    // Every result again (duplicates), and for the flaky node a "late" success of its first
+    // attempt, which had failed: an old attempt's result must not replace what was recorded.
+    let topology = Topology::new(&stack.prefix, 5);
+    let broker = Broker::connect(AMQP, "fault-injector", topology.clone()).await.expect("broker");
+    for id in &ids {
+        for stored in stored_results(&stack, id).await {
+            let mut result: shared::messages::ResultMessage = serde_json::from_value(stored).expect("a result");
+            let body = Message::Result(result.clone()).to_bytes();
+            broker
+                .publish(&topology.results_exchange(), Topology::RESULT_KEY, &body, &BTreeMap::new())
+                .await
+                .expect("dup");
+            if result.node_id == "flaky" && result.attempt == 1 {
+                result.outcome = shared::state::Outcome::Succeeded { outputs: json!({"late": true}) };
+                let body = Message::Result(result).to_bytes();
+                broker
+                    .publish(&topology.results_exchange(), Topology::RESULT_KEY, &body, &BTreeMap::new())
+                    .await
+                    .expect("late");
+            }
+        }
+    }
+    broker.close().await;
+    stack.audit(WITHIN).await;
+    assert_eq!(futures_of(&stack, &ids).await, before, "statuses, outputs and provenance hashes are unchanged");
+    stack.shutdown().await;
+}
+
+/// What must not change: each execution's status and chain hash, and each node's outputs.
+async fn futures_of(stack: &Stack, ids: &[String]) -> Vec<Value> {
+    let mut out = Vec::new();
+    for id in ids {
+        let e = stack.execution(id).await;
+        let nodes = stack.nodes(id).await;
+        let outputs: BTreeMap<&String, &Value> = nodes.iter().map(|(k, n)| (k, &n["outputs"])).collect();
+        out.push(json!({"status": e["status"], "hash": e["provenance_chain_hash"], "outputs": outputs}));
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_worker_paused_past_its_heartbeat_loses_nothing() {
+    let mut stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() }).await;
+    let mut paused = stack.spawn_worker(WORKER, "paused");
+    stack
+        .create_dag(json!({"dag_id": "long", "name": "long", "nodes": {
+            "first": {"agent_id": "sleep", "params": {"ms": 3000}},
+            "second": {"agent_id": "echo", "depends_on": ["first"]}}}))
+        .await;
+    let id = stack.execute("long", json!({})).await;
+    stack.wait_for(&id, WITHIN, |_| true).await;
+    tests::eventually(WITHIN, "the paused worker holds the first node", || async {
+        stack.nodes(&id).await["first"]["status"] == "running"
+    })
+    .await;
+    let pid = paused.id().to_string();
+    let signal = |sig: &str| std::process::Command::new("kill").args([sig, &pid]).status().expect("kill runs");
+    assert!(signal("-STOP").success());
+    // The broker gives up on the silent connection after missed heartbeats and hands the task
+    // to the next worker; the execution completes without the paused one.
+    stack.add_worker("healthy");
+    let e = stack.wait_finished(&id, WITHIN).await;
+    assert_eq!(e["status"], "completed", "{e}");
+    assert!(signal("-CONT").success());
+    let first = &stack.nodes(&id).await["first"];
+    assert_eq!(first["worker_id"], "healthy", "{first}");
+    assert!(first["attempts"][0]["deliveries"].as_u64() >= Some(2), "the task was delivered again: {first}");
+    stack.audit(WITHIN).await;
+    paused.kill().ok();
+    let _ = paused.wait();
+    stack.shutdown().await;
+}
