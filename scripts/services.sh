@@ -32,3 +32,9 @@ if ! port_open 5672; then
   rabbitmq-server -detached
 fi
 deadline_wait RabbitMQ 120 port_open 5672
+
+# The fault suite runs one coordinator under libfaketime (Debian package `faketime`).
+if ! command -v faketime >/dev/null; then
+  echo "services: installing faketime"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q faketime >/dev/null
+fi

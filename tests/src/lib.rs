@@ -165,8 +165,18 @@ impl Stack {
     /// Starts `gl-coordinator serve` (path `exe`: `env!("CARGO_BIN_EXE_gl-coordinator")` in a
     /// test) as a separate process on a free port; returns it and its API base URL.
     pub fn spawn_coordinator(&self, exe: &str) -> (std::process::Child, String) {
+        self.spawn_coordinator_via(&[], exe)
+    }
+
+    /// [`Stack::spawn_coordinator`] through a wrapper command (e.g. `faketime -f +1h`).
+    pub fn spawn_coordinator_via(&self, wrapper: &[&str], exe: &str) -> (std::process::Child, String) {
         let port = free_port();
-        let child = std::process::Command::new(exe)
+        let (program, args) = match wrapper.split_first() {
+            Some((program, rest)) => (*program, rest.iter().copied().chain([exe]).collect::<Vec<_>>()),
+            None => (exe, Vec::new()),
+        };
+        let child = std::process::Command::new(program)
+            .args(args)
             .arg("serve")
             .envs(self.env())
             .envs(self.options.process_env.iter().map(|(k, v)| (*k, v)))

@@ -13,6 +13,7 @@ use tests::{AMQP, Stack, StackOptions, mixed_workload};
 
 const WITHIN: Duration = Duration::from_secs(90);
 const WORKER: &str = env!("CARGO_BIN_EXE_gl-worker");
+const COORDINATOR: &str = env!("CARGO_BIN_EXE_gl-coordinator");
 
 /// The stored result messages of an execution, as they arrived.
 async fn stored_results(stack: &Stack, id: &str) -> Vec<Value> {
@@ -101,5 +102,83 @@ async fn a_worker_paused_past_its_heartbeat_loses_nothing() {
     stack.audit(WITHIN).await;
     paused.kill().ok();
     let _ = paused.wait();
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_coordinator_killed_between_receiving_a_result_and_committing_it_loses_nothing() {
+    let mut stack = Stack::start(StackOptions { coordinators: 0, ..StackOptions::default() }).await;
+    let (mut first, base) = stack.spawn_coordinator(COORDINATOR);
+    stack.use_api(&base);
+    stack.wait_api(WITHIN).await;
+    stack
+        .create_dag(json!({"dag_id": "window", "name": "window", "nodes": {
+            "first": {"agent_id": "sleep", "params": {"ms": 800}},
+            "second": {"agent_id": "echo", "depends_on": ["first"]}}}))
+        .await;
+    let id = stack.execute("window", json!({})).await;
+    tests::eventually(WITHIN, "the first node runs", || async {
+        stack.nodes(&id).await["first"]["status"] == "running"
+    })
+    .await;
+    // Hold the inbox table: the result of `first` is received but cannot be committed.
+    let db = stack.database().await;
+    let mut hold = db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE node_attempts IN ACCESS EXCLUSIVE MODE").execute(&mut *hold).await.expect("lock");
+    tests::eventually(WITHIN, "the coordinator is recording the result", || async {
+        let waiting: i64 = sqlx::query_scalar(
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'greenlang-orchestrator'
+             AND wait_event_type = 'Lock' AND query ILIKE '%INSERT INTO node_attempts%'",
+        )
+        .fetch_one(&db)
+        .await
+        .unwrap_or(0);
+        waiting > 0
+    })
+    .await;
+    first.kill().expect("kill -9 the coordinator");
+    let _ = first.wait();
+    hold.rollback().await.expect("release");
+    // The unacknowledged result goes back to the queue; the next coordinator records it.
+    let (mut second, base) = stack.spawn_coordinator(COORDINATOR);
+    stack.use_api(&base);
+    stack.wait_api(WITHIN).await;
+    let e = stack.wait_finished(&id, WITHIN).await;
+    assert_eq!(e["status"], "completed", "{e}");
+    let nodes = stack.nodes(&id).await;
+    assert_eq!(nodes["first"]["attempt_count"], 1, "the result was not lost, so nothing ran again");
+    stack.audit(WITHIN).await;
+    second.kill().ok();
+    let _ = second.wait();
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_coordinator_with_a_skewed_clock_breaks_nothing() {
+    // One replica an hour ahead, one on time, both driving the same executions. Leases and their
+    // expiry come from the database clock, so the skewed one neither steals live leases nor
+    // loses its own; its clock only stamps the executions it accepts.
+    let mut stack = Stack::start(StackOptions { coordinators: 1, ..StackOptions::default() }).await;
+    let wrapper = ["faketime", "-f", "+1h"];
+    let (mut skewed, base) = stack.spawn_coordinator_via(&wrapper, COORDINATOR);
+    stack.use_api(&base);
+    stack.wait_api(WITHIN).await;
+    let ids = mixed_workload(&stack, 20).await;
+    for id in &ids {
+        assert_eq!(stack.wait_finished(id, WITHIN).await["status"], "completed", "{id}");
+    }
+    let clock = stack.execution(&ids[0]).await["clock"].as_str().expect("clock").to_owned();
+    let stamped = chrono::DateTime::parse_from_rfc3339(&clock).expect("RFC 3339");
+    let ahead = stamped.with_timezone(&chrono::Utc) - chrono::Utc::now();
+    assert!(ahead > chrono::Duration::minutes(50), "the skewed replica accepted it (clock {clock})");
+    for id in &ids {
+        for (name, node) in stack.nodes(id).await {
+            let attempts = node["attempts"].as_array().map_or(0, Vec::len) as u64;
+            assert_eq!(node["attempt_count"].as_u64(), Some(attempts.max(1)), "{id} {name}: {node}");
+        }
+    }
+    stack.audit(WITHIN).await;
+    skewed.kill().ok();
+    let _ = skewed.wait();
     stack.shutdown().await;
 }
