@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Reproduces the distributed figures of BENCHMARKS.md: release builds, a fresh database, one
 # coordinator and two workers on this machine, then each scenario; results go to
-# loadtest/results/<scenario>.json. Usage: loadtest/run.sh [chain fanout concurrent ...]
+# loadtest/results/<scenario>.json (and soak.svg). Usage: loadtest/run.sh [chain fanout concurrent
+# concurrent-500 soak]; SOAK_EXECUTIONS sets the soak's size (default 10,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -35,6 +36,8 @@ scenarios=("$@")
 for s in "${scenarios[@]}"; do
   case $s in
     concurrent-500) args=(concurrent --n 500) ;;
+    soak) args=(soak --executions "${SOAK_EXECUTIONS:-10000}" --in-flight 100 --metrics "http://127.0.0.1:18080/metrics"
+                --watch "coordinator=${pids[0]},worker-1=${pids[1]},worker-2=${pids[2]}" --svg loadtest/results/soak.svg) ;;
     *) args=("$s") ;;
   esac
   echo "loadtest: $s" >&2

@@ -33,6 +33,22 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         n: usize,
     },
+    /// Many executions with a bounded number in flight, sampling memory and queues; writes the
+    /// memory curve as SVG to --svg.
+    Soak {
+        #[arg(long, default_value_t = 10_000)]
+        executions: usize,
+        #[arg(long, default_value_t = 100)]
+        in_flight: usize,
+        /// Processes to watch, as NAME=PID (e.g. coordinator=1234).
+        #[arg(long, value_delimiter = ',')]
+        watch: Vec<String>,
+        /// The coordinator's Prometheus endpoint.
+        #[arg(long, default_value = "http://127.0.0.1:8080/metrics")]
+        metrics: String,
+        #[arg(long, default_value = "loadtest/results/soak.svg")]
+        svg: std::path::PathBuf,
+    },
 }
 
 const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
@@ -45,6 +61,9 @@ async fn main() -> std::process::ExitCode {
         Scenario::Chain { steps } => loadtest::chain::run(&client, steps.max(2)).await.map(|r| r.to_json()),
         Scenario::Fanout { width } => loadtest::fanout::run(&client, width.max(1), HOUR).await.map(|r| r.to_json()),
         Scenario::Concurrent { n } => loadtest::concurrent::run(&client, n.max(1), HOUR).await.map(|r| r.to_json()),
+        Scenario::Soak { executions, in_flight, watch, metrics, svg } => {
+            soak(&client, executions, in_flight, &watch, &metrics, &svg).await
+        }
     };
     match result {
         Ok(json) => {
@@ -56,4 +75,25 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `soak`, watching the NAME=PID processes, and writes the memory curve to `svg`.
+async fn soak(
+    client: &loadtest::Client,
+    executions: usize,
+    in_flight: usize,
+    watch: &[String],
+    metrics: &str,
+    svg: &std::path::Path,
+) -> Result<serde_json::Value, loadtest::LoadError> {
+    let watched: Vec<(&str, u32)> =
+        watch.iter().filter_map(|w| w.split_once('=')).filter_map(|(n, p)| Some((n, p.parse().ok()?))).collect();
+    let pids: Vec<u32> = watched.iter().map(|(_, p)| *p).collect();
+    let every = std::time::Duration::from_secs(2);
+    let result = loadtest::soak::run(client, metrics, executions.max(1), in_flight.max(1), &pids, every).await?;
+    let names: Vec<&str> = watched.iter().map(|(n, _)| *n).collect();
+    if let Err(e) = std::fs::write(svg, loadtest::soak::memory_svg(&result, &names)) {
+        eprintln!("loadtest: cannot write {}: {e}", svg.display());
+    }
+    Ok(result.to_json())
 }

@@ -1,4 +1,4 @@
-//! A short run of each load scenario that exists (chain, fanout, concurrent), so the tool never rots (no thresholds here:
+//! A short run of each load scenario that exists (chain, fanout, concurrent, soak), so the tool never rots (no thresholds here:
 //! figures belong in BENCHMARKS.md).
 
 use tests::{Stack, StackOptions};
@@ -31,5 +31,20 @@ async fn the_concurrent_scenario_runs_executions_at_once_without_failures() {
     let result = loadtest::concurrent::run(&client, 5, std::time::Duration::from_secs(120)).await.expect("runs");
     assert_eq!((result.executions, result.failures), (5, 0), "{result:?}");
     assert!(result.latency_p99_ms >= result.latency_p50_ms && result.latency_p50_ms > 0.0, "{result:?}");
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_soak_scenario_samples_memory_and_queues() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let client = loadtest::Client::new(&stack.base(), None);
+    let metrics = format!("http://{}/metrics", stack.coordinators[0].addr);
+    let every = std::time::Duration::from_millis(50);
+    let result = loadtest::soak::run(&client, &metrics, 20, 5, &[std::process::id()], every).await.expect("runs");
+    assert_eq!((result.executions, result.failures), (20, 0), "{result:?}");
+    let last = result.samples.last().expect("sampled");
+    assert_eq!(last.completed, 20);
+    assert!(last.rss_kib[0] > 0, "{last:?}");
+    assert!(loadtest::soak::memory_svg(&result, &["tests"]).contains("<polyline"));
     stack.shutdown().await;
 }
