@@ -65,7 +65,13 @@ struct Owned {
 
 /// Runs until `stop` turns true, then hands its leases back.
 pub async fn run(db: Db, options: SchedulerOptions, mut stop: watch::Receiver<bool>) {
-    let mut scheduler = Scheduler { db: db.clone(), options, owned: HashMap::new(), dags: HashMap::new() };
+    let mut scheduler = Scheduler {
+        db: db.clone(),
+        options,
+        owned: HashMap::new(),
+        dags: HashMap::new(),
+        renewed_at: std::time::Instant::now(),
+    };
     let mut listener = None;
     let mut claim = tokio::time::interval(Duration::from_millis(250));
     let mut renew = tokio::time::interval(scheduler.options.lease_ttl / 3);
@@ -140,6 +146,8 @@ struct Scheduler {
     owned: HashMap<Uuid, Owned>,
     /// Compiled pinned definitions, by `dag_hash` (immutable, so safe to cache).
     dags: HashMap<String, Arc<Dag>>,
+    /// When leases were last renewed.
+    renewed_at: std::time::Instant,
 }
 
 impl Scheduler {
@@ -174,7 +182,16 @@ impl Scheduler {
         }
     }
 
+    /// Renews now if a third of the TTL has passed: called between steps too, because a busy
+    /// replica can spend longer than a lease stepping executions before its renew tick is served.
+    async fn renew_if_due(&mut self) {
+        if self.renewed_at.elapsed() >= self.options.lease_ttl / 3 {
+            self.renew().await;
+        }
+    }
+
     async fn renew(&mut self) {
+        self.renewed_at = std::time::Instant::now();
         if self.owned.is_empty() {
             // Nothing to renew: still find out whether the lock backend answers, for the gauge.
             let answered = self.options.locks.holder(Uuid::nil()).await.is_ok();
@@ -324,6 +341,7 @@ impl Scheduler {
 
     /// Applies what happened to one execution and writes it, fenced by the lease.
     async fn step(&mut self, id: Uuid) {
+        self.renew_if_due().await;
         let (results, cancel) = match self.db.inbox(id).await {
             Ok(inbox) => inbox,
             Err(e) => {

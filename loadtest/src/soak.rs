@@ -89,7 +89,7 @@ pub async fn run(
             let client = client.clone();
             running.spawn(async move {
                 let id = client.execute(dag_id, &json!({})).await?;
-                client.wait_finished(&id, Duration::from_secs(600)).await
+                client.wait_finished_polling(&id, Duration::from_secs(600), Duration::from_millis(500)).await
             });
             submitted += 1;
         }
