@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes sure PostgreSQL, RabbitMQ and Redis answer on their standard local ports, starting any
-# that does not (Debian service layout), and waits for each with a deadline.
+# that does not (Debian service layout), and waits for each with a deadline; installs faketime
+# (for the fault suite) when missing.
 set -euo pipefail
 
 deadline_wait() { # name, seconds, command...
