@@ -170,6 +170,7 @@ fn parse_uuid(id: &str) -> ApiResult<Uuid> {
 }
 
 async fn prometheus_text(State(state): State<AppState>) -> Response {
+    state.metrics.set_pool(state.db.pool_usage());
     let mut response = state.metrics.render().into_response();
     response
         .headers_mut()

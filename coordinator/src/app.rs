@@ -140,9 +140,7 @@ async fn gauges(db: Db, amqp: String, topology: Topology, metrics: Arc<Metrics>,
             metrics.queued_executions.set(queued);
             metrics.outbox_backlog.set(backlog);
         }
-        let (size, idle) = db.pool_usage();
-        metrics.db_pool_active.with_label_values(&["orchestrator-service"]).set(i64::from(size.saturating_sub(idle)));
-        metrics.db_pool_idle.with_label_values(&["orchestrator-service"]).set(i64::from(idle));
+        metrics.set_pool(db.pool_usage());
         if broker.as_ref().is_none_or(|b| !b.is_connected()) {
             broker = shared::amqp::Broker::connect(&amqp, "gauges", topology.clone()).await.ok();
             if let Some(b) = &broker {

@@ -33,6 +33,24 @@ pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 pub struct Db {
     pool: PgPool,
     options: sqlx::postgres::PgConnectOptions,
+    /// Callers waiting for a connection right now (`gl_db_pool_pending_connections`).
+    pending: std::sync::Arc<std::sync::atomic::AtomicI64>,
+}
+
+/// Counts one caller as waiting for a connection until dropped (also when the wait is abandoned).
+struct Waiting<'a>(&'a std::sync::atomic::AtomicI64);
+
+impl<'a> Waiting<'a> {
+    fn new(counter: &'a std::sync::atomic::AtomicI64) -> Self {
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// A database operation failed.
@@ -324,7 +342,7 @@ impl Db {
             .acquire_timeout(Duration::from_secs(3))
             .connect_with(options.clone())
             .await?;
-        Ok(Self { pool, options })
+        Ok(Self { pool, options, pending: Default::default() })
     }
 
     /// A `LISTEN` on `channel` over a connection of its own: a listener holds its connection for
@@ -340,20 +358,32 @@ impl Db {
         &self.pool
     }
 
+    /// A connection from the pool; the wait is counted as pending.
+    async fn conn(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>, sqlx::Error> {
+        let _waiting = Waiting::new(&self.pending);
+        self.pool.acquire().await
+    }
+
+    /// A transaction on a pooled connection; the wait is counted as pending.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+        let _waiting = Waiting::new(&self.pending);
+        self.pool.begin().await
+    }
+
     pub async fn migrate(&self) -> Result<(), DbError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
     pub async fn ping(&self) -> Result<(), DbError> {
-        sqlx::query("SELECT 1").execute(&self.pool).await?;
+        sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
     /// Stores a new DAG; `Conflict` when the id is taken.
     pub async fn insert_dag(&self, tenant: &str, dag: &Dag) -> Result<DagRow, DbError> {
         let definition = serde_json::to_value(dag.definition()).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO dag_definitions (dag_hash, definition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(dag.hash().as_str())
             .bind(&definition)
@@ -396,7 +426,7 @@ impl Db {
         )
         .bind(tenant)
         .bind(dag_id)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.conn().await?)
         .await?;
         row.map(|r| {
             Ok(DagRow {
@@ -420,7 +450,7 @@ impl Db {
         .bind(tenant)
         .bind(after)
         .bind(limit)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -442,7 +472,7 @@ impl Db {
     /// Replaces a DAG's definition if its revision is still `expected` (when given).
     pub async fn update_dag(&self, tenant: &str, dag: &Dag, expected: Option<i64>) -> Result<UpdateOutcome, DbError> {
         let definition = serde_json::to_value(dag.definition()).map_err(|e| DbError::Corrupt(e.to_string()))?;
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO dag_definitions (dag_hash, definition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(dag.hash().as_str())
             .bind(&definition)
@@ -490,7 +520,7 @@ impl Db {
         let done = sqlx::query("DELETE FROM dag_workflows WHERE tenant_id = $1 AND dag_id = $2")
             .bind(tenant)
             .bind(dag_id)
-            .execute(&self.pool)
+            .execute(&mut *self.conn().await?)
             .await?;
         Ok(done.rows_affected() == 1)
     }
@@ -500,14 +530,14 @@ impl Db {
         let by_status: Vec<(String, i64)> =
             sqlx::query_as("SELECT status, count(*) FROM dag_executions WHERE tenant_id = $1 GROUP BY status")
                 .bind(tenant)
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.conn().await?)
                 .await?;
         let avg: Option<f64> = sqlx::query_scalar(
             "SELECT (avg(extract(epoch FROM completed_at - started_at)) * 1000)::float8 FROM dag_executions
              WHERE tenant_id = $1 AND completed_at IS NOT NULL AND started_at IS NOT NULL",
         )
         .bind(tenant)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         let p99: Option<f64> = sqlx::query_scalar(
             "SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY n.duration_ms)::float8
@@ -515,7 +545,7 @@ impl Db {
              WHERE e.tenant_id = $1 AND n.duration_ms IS NOT NULL",
         )
         .bind(tenant)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?;
         let slowest: Vec<(String, String, f64, i64)> = sqlx::query_as(
             "SELECT e.dag_id, n.node_id, avg(n.duration_ms)::float8, count(*) FROM node_traces n
@@ -524,7 +554,7 @@ impl Db {
              GROUP BY e.dag_id, n.node_id ORDER BY 3 DESC LIMIT 5",
         )
         .bind(tenant)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let counts: HashMap<String, i64> = by_status.into_iter().collect();
         let count = |s: &str| counts.get(s).copied().unwrap_or(0);
@@ -545,14 +575,14 @@ impl Db {
     pub async fn definition(&self, dag_hash: &str) -> Result<Option<Value>, DbError> {
         Ok(sqlx::query_scalar("SELECT definition FROM dag_definitions WHERE dag_hash = $1")
             .bind(dag_hash)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.conn().await?)
             .await?)
     }
 
     /// Creates an execution and its node rows; with an idempotency key seen before, returns the
     /// earlier execution (same body) or `Conflict` (another body).
     pub async fn create_execution(&self, new: NewExecution<'_>) -> Result<Created, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if let Some((key, request_hash)) = new.idempotency {
             let seen: Option<(Uuid, Option<String>)> = sqlx::query_as(
                 "SELECT execution_id, request_hash FROM dag_executions WHERE tenant_id = $1 AND idempotency_key = $2",
@@ -625,13 +655,13 @@ impl Db {
 
     pub async fn execution(&self, tenant: &str, id: Uuid) -> Result<Option<ExecutionRow>, DbError> {
         let sql = select_execution!("WHERE tenant_id = $1 AND execution_id = $2");
-        let row = sqlx::query(sql).bind(tenant).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(sql).bind(tenant).bind(id).fetch_optional(&mut *self.conn().await?).await?;
         Ok(row.as_ref().map(execution_row).transpose()?)
     }
 
     async fn execution_by_id(&self, id: Uuid) -> Result<Option<ExecutionRow>, DbError> {
         let sql = select_execution!("WHERE execution_id = $1");
-        let row = sqlx::query(sql).bind(id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(sql).bind(id).fetch_optional(&mut *self.conn().await?).await?;
         Ok(row.as_ref().map(execution_row).transpose()?)
     }
 
@@ -645,7 +675,7 @@ impl Db {
              WHERE n.execution_id = $1 ORDER BY n.level_index, n.node_id",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         rows.iter()
             .map(|r| {
@@ -681,7 +711,7 @@ impl Db {
             "SELECT node_id, result FROM node_attempts WHERE execution_id = $1 ORDER BY node_id, kind DESC, attempt",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let mut by_node: HashMap<String, Vec<Value>> = HashMap::new();
         for (node, result) in rows {
@@ -698,7 +728,7 @@ impl Db {
              FROM execution_provenance WHERE execution_id = $1 ORDER BY seq",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let hash = |r: &PgRow, c: &str| -> Result<ContentHash, DbError> {
             let text: String = r.try_get(c)?;
@@ -747,7 +777,7 @@ impl Db {
         room: i64,
         max_concurrent: i64,
     ) -> Result<Vec<Lease>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SLOT_LOCK).execute(&mut *tx).await?;
         let mut leases: Vec<(Uuid, i64)> = sqlx::query_as(
             "UPDATE dag_executions e SET lease_owner = $1, lease_epoch = e.lease_epoch + 1,
@@ -840,7 +870,7 @@ impl Db {
         .bind(ttl.as_secs_f64())
         .bind(&ids)
         .bind(&epochs)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows.into_iter().map(|(execution_id, epoch)| Lease { execution_id, epoch }).collect())
     }
@@ -851,7 +881,7 @@ impl Db {
         let done =
             sqlx::query("UPDATE dag_executions SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1")
                 .bind(owner)
-                .execute(&self.pool)
+                .execute(&mut *self.conn().await?)
                 .await?;
         Ok(done.rows_affected())
     }
@@ -869,12 +899,12 @@ impl Db {
              ORDER BY received_at, node_id, attempt",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let cancel: Option<bool> =
             sqlx::query_scalar("SELECT cancel_requested FROM dag_executions WHERE execution_id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         let messages = results.into_iter().filter_map(|v| serde_json::from_value::<ResultMessage>(v).ok()).collect();
         Ok((messages, cancel.unwrap_or(false)))
@@ -883,7 +913,7 @@ impl Db {
     /// Records attempt results (duplicates are ignored by the primary key) and wakes the
     /// coordinators; results for unknown executions are dropped.
     pub async fn record_results(&self, results: &[ResultMessage]) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         for r in results {
             let Ok(id) = Uuid::parse_str(&r.execution_id) else {
                 continue;
@@ -914,7 +944,7 @@ impl Db {
     /// Writes one step of an execution if `lease` is still held; returns false (and writes
     /// nothing) when it is not.
     pub async fn commit_step(&self, owner: &str, lease: Lease, step: &StepWrite) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let held = sqlx::query(
             "UPDATE dag_executions SET status = $4, halt = $5,
                  started_at = CASE WHEN $4 <> 'pending' THEN COALESCE(started_at, now()) ELSE started_at END,
@@ -1006,7 +1036,7 @@ impl Db {
     /// Marks an execution for cancellation and wakes its driver; false when it is already
     /// finished or unknown.
     pub async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE dag_executions SET cancel_requested = true, updated_at = now()
              WHERE tenant_id = $1 AND execution_id = $2 AND status IN ('pending', 'queued', 'running')",
@@ -1031,7 +1061,7 @@ impl Db {
         )
         .bind(limit)
         .bind(claim.as_secs_f64())
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         let mut rows: Vec<OutboxRow> = rows
             .into_iter()
@@ -1049,7 +1079,7 @@ impl Db {
 
     /// Deletes outbox rows whose publish was confirmed.
     pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), DbError> {
-        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(ids).execute(&self.pool).await?;
+        sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(ids).execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
@@ -1062,7 +1092,7 @@ impl Db {
                    AND status IN ('pending', 'queued', 'running') AND halt IS DISTINCT FROM 'cancel'",
         )
         .bind(ids)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?)
     }
 
@@ -1075,7 +1105,7 @@ impl Db {
         remaining: &[String],
         counts: (i32, i32, i32),
     ) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE dag_executions SET status = 'pending', halt = NULL, cancel_requested = false, completed_at = NULL,
                  error = NULL, provenance_chain_hash = NULL, lease_owner = NULL, lease_expires_at = NULL,
@@ -1122,7 +1152,7 @@ impl Db {
         let live: Option<Option<bool>> =
             sqlx::query_scalar("SELECT lease_expires_at > now() FROM dag_executions WHERE execution_id = $1")
                 .bind(id)
-                .fetch_optional(&self.pool)
+                .fetch_optional(&mut *self.conn().await?)
                 .await?;
         Ok(live.flatten().unwrap_or(false))
     }
@@ -1134,7 +1164,7 @@ impl Db {
              FROM dag_checkpoints WHERE execution_id = $1 ORDER BY node_id",
         )
         .bind(id)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.conn().await?)
         .await?;
         Ok(rows
             .into_iter()
@@ -1151,7 +1181,7 @@ impl Db {
 
     /// Deletes an execution's checkpoints unless it is running; `None` when it is.
     pub async fn delete_checkpoints(&self, tenant: &str, id: Uuid) -> Result<Option<u64>, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let status: Option<String> = sqlx::query_scalar(
             "SELECT status FROM dag_executions WHERE tenant_id = $1 AND execution_id = $2 FOR UPDATE",
         )
@@ -1190,7 +1220,7 @@ impl Db {
             .bind(filter.after.map(|a| a.0))
             .bind(filter.after.map(|a| a.1))
             .bind(filter.limit)
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.conn().await?)
             .await?;
         Ok(rows.iter().map(execution_row).collect::<Result<_, _>>()?)
     }
@@ -1200,19 +1230,22 @@ impl Db {
         Ok(sqlx::query_as(
             "SELECT (SELECT count(*) FROM dag_executions WHERE status = 'queued'), (SELECT count(*) FROM outbox)",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.conn().await?)
         .await?)
     }
 
     /// Connections open, and of those idle.
-    pub fn pool_usage(&self) -> (u32, u32) {
-        (self.pool.size(), u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX))
+    /// (connections open, idle, callers waiting for one).
+    pub fn pool_usage(&self) -> (u32, u32, i64) {
+        let pending = self.pending.load(std::sync::atomic::Ordering::Relaxed);
+        (self.pool.size(), u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX), pending)
     }
 
     /// Per-status counts (for health and tests).
     pub async fn status_counts(&self) -> Result<HashMap<String, i64>, DbError> {
-        let rows: Vec<(String, i64)> =
-            sqlx::query_as("SELECT status, count(*) FROM dag_executions GROUP BY status").fetch_all(&self.pool).await?;
+        let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM dag_executions GROUP BY status")
+            .fetch_all(&mut *self.conn().await?)
+            .await?;
         Ok(rows.into_iter().collect())
     }
 }

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub lock_backend: IntGaugeVec,
     pub db_pool_active: IntGaugeVec,
     pub db_pool_idle: IntGaugeVec,
+    pub db_pool_pending: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -180,9 +181,23 @@ impl Metrics {
                 "Database connections open and idle",
                 &["service"],
             ),
+            db_pool_pending: gauge_vec(
+                &r,
+                "gl_db_pool_pending_connections",
+                "Callers waiting for a database connection",
+                &["service"],
+            ),
             registry: r,
         }
         .with_zero_failure_series()
+    }
+
+    /// The pool gauges, as the pool is now (called on every scrape, so a stuck pool shows).
+    pub fn set_pool(&self, (size, idle, pending): (u32, u32, i64)) {
+        let service = ["orchestrator-service"];
+        self.db_pool_active.with_label_values(&service).set(i64::from(size.saturating_sub(idle)));
+        self.db_pool_idle.with_label_values(&service).set(i64::from(idle));
+        self.db_pool_pending.with_label_values(&service).set(pending);
     }
 
     /// Creates the failure series at zero, so an alert's `increase()` sees the very first failure

@@ -90,7 +90,20 @@ async fn an_exhausted_database_pool_answers_503_with_retry_after_never_a_hang() 
     })
     .await;
     let started = std::time::Instant::now();
-    let response = stack.http.get(format!("{}/dags/another", stack.base())).send().await.expect("answers");
+    let another = {
+        let (http, url) = (stack.http.clone(), format!("{}/dags/another", stack.base()));
+        tokio::spawn(async move { http.get(url).send().await })
+    };
+    // While it waits for a connection, the scrape (which needs none) shows it pending.
+    let metrics = format!("http://{}/metrics", stack.coordinators[0].addr);
+    eventually(Duration::from_secs(3), "gl_db_pool_pending_connections counts the waiting call", || async {
+        let text = stack.http.get(&metrics).send().await.expect("scrape").text().await.expect("text");
+        text.lines()
+            .filter_map(|l| l.strip_prefix("gl_db_pool_pending_connections{service=\"orchestrator-service\"} "))
+            .any(|v| v.trim().parse::<i64>().is_ok_and(|n| n >= 1))
+    })
+    .await;
+    let response = another.await.expect("task").expect("answers");
     assert_eq!(response.status().as_u16(), 503);
     assert!(response.headers().contains_key("retry-after"));
     assert_eq!(response.headers()["content-type"], "application/problem+json");
