@@ -7,6 +7,8 @@
 
 use std::ffi::OsString;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use coordinator::app::Coordinator;
@@ -485,6 +487,64 @@ pub async fn mixed_workload(stack: &Stack, copies: usize) -> Vec<String> {
         ids.push(stack.execute("mixed", json!({"copy": i})).await);
     }
     ids
+}
+
+/// The limit tests' deployment: two coordinators and two workers of 8 slots, with
+/// `MAX_CONCURRENT_EXECUTIONS` at 10, plus `settings`; and their DAG `limited` (two 20 ms steps).
+pub async fn limited_stack(settings: Vec<(&'static str, String)>) -> Stack {
+    let mut all = vec![("MAX_CONCURRENT_EXECUTIONS", "10".to_owned())];
+    all.extend(settings);
+    let options =
+        StackOptions { coordinators: 2, workers: 2, worker_concurrency: 8, settings: all, ..Default::default() };
+    let stack = Stack::start(options).await;
+    stack
+        .create_dag(json!({"dag_id": "limited", "name": "l", "nodes": {
+            "a": {"agent_id": "sleep", "params": {"ms": 20}},
+            "b": {"agent_id": "sleep", "params": {"ms": 20}, "depends_on": ["a"]}}}))
+        .await;
+    stack
+}
+
+/// Samples how many executions are running, every 5 ms, until stopped.
+#[derive(Debug)]
+pub struct RunningPeak {
+    done: Arc<AtomicBool>,
+    peak: Arc<AtomicI64>,
+    task: JoinHandle<()>,
+}
+
+impl RunningPeak {
+    pub fn start(db: sqlx::PgPool) -> Self {
+        let (done, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicI64::new(0)));
+        let (stop, most) = (done.clone(), peak.clone());
+        let task = tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let running: i64 = sqlx::query_scalar("SELECT count(*) FROM dag_executions WHERE status = 'running'")
+                    .fetch_one(&db)
+                    .await
+                    .unwrap_or(0);
+                most.fetch_max(running, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        });
+        Self { done, peak, task }
+    }
+
+    /// Stops sampling; the most executions seen running at once.
+    pub async fn stop(self) -> i64 {
+        self.done.store(true, Ordering::Relaxed);
+        self.task.await.expect("sampler");
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+/// Asserts that slots were granted in submission order.
+pub async fn assert_slots_in_submission_order(db: &sqlx::PgPool) {
+    let slots: Vec<i64> = sqlx::query_scalar("SELECT slot_seq FROM dag_executions ORDER BY submit_seq")
+        .fetch_all(db)
+        .await
+        .expect("order");
+    assert!(slots.windows(2).all(|w| w[0] < w[1]), "slots are granted in submission order: {slots:?}");
 }
 
 /// A TCP port free right now on 127.0.0.1.

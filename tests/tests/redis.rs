@@ -2,15 +2,15 @@
 //! middle of a 200-execution run (the service keeps executing under the PostgreSQL limiter,
 //! reports the fallback, and returns to Redis).
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
 
 use coordinator::locks::{Locks, check_contract};
 use coordinator::redis::Redis;
 use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface};
 use serde_json::json;
-use tests::{OwnRedis, REDIS, Stack, StackOptions, eventually};
+use tests::{
+    OwnRedis, REDIS, RunningPeak, Stack, StackOptions, assert_slots_in_submission_order, eventually, limited_stack,
+};
 
 async fn client(url: &str) -> Client {
     let client = Builder::from_config(Config::from_url(url).expect("url")).build().expect("client");
@@ -89,31 +89,10 @@ async fn count(db: &sqlx::PgPool, status: &str) -> i64 {
 #[tokio::test]
 async fn redis_stopped_half_way_then_restarted_keeps_the_limit_and_the_order() {
     let mut redis = OwnRedis::start();
-    let stack = Stack::start(StackOptions {
-        coordinators: 2,
-        workers: 2,
-        worker_concurrency: 8,
-        settings: vec![("MAX_CONCURRENT_EXECUTIONS", "10".into()), ("REDIS_URL", redis.url())],
-        ..StackOptions::default()
-    })
-    .await;
-    stack
-        .create_dag(json!({"dag_id": "limited", "name": "l", "nodes": {
-            "a": {"agent_id": "sleep", "params": {"ms": 20}},
-            "b": {"agent_id": "sleep", "params": {"ms": 20}, "depends_on": ["a"]}}}))
-        .await;
+    let stack = limited_stack(vec![("REDIS_URL", redis.url())]).await;
     eventually(Duration::from_secs(20), "every coordinator locks through Redis", || all_on(&stack, "redis")).await;
     let db = stack.database().await;
-    let (peak, done) = (Arc::new(AtomicI64::new(0)), Arc::new(AtomicBool::new(false)));
-    let sampler = {
-        let (db, peak, done) = (db.clone(), peak.clone(), done.clone());
-        tokio::spawn(async move {
-            while !done.load(Ordering::Relaxed) {
-                peak.fetch_max(count(&db, "running").await, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        })
-    };
+    let sampler = RunningPeak::start(db.clone());
     // Submitted at once, half through each coordinator.
     let submissions: Vec<_> = (0..200)
         .map(|i| {
@@ -168,14 +147,8 @@ async fn redis_stopped_half_way_then_restarted_keeps_the_limit_and_the_order() {
         let e = stack.wait_finished(id, Duration::from_secs(240)).await;
         assert_eq!(e["status"], "completed", "{e}");
     }
-    done.store(true, Ordering::Relaxed);
-    sampler.await.expect("sampler");
-    let peak = peak.load(Ordering::Relaxed);
+    let peak = sampler.stop().await;
     assert!((1..=10).contains(&peak), "at most 10 running at any sampled moment, saw {peak}");
-    let slots: Vec<i64> = sqlx::query_scalar("SELECT slot_seq FROM dag_executions ORDER BY submit_seq")
-        .fetch_all(&db)
-        .await
-        .expect("order");
-    assert!(slots.windows(2).all(|w| w[0] < w[1]), "slots are granted in submission order: {slots:?}");
+    assert_slots_in_submission_order(&db).await;
     stack.shutdown().await;
 }
