@@ -538,10 +538,17 @@ impl RunningPeak {
     }
 }
 
-/// Asserts that slots were granted in submission order.
-pub async fn assert_slots_in_submission_order(db: &sqlx::PgPool) {
+/// The end of a limit test: every execution completes, the sampled peak never exceeded 10, and
+/// slots were granted in submission order.
+pub async fn assert_limited_run_ends_well(stack: &Stack, ids: &[String], sampler: RunningPeak) {
+    for id in ids {
+        let e = stack.wait_finished(id, Duration::from_secs(240)).await;
+        assert_eq!(e["status"], "completed", "{e}");
+    }
+    let peak = sampler.stop().await;
+    assert!((1..=10).contains(&peak), "at most 10 running at any sampled moment, saw {peak}");
     let slots: Vec<i64> = sqlx::query_scalar("SELECT slot_seq FROM dag_executions ORDER BY submit_seq")
-        .fetch_all(db)
+        .fetch_all(&stack.database().await)
         .await
         .expect("order");
     assert!(slots.windows(2).all(|w| w[0] < w[1]), "slots are granted in submission order: {slots:?}");

@@ -1,10 +1,8 @@
 //! The concurrency limit holds across coordinator replicas: executions over it wait as `queued`
 //! and are granted slots in submission order.
 
-use std::time::Duration;
-
 use serde_json::json;
-use tests::{RunningPeak, assert_slots_in_submission_order, limited_stack};
+use tests::{RunningPeak, assert_limited_run_ends_well, limited_stack};
 
 #[tokio::test]
 async fn two_hundred_executions_never_exceed_ten_running_and_start_in_order() {
@@ -17,12 +15,6 @@ async fn two_hundred_executions_never_exceed_ten_running_and_start_in_order() {
     }
     let (_, body) = stack.call(reqwest::Method::GET, "/executions?status=queued&limit=1", None).await;
     assert_eq!(body["count"], 1, "executions over the limit wait as queued");
-    for id in &ids {
-        let e = stack.wait_finished(id, Duration::from_secs(240)).await;
-        assert_eq!(e["status"], "completed", "{e}");
-    }
-    let peak = sampler.stop().await;
-    assert!((1..=10).contains(&peak), "at most 10 running at any sampled moment, saw {peak}");
-    assert_slots_in_submission_order(&db).await;
+    assert_limited_run_ends_well(&stack, &ids, sampler).await;
     stack.shutdown().await;
 }

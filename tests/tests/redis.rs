@@ -9,7 +9,7 @@ use coordinator::redis::Redis;
 use fred::prelude::{Builder, Client, ClientLike, Config, KeysInterface};
 use serde_json::json;
 use tests::{
-    OwnRedis, REDIS, RunningPeak, Stack, StackOptions, assert_slots_in_submission_order, eventually, limited_stack,
+    OwnRedis, REDIS, RunningPeak, Stack, StackOptions, assert_limited_run_ends_well, eventually, limited_stack,
 };
 
 async fn client(url: &str) -> Client {
@@ -143,12 +143,6 @@ async fn redis_stopped_half_way_then_restarted_keeps_the_limit_and_the_order() {
     redis.restart();
     eventually(Duration::from_secs(30), "the gauge shows the return to Redis", || all_on(&stack, "redis")).await;
 
-    for id in &ids {
-        let e = stack.wait_finished(id, Duration::from_secs(240)).await;
-        assert_eq!(e["status"], "completed", "{e}");
-    }
-    let peak = sampler.stop().await;
-    assert!((1..=10).contains(&peak), "at most 10 running at any sampled moment, saw {peak}");
-    assert_slots_in_submission_order(&db).await;
+    assert_limited_run_ends_well(&stack, &ids, sampler).await;
     stack.shutdown().await;
 }
