@@ -2,13 +2,15 @@
 //!
 //! Load scenarios that drive a running orchestrator (embedded or distributed) through its REST
 //! API only: [`chain`] (per-step overhead of a line of no-op nodes), [`fanout`] (trivial nodes
-//! per second), [`concurrent`] (many executions at once) and [`soak`] (many executions with
-//! bounded concurrency, memory and queues sampled). The other scenarios of the load-test issue
-//! (memory per execution, validate, shapes, the Celery peer) are not written yet.
+//! per second), [`concurrent`] (many executions at once), [`memory`] (coordinator memory per
+//! active execution) and [`soak`] (many executions with bounded concurrency, memory and queues
+//! sampled). The other scenarios of the load-test issue (validate, shapes, the Celery peer) are
+//! not written yet.
 
 pub mod chain;
 pub mod concurrent;
 pub mod fanout;
+pub mod memory;
 pub mod soak;
 
 use std::time::{Duration, Instant};

@@ -33,6 +33,16 @@ enum Scenario {
         #[arg(long, default_value_t = 50)]
         n: usize,
     },
+    /// The coordinator's resident memory per active execution, with N executions held mid-flight.
+    Memory {
+        #[arg(long, default_value_t = 1_000)]
+        executions: usize,
+        /// The coordinator's process id.
+        #[arg(long)]
+        pid: u32,
+        #[arg(long, default_value = "http://127.0.0.1:8080/metrics")]
+        metrics: String,
+    },
     /// Many executions with a bounded number in flight, sampling memory and queues; writes the
     /// memory curve as SVG to --svg.
     Soak {
@@ -61,6 +71,9 @@ async fn main() -> std::process::ExitCode {
         Scenario::Chain { steps } => loadtest::chain::run(&client, steps.max(2)).await.map(|r| r.to_json()),
         Scenario::Fanout { width } => loadtest::fanout::run(&client, width.max(1), HOUR).await.map(|r| r.to_json()),
         Scenario::Concurrent { n } => loadtest::concurrent::run(&client, n.max(1), HOUR).await.map(|r| r.to_json()),
+        Scenario::Memory { executions, pid, metrics } => {
+            loadtest::memory::run(&client, &metrics, pid, executions.max(1), HOUR).await.map(|r| r.to_json())
+        }
         Scenario::Soak { executions, in_flight, watch, metrics, svg } => {
             soak(&client, executions, in_flight, &watch, &metrics, &svg).await
         }

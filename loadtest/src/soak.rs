@@ -62,7 +62,7 @@ pub fn rss_kib(pid: u32) -> u64 {
 }
 
 /// The sum of a metric's samples in Prometheus text.
-fn metric_sum(text: &str, name: &str) -> f64 {
+pub fn metric_sum(text: &str, name: &str) -> f64 {
     text.lines()
         .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())

@@ -1,4 +1,4 @@
-//! A short run of each load scenario that exists (chain, fanout, concurrent, soak), so the tool never rots (no thresholds here:
+//! A short run of each load scenario that exists (chain, fanout, concurrent, memory, soak), so the tool never rots (no thresholds here:
 //! figures belong in BENCHMARKS.md).
 
 use tests::{Stack, StackOptions};
@@ -46,5 +46,23 @@ async fn the_soak_scenario_samples_memory_and_queues() {
     assert_eq!(last.completed, 20);
     assert!(last.rss_kib[0] > 0, "{last:?}");
     assert!(loadtest::soak::memory_svg(&result, &["tests"]).contains("<polyline"));
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_memory_scenario_holds_executions_and_cancels_them() {
+    let stack = Stack::start(StackOptions::default()).await;
+    let client = loadtest::Client::new(&stack.base(), None);
+    let metrics = format!("http://{}/metrics", stack.coordinators[0].addr);
+    let within = std::time::Duration::from_secs(60);
+    // The coordinator runs inside this test process.
+    let result = loadtest::memory::run(&client, &metrics, std::process::id(), 5, within).await.expect("runs");
+    assert_eq!(result.executions, 5);
+    assert!(result.baseline_kib > 0 && result.active_kib > 0, "{result:?}");
+    tests::eventually(within, "all five are cancelled", || async {
+        let (_, body) = stack.call(reqwest::Method::GET, "/executions?status=cancelled", None).await;
+        body["count"] == 5
+    })
+    .await;
     stack.shutdown().await;
 }
