@@ -2,7 +2,7 @@
 # Reproduces the distributed figures of BENCHMARKS.md: release builds, a fresh database, one
 # coordinator and two workers on this machine, then each scenario; results go to
 # loadtest/results/<scenario>.json (and soak.svg). Usage: loadtest/run.sh [chain fanout concurrent
-# concurrent-500 memory soak]; SOAK_EXECUTIONS sets the soak's size (default 10,000).
+# concurrent-500 memory validate soak]; SOAK_EXECUTIONS sets the soak's size (default 10,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -14,8 +14,8 @@ psql -h 127.0.0.1 -U postgres -qc "CREATE DATABASE $tag"
 export GL_ORCHESTRATOR_DATABASE_URL=postgres://postgres@127.0.0.1:5432/$tag
 export GL_ORCHESTRATOR_QUEUE_PREFIX=gl.$tag GL_ORCHESTRATOR_REDIS_PREFIX=gl:$tag:
 export GL_ORCHESTRATOR_AUTH=disabled GL_ORCHESTRATOR_HTTP_ADDR=127.0.0.1:18080
-export GL_ORCHESTRATOR_MAX_DAG_NODES=20000 GL_ORCHESTRATOR_MAX_PARALLEL_NODES=500
-export GL_ORCHESTRATOR_MAX_BODY_BYTES=8388608 GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS=1000
+export GL_ORCHESTRATOR_MAX_DAG_NODES=100000 GL_ORCHESTRATOR_MAX_PARALLEL_NODES=500
+export GL_ORCHESTRATOR_MAX_BODY_BYTES=33554432 GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS=1000
 export GL_ORCHESTRATOR_LOG_LEVEL=warn GL_ORCHESTRATOR_WORKER_CONCURRENCY=8
 "$bin/coordinator" migrate
 pids=()

@@ -43,6 +43,12 @@ enum Scenario {
         #[arg(long, default_value = "http://127.0.0.1:8080/metrics")]
         metrics: String,
     },
+    /// Store, then validate and plan as stored, a random DAG of NODES nodes and 2×NODES edges.
+    /// The server must allow it (`GL_ORCHESTRATOR_MAX_DAG_NODES`, `..._MAX_BODY_BYTES`).
+    Validate {
+        #[arg(long, default_value_t = 100_000)]
+        nodes: usize,
+    },
     /// Many executions with a bounded number in flight, sampling memory and queues; writes the
     /// memory curve as SVG to --svg.
     Soak {
@@ -74,6 +80,7 @@ async fn main() -> std::process::ExitCode {
         Scenario::Memory { executions, pid, metrics } => {
             loadtest::memory::run(&client, &metrics, pid, executions.max(1), HOUR).await.map(|r| r.to_json())
         }
+        Scenario::Validate { nodes } => loadtest::validate::run(&client, nodes.max(2)).await.map(|r| r.to_json()),
         Scenario::Soak { executions, in_flight, watch, metrics, svg } => {
             soak(&client, executions, in_flight, &watch, &metrics, &svg).await
         }

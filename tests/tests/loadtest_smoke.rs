@@ -1,4 +1,4 @@
-//! A short run of each load scenario that exists (chain, fanout, concurrent, memory, soak), so the tool never rots (no thresholds here:
+//! A short run of each load scenario that exists (chain, fanout, concurrent, memory, validate, soak), so the tool never rots (no thresholds here:
 //! figures belong in BENCHMARKS.md).
 
 use tests::{Stack, StackOptions};
@@ -64,5 +64,17 @@ async fn the_memory_scenario_holds_executions_and_cancels_them() {
         body["count"] == 5
     })
     .await;
+    stack.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_validate_scenario_stores_and_revalidates_a_random_dag() {
+    let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() }).await;
+    let client = loadtest::Client::new(&stack.base(), None);
+    let result = loadtest::validate::run(&client, 200).await.expect("runs");
+    assert_eq!(result.nodes, 200);
+    assert!(result.create_ms > 0.0 && result.validate_median_ms > 0.0, "{result:?}");
+    let (_, dags) = stack.call(reqwest::Method::GET, "/dags", None).await;
+    assert_eq!(dags["count"], 0, "the scenario deletes its DAG");
     stack.shutdown().await;
 }
