@@ -99,8 +99,9 @@ pub async fn run(db: Db, options: SchedulerOptions, mut stop: watch::Receiver<bo
             () = sleep_until_ms(wake) => scheduler.wake_due().await,
         }
     }
-    for id in scheduler.owned.keys().copied().collect::<Vec<_>>() {
-        scheduler.forget(id);
+    // Released here rather than in background tasks, which the process might not outlive.
+    for (id, owned) in std::mem::take(&mut scheduler.owned) {
+        let _ = scheduler.options.locks.release(id, &scheduler.fence(owned.lease)).await;
     }
     match db.release_all(&scheduler.options.owner).await {
         Ok(n) => {
@@ -351,7 +352,7 @@ impl Scheduler {
         let Some(owned) = self.owned.get_mut(&id) else {
             return;
         };
-        let attempt_spans: Vec<AttemptSpan> = results.iter().map(AttemptSpan::of).collect();
+        let attempt_spans: Vec<AttemptSpan> = results.iter().filter_map(AttemptSpan::of).collect();
         let (write, observed) = advance(owned, results, cancel, &self.options.topology);
         let Some(write) = write else { return };
         let lease = owned.lease;

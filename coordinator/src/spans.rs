@@ -22,8 +22,9 @@ pub struct AttemptSpan {
 }
 
 impl AttemptSpan {
-    pub fn of(result: &ResultMessage) -> Self {
-        Self {
+    /// `None` when this process exports no spans: nothing is prepared per result then.
+    pub fn of(result: &ResultMessage) -> Option<Self> {
+        shared::telemetry::exporting().then(|| Self {
             context: TraceContext::for_attempt(&result.execution_id, &result.node_id, result.attempt, result.kind),
             execution_id: result.execution_id.clone(),
             node_id: result.node_id.clone(),
@@ -34,7 +35,7 @@ impl AttemptSpan {
             },
             worker_id: result.worker_id.clone(),
             started: system_time(&result.started_at),
-        }
+        })
     }
 
     /// Writes the span: from the attempt's start until its result was recorded.
@@ -54,6 +55,9 @@ impl AttemptSpan {
 
 /// The root span: the execution from when this replica began driving it until it ended.
 pub fn execution(execution_id: &str, dag_id: &str, status: &str, driven_for: Duration) {
+    if !shared::telemetry::exporting() {
+        return;
+    }
     let now = SystemTime::now();
     let attributes = vec![
         KeyValue::new("execution_id", execution_id.to_owned()),
@@ -66,6 +70,9 @@ pub fn execution(execution_id: &str, dag_id: &str, status: &str, driven_for: Dur
 
 /// The API request that created the execution.
 pub fn submitted(execution_id: &str, dag_id: &str, request_started: SystemTime) {
+    if !shared::telemetry::exporting() {
+        return;
+    }
     let root = TraceContext::for_execution(execution_id);
     let own = TraceContext::for_submission(execution_id);
     let attributes =

@@ -281,8 +281,7 @@ async fn run_dag(client: &Client, args: RunArgs, out: &mut dyn Write, err: &mut 
         return print(out, &accepted);
     }
     let _ = writeln!(err, "execution {id} of {dag_id}");
-    let finished = render::follow(client, &id, Duration::from_secs(args.timeout)).await?;
-    let trace = client.get(&format!("/executions/{id}/trace")).await?;
+    let (finished, trace) = render::follow(client, &id, Duration::from_secs(args.timeout)).await?;
     write_text(out, &render::summary(&finished, &trace))?;
     match finished["status"].as_str() {
         Some("completed") => Ok(EXIT_OK),

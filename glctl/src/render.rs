@@ -16,9 +16,10 @@ use crate::{Client, Failure};
 /// Width of the timeline's bars, in characters.
 const GANTT_WIDTH: usize = 40;
 
-/// Polls the execution until it ends, drawing nodes done/total, running nodes, retries and
-/// elapsed time on stderr (hidden when stderr is not a terminal). Returns the final execution.
-pub async fn follow(client: &Client, id: &str, within: Duration) -> Result<Value, Failure> {
+/// Polls the execution's trace until it ends, drawing nodes done/total, running nodes, retries
+/// and elapsed time on stderr (hidden when stderr is not a terminal). Returns the final
+/// execution and its trace.
+pub async fn follow(client: &Client, id: &str, within: Duration) -> Result<(Value, Value), Failure> {
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} nodes {msg}")
@@ -26,7 +27,7 @@ pub async fn follow(client: &Client, id: &str, within: Duration) -> Result<Value
     );
     let deadline = Instant::now() + within;
     loop {
-        let execution = client.get(&format!("/executions/{id}")).await?["execution"].clone();
+        // The trace carries the execution's status too: one request per poll.
         let trace = client.get(&format!("/executions/{id}/trace")).await?;
         let nodes = trace["nodes"].as_array().cloned().unwrap_or_default();
         let settled = nodes.iter().filter(|n| is_settled(n)).count();
@@ -36,9 +37,10 @@ pub async fn follow(client: &Client, id: &str, within: Duration) -> Result<Value
         bar.set_length(nodes.len() as u64);
         bar.set_position(settled as u64);
         bar.set_message(format!("| running: {} | retries: {retries}", running.join(", ")));
-        if matches!(execution["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
+        if matches!(trace["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
             bar.finish_and_clear();
-            return Ok(execution);
+            let execution = client.get(&format!("/executions/{id}")).await?["execution"].clone();
+            return Ok((execution, trace));
         }
         if Instant::now() >= deadline {
             bar.abandon();

@@ -106,23 +106,22 @@ pub struct TraceContext {
 impl TraceContext {
     /// The root span of an execution's trace (the execution itself).
     pub fn for_execution(execution_id: &str) -> Self {
-        let trace = crate::canonical::ContentHash::of_bytes(format!("trace:{execution_id}").as_bytes());
-        let span = crate::canonical::ContentHash::of_bytes(format!("root:{execution_id}").as_bytes());
-        Self { trace_id: trace.as_str()[..32].to_owned(), span_id: span.as_str()[..16].to_owned() }
+        Self::in_execution(execution_id, &format!("root:{execution_id}"))
     }
 
     /// The span of the API request that submitted the execution.
     pub fn for_submission(execution_id: &str) -> Self {
-        let root = Self::for_execution(execution_id);
-        let span = crate::canonical::ContentHash::of_bytes(format!("submit:{execution_id}").as_bytes());
-        Self { trace_id: root.trace_id, span_id: span.as_str()[..16].to_owned() }
+        Self::in_execution(execution_id, &format!("submit:{execution_id}"))
     }
 
     pub fn for_attempt(execution_id: &str, node_id: &str, attempt: u32, kind: TaskKind) -> Self {
+        Self::in_execution(execution_id, &format!("span:{execution_id}:{node_id}:{attempt}:{kind:?}"))
+    }
+
+    /// A span of the execution's trace (trace id from the execution id), its id from `label`.
+    fn in_execution(execution_id: &str, label: &str) -> Self {
         let trace = crate::canonical::ContentHash::of_bytes(format!("trace:{execution_id}").as_bytes());
-        let span = crate::canonical::ContentHash::of_bytes(
-            format!("span:{execution_id}:{node_id}:{attempt}:{kind:?}").as_bytes(),
-        );
+        let span = crate::canonical::ContentHash::of_bytes(label.as_bytes());
         Self { trace_id: trace.as_str()[..32].to_owned(), span_id: span.as_str()[..16].to_owned() }
     }
 

@@ -21,6 +21,33 @@ impl Telemetry {
 /// (default 1). The ratio applies to the trace id, which is derived from the execution id, so
 /// every process keeps or drops the same executions whole.
 pub fn init(level: &str, service: &str) -> Telemetry {
+    let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.trim().is_empty()).and_then(|_| {
+        match tracer_provider(service) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                eprintln!("tracing export disabled: {e}");
+                None
+            }
+        }
+    });
+    install(level, provider.as_ref());
+    Telemetry { provider }
+}
+
+/// Logs only (commands that never export traces).
+pub fn init_logging(level: &str) {
+    install(level, None);
+}
+
+/// Whether this process exports spans (so callers can skip preparing them).
+pub fn exporting() -> bool {
+    EXPORTING.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+static EXPORTING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The process's subscriber: the log layer and, with a provider, the span layer.
+fn install(level: &str, provider: Option<&opentelemetry_sdk::trace::SdkTracerProvider>) {
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::{Layer, fmt};
@@ -32,32 +59,14 @@ pub fn init(level: &str, service: &str) -> Telemetry {
         true => fmt::layer().json().with_writer(std::io::stderr).boxed(),
         false => fmt::layer().with_writer(std::io::stderr).boxed(),
     };
-    let provider = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().filter(|e| !e.trim().is_empty()).and_then(|_| {
-        match tracer_provider(service) {
-            Ok(p) => Some(p),
-            Err(e) => {
-                eprintln!("tracing export disabled: {e}");
-                None
-            }
-        }
-    });
-    let spans = provider.as_ref().map(|p| {
+    let spans = provider.map(|p| {
         use opentelemetry::trace::TracerProvider as _;
         opentelemetry::global::set_tracer_provider(p.clone());
+        EXPORTING.store(true, std::sync::atomic::Ordering::Relaxed);
         tracing_opentelemetry::layer().with_tracer(p.tracer(TRACER))
     });
     // A second initialisation (tests) is harmless: the first subscriber stays.
     let _ = tracing_subscriber::registry().with(filter).with(logs).with(spans).try_init();
-    Telemetry { provider }
-}
-
-/// Logs only (commands that never export traces).
-pub fn init_logging(level: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(format!("{level},sqlx=warn,lapin=warn")));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
-    let _ = if json { builder.json().try_init() } else { builder.try_init() };
 }
 
 /// The instrumentation scope of every span.

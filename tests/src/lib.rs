@@ -165,13 +165,16 @@ impl Stack {
     }
 
     /// Starts `gl-coordinator serve` (path `exe`: `env!("CARGO_BIN_EXE_gl-coordinator")` in a
-    /// test) as a separate process on a free port; returns it and its API base URL.
-    pub fn spawn_coordinator(&self, exe: &str) -> (std::process::Child, String) {
-        self.spawn_coordinator_via(&[], exe)
+    /// test) as a separate process on a free port, through `wrapper` if not empty (e.g.
+    /// `faketime -f +1h`), sends API calls to it from now on and waits until it answers.
+    pub async fn coordinator_process(&mut self, wrapper: &[&str], exe: &str) -> std::process::Child {
+        let (child, base) = self.spawn_coordinator(wrapper, exe);
+        self.use_api(&base);
+        self.wait_api(Duration::from_secs(60)).await;
+        child
     }
 
-    /// [`Stack::spawn_coordinator`] through a wrapper command (e.g. `faketime -f +1h`).
-    pub fn spawn_coordinator_via(&self, wrapper: &[&str], exe: &str) -> (std::process::Child, String) {
+    fn spawn_coordinator(&self, wrapper: &[&str], exe: &str) -> (std::process::Child, String) {
         let port = free_port();
         let (program, args) = match wrapper.split_first() {
             Some((program, rest)) => (*program, rest.iter().copied().chain([exe]).collect::<Vec<_>>()),
@@ -332,6 +335,7 @@ impl Stack {
     pub async fn audit(&self, within: Duration) {
         let db = self.database().await;
         let deadline = Instant::now() + within;
+        let mut broker = None;
         loop {
             let open: i64 = sqlx::query_scalar(
                 "SELECT count(*) FROM dag_executions WHERE status NOT IN ('completed', 'failed', 'cancelled')",
@@ -340,7 +344,7 @@ impl Stack {
             .await
             .expect("count");
             let outbox: i64 = sqlx::query_scalar("SELECT count(*) FROM outbox").fetch_one(&db).await.expect("outbox");
-            let queued = self.queue_depths().await;
+            let queued = self.queue_depths(&mut broker).await;
             if open == 0 && outbox == 0 && queued == 0 {
                 break;
             }
@@ -378,17 +382,20 @@ impl Stack {
     }
 
     /// Messages ready in this stack's task and result queues (`u32::MAX` while the broker cannot
-    /// be asked, so that the auditor keeps waiting).
-    async fn queue_depths(&self) -> u32 {
-        let Ok(broker) = shared::amqp::Broker::connect(AMQP, "auditor", Topology::new(&self.prefix, 1)).await else {
-            return u32::MAX;
-        };
-        let t = Topology::new(&self.prefix, 1);
-        let mut total = 0;
-        for queue in [t.task_queue("default"), t.results_queue()] {
-            total += broker.queue_depth(&queue).await.unwrap_or(0);
+    /// be asked, so that the auditor keeps waiting). `broker` is kept between calls.
+    async fn queue_depths(&self, broker: &mut Option<shared::amqp::Broker>) -> u32 {
+        let topology = Topology::new(&self.prefix, 1);
+        if broker.as_ref().is_none_or(|b| !b.is_connected()) {
+            *broker = shared::amqp::Broker::connect(AMQP, "auditor", topology.clone()).await.ok();
         }
-        broker.close().await;
+        let Some(b) = broker.as_ref() else { return u32::MAX };
+        let mut total = 0;
+        for queue in [topology.task_queue("default"), topology.results_queue()] {
+            match b.queue_depth(&queue).await {
+                Ok(depth) => total += depth,
+                Err(_) => return u32::MAX,
+            }
+        }
         total
     }
 
