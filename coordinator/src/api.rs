@@ -17,12 +17,12 @@ use shared::provenance;
 use uuid::Uuid;
 
 use crate::auth::Tenant;
-use crate::db::{Created, Db, DbError, ExecutionFilter, NewExecution};
+use crate::store::{Created, ExecutionFilter, NewExecution, SharedStore, StoreError};
 
 /// What handlers share.
 #[derive(Debug, Clone)]
 pub struct AppState {
-    pub db: Db,
+    pub db: SharedStore,
     pub settings: Arc<Settings>,
     pub metrics: Arc<crate::metrics::Metrics>,
     pub health: Arc<crate::app::Health>,
@@ -103,10 +103,10 @@ impl ApiError {
     }
 }
 
-impl From<DbError> for ApiError {
-    fn from(e: DbError) -> Self {
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
         match e {
-            DbError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
+            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
             e if e.is_unavailable() => ApiError::Unavailable("the database is unavailable".into()),
             e => ApiError::Internal(e.to_string()),
         }
@@ -239,7 +239,7 @@ async fn ready(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     Ok(Json(json!({"status": "ready", "checks": {"database": database, "queue": queue, "redis": redis}})))
 }
 
-fn dag_json(row: &crate::db::DagRow) -> Value {
+fn dag_json(row: &crate::store::DagRow) -> Value {
     let mut dag = row.definition.clone();
     if let Some(obj) = dag.as_object_mut() {
         obj.insert("dag_hash".into(), json!(row.dag_hash));
@@ -338,7 +338,7 @@ async fn execute(
             })
             .await
             .map_err(|e| match e {
-                DbError::Conflict(what) => ApiError::Conflict(what),
+                StoreError::Conflict(what) => ApiError::Conflict(what),
                 e => e.into(),
             })?;
         match created {
@@ -357,7 +357,7 @@ async fn execute(
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
-fn execution_json(e: &crate::db::ExecutionRow) -> Value {
+fn execution_json(e: &crate::store::ExecutionRow) -> Value {
     json!({
         "execution_id": e.execution_id,
         "dag_id": e.dag_id,
@@ -440,7 +440,7 @@ async fn cancel(State(state): State<AppState>, Tenant(tenant): Tenant, Path(id):
 }
 
 /// The definition an execution pinned, compiled.
-async fn pinned_dag(db: &Db, dag_hash: &str) -> ApiResult<shared::dag::Dag> {
+async fn pinned_dag(db: &SharedStore, dag_hash: &str) -> ApiResult<shared::dag::Dag> {
     let definition =
         db.definition(dag_hash).await?.ok_or_else(|| ApiError::Internal("pinned definition missing".into()))?;
     shared::dag::compile_stored(definition, Some(dag_hash)).map_err(ApiError::Internal)
@@ -496,7 +496,7 @@ async fn resume(State(state): State<AppState>, Tenant(tenant): Tenant, Path(id):
     let id = parse_uuid(&id)?;
     let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     let rows = state.db.nodes(id).await?;
-    let listed = |keep: &dyn Fn(&crate::db::NodeRow) -> bool| -> Vec<String> {
+    let listed = |keep: &dyn Fn(&crate::store::NodeRow) -> bool| -> Vec<String> {
         rows.iter().filter(|r| keep(r)).map(|r| r.node_id.clone()).collect()
     };
     let resumable = match e.status.as_str() {
@@ -521,7 +521,7 @@ async fn resume(State(state): State<AppState>, Tenant(tenant): Tenant, Path(id):
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     let dag = pinned_dag(&state.db, &e.dag_hash).await?;
-    let checkpoints: std::collections::HashMap<String, crate::db::CheckpointRow> =
+    let checkpoints: std::collections::HashMap<String, crate::store::CheckpointRow> =
         state.db.checkpoints(id).await?.into_iter().map(|c| (c.node_id.clone(), c)).collect();
     let trusted = |v: u32| {
         checkpoints.get(dag.node_id(v)).is_some_and(|c| provenance::hash_value(&c.outputs).as_str() == c.output_hash)
@@ -785,7 +785,7 @@ fn no_dag(dag_id: &str) -> ApiError {
 }
 
 /// A stored DAG, from the Redis cache when it has it (and then cached).
-async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<crate::db::DagRow> {
+async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<crate::store::DagRow> {
     if shared::ids::check_id(dag_id).is_err() {
         return Err(no_dag(dag_id));
     }
@@ -797,7 +797,7 @@ async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<c
     Ok(row)
 }
 
-fn compiled(row: &crate::db::DagRow) -> ApiResult<shared::dag::Dag> {
+fn compiled(row: &crate::store::DagRow) -> ApiResult<shared::dag::Dag> {
     shared::dag::compile_stored(row.definition.clone(), Some(&row.dag_hash)).map_err(ApiError::Internal)
 }
 
@@ -932,9 +932,9 @@ async fn update_dag(
     let outcome = state.db.update_dag(&tenant, &dag, Some(row.revision)).await?;
     state.redis.forget_dag(&tenant, &dag_id).await;
     let updated = match outcome {
-        crate::db::UpdateOutcome::Updated(row) => row,
-        crate::db::UpdateOutcome::NotFound => return Err(no_dag(&dag_id)),
-        crate::db::UpdateOutcome::RevisionMismatch(now) => {
+        crate::store::UpdateOutcome::Updated(row) => row,
+        crate::store::UpdateOutcome::NotFound => return Err(no_dag(&dag_id)),
+        crate::store::UpdateOutcome::RevisionMismatch(now) => {
             return Err(ApiError::PreconditionFailed(format!("the DAG changed meanwhile (revision {now})")));
         }
     };

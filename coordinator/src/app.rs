@@ -5,15 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::amqp::Topology;
+use shared::amqp::AmqpConnector;
 use shared::config::Settings;
+use shared::queue::{Connector, Queue, Source, Topology};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
-use crate::db::{Db, DbError};
 use crate::metrics::Metrics;
 use crate::scheduler::{self, SchedulerOptions};
+use crate::store::{PgStore, SharedStore, StoreError};
 use crate::{inbox, relay};
 
 /// Liveness of the dependencies that background tasks observe.
@@ -27,7 +28,7 @@ pub struct Health {
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error(transparent)]
-    Db(#[from] DbError),
+    Db(#[from] StoreError),
     #[error("authentication: {0}")]
     Auth(String),
     #[error(transparent)]
@@ -51,14 +52,14 @@ impl Coordinator {
     /// result consumer. RabbitMQ is connected in the background (with retries), so the API
     /// answers even while the broker is down.
     pub async fn start(settings: Settings, name: &str) -> Result<Self, StartError> {
-        let db = Db::connect(&settings).await?;
+        let db: SharedStore = Arc::new(PgStore::connect(&settings).await?);
         let listener = tokio::net::TcpListener::bind(settings.http_addr)
             .await
             .map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
         let (stop, stop_rx) = watch::channel(false);
         let topology = Topology::new(&settings.queue_prefix, settings.delivery_limit);
-        let amqp = settings.amqp_url.expose().to_owned();
+        let queue: Arc<dyn Connector> = Arc::new(AmqpConnector::new(settings.amqp_url.clone(), topology.clone()));
         let metrics = Arc::new(Metrics::new());
         // Until Redis first answers, the PostgreSQL lease alone fences the work.
         metrics.lock_backend.with_label_values(&["postgres"]).set(1);
@@ -88,16 +89,9 @@ impl Coordinator {
         let mut http_stop = stop_rx.clone();
         let tasks = vec![
             tokio::spawn(scheduler::run(db.clone(), options, stop_rx.clone())),
-            tokio::spawn(relay::run(
-                db.clone(),
-                amqp.clone(),
-                topology.clone(),
-                name.to_owned(),
-                health,
-                stop_rx.clone(),
-            )),
-            tokio::spawn(inbox::run(db.clone(), amqp.clone(), topology.clone(), name.to_owned(), stop_rx.clone())),
-            tokio::spawn(gauges(db.clone(), amqp, topology, metrics, stop_rx.clone())),
+            tokio::spawn(relay::run(db.clone(), queue.clone(), name.to_owned(), health, stop_rx.clone())),
+            tokio::spawn(inbox::run(db.clone(), queue.clone(), name.to_owned(), stop_rx.clone())),
+            tokio::spawn(gauges(db.clone(), queue, metrics, stop_rx.clone())),
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = http_stop.changed().await;
@@ -128,8 +122,14 @@ impl Coordinator {
 }
 
 /// Refreshes the gauges read from the database and the broker every few seconds.
-async fn gauges(db: Db, amqp: String, topology: Topology, metrics: Arc<Metrics>, mut stop: watch::Receiver<bool>) {
-    let mut broker: Option<shared::amqp::Broker> = None;
+async fn gauges(
+    db: SharedStore,
+    connector: Arc<dyn Connector>,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let topology = connector.topology().clone();
+    let mut broker: Option<Arc<dyn Queue>> = None;
     let mut tick = tokio::time::interval(Duration::from_secs(5));
     loop {
         tokio::select! {
@@ -142,15 +142,15 @@ async fn gauges(db: Db, amqp: String, topology: Topology, metrics: Arc<Metrics>,
         }
         metrics.set_pool(db.pool_usage());
         if broker.as_ref().is_none_or(|b| !b.is_connected()) {
-            broker = shared::amqp::Broker::connect(&amqp, "gauges", topology.clone()).await.ok();
+            broker = connector.connect("gauges").await.ok();
             if let Some(b) = &broker {
                 // Declared here too, so its depth can be read before any worker or task exists.
                 let _ = b.declare_pool("default").await;
             }
         }
         if let Some(b) = &broker {
-            for queue in [topology.task_queue("default"), topology.results_queue(), topology.dead_queue()] {
-                if let Ok(depth) = b.queue_depth(&queue).await {
+            for source in [Source::Pool("default".to_owned()), Source::Results, Source::Dead] {
+                if let (Ok(depth), Some(queue)) = (b.depth(&source).await, topology.queue_of(&source)) {
                     metrics.queue_depth.with_label_values(&[&queue]).set(i64::from(depth));
                 }
             }

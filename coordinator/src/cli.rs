@@ -13,7 +13,7 @@ use shared::config::Settings;
 use shared::dag::{Dag, DagSpec, Limits, ValidationReport, compile};
 
 use crate::app::Coordinator;
-use crate::db::Db;
+use crate::store::{PgStore, Store};
 
 /// Exit code for a valid DAG.
 pub const EXIT_VALID: u8 = 0;
@@ -132,7 +132,7 @@ async fn serve() -> Result<(), String> {
 async fn migrate() -> Result<(), String> {
     let settings = settings()?;
     shared::telemetry::init_logging(&settings.log_level);
-    let db = Db::connect(&settings).await.map_err(|e| e.to_string())?;
+    let db = PgStore::connect(&settings).await.map_err(|e| e.to_string())?;
     db.migrate().await.map_err(|e| e.to_string())?;
     tracing::info!("migrations applied");
     Ok(())

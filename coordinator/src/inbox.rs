@@ -1,4 +1,4 @@
-//! The result consumer: moves attempt results from RabbitMQ into the `node_attempts` inbox.
+//! The result consumer: moves attempt results from the queue into the `node_attempts` inbox.
 //!
 //! A result is acknowledged only after the transaction that records it commits; a duplicate
 //! hits the primary key and is dropped. Tasks dead-lettered after too many deliveries (a poison
@@ -6,39 +6,36 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use futures_util::{FutureExt, StreamExt};
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use shared::amqp::{Broker, BrokerError, Topology, delivery_count};
 use shared::messages::{Message, ResultMessage, WIRE_VERSION};
+use shared::queue::{Connector, Delivery, QueueError, Source};
 use shared::state::{NodeError, Outcome};
 use tokio::sync::watch;
 
-use crate::db::Db;
+use crate::store::SharedStore;
 
 const BATCH: usize = 256;
 
-/// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
-pub async fn run(db: Db, amqp_url: String, topology: Topology, name: String, stop: watch::Receiver<bool>) {
-    shared::amqp::reconnecting("result consumer", stop.clone(), || {
-        let (db, url, topology, name, mut stop) =
-            (db.clone(), amqp_url.clone(), topology.clone(), name.clone(), stop.clone());
-        async move { session(&db, &url, &topology, &name, &mut stop).await }
+/// Runs until `stop` turns true, reconnecting to the broker with backoff.
+pub async fn run(db: SharedStore, queue: Arc<dyn Connector>, name: String, stop: watch::Receiver<bool>) {
+    shared::queue::reconnecting("result consumer", stop.clone(), || {
+        let (db, queue, name, mut stop) = (db.clone(), queue.clone(), name.clone(), stop.clone());
+        async move { session(&db, queue.as_ref(), &name, &mut stop).await }
     })
     .await;
 }
 
 async fn session(
-    db: &Db,
-    url: &str,
-    topology: &Topology,
+    db: &SharedStore,
+    connector: &dyn Connector,
     name: &str,
     stop: &mut watch::Receiver<bool>,
-) -> Result<(), BrokerError> {
-    let broker = Broker::connect(url, &format!("{name}-inbox"), topology.clone()).await?;
-    let (_results_channel, mut results) =
-        broker.consume(&topology.results_queue(), &format!("{name}-results"), 512).await?;
-    let (_dead_channel, mut dead) = broker.consume(&topology.dead_queue(), &format!("{name}-dead"), 16).await?;
+) -> Result<(), QueueError> {
+    let broker = connector.connect(&format!("{name}-inbox")).await?;
+    let mut results = broker.consume(&Source::Results, &format!("{name}-results"), 512).await?.deliveries;
+    let mut dead = broker.consume(&Source::Dead, &format!("{name}-dead"), 16).await?.deliveries;
     loop {
         tokio::select! {
             _ = stop.changed() => {
@@ -46,7 +43,7 @@ async fn session(
                 return Ok(());
             }
             first = results.next() => {
-                let Some(first) = first else { return Err(closed()) };
+                let Some(first) = first else { return Err(QueueError::Closed) };
                 let mut batch = vec![first?];
                 while batch.len() < BATCH {
                     match results.next().now_or_never() {
@@ -57,19 +54,15 @@ async fn session(
                 record(db, batch, decode_result).await;
             }
             poisoned = dead.next() => {
-                let Some(poisoned) = poisoned else { return Err(closed()) };
+                let Some(poisoned) = poisoned else { return Err(QueueError::Closed) };
                 record(db, vec![poisoned?], poison_result).await;
             }
         }
     }
 }
 
-fn closed() -> BrokerError {
-    BrokerError::Amqp(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)))
-}
-
 /// Records a batch; acknowledges after commit, or returns everything to the queue on failure.
-async fn record(db: &Db, deliveries: Vec<Delivery>, decode: fn(&Delivery) -> Option<ResultMessage>) {
+async fn record(db: &SharedStore, deliveries: Vec<Delivery>, decode: fn(&Delivery) -> Option<ResultMessage>) {
     let mut good = Vec::with_capacity(deliveries.len());
     let mut messages = Vec::with_capacity(deliveries.len());
     for d in deliveries {
@@ -79,22 +72,22 @@ async fn record(db: &Db, deliveries: Vec<Delivery>, decode: fn(&Delivery) -> Opt
                 good.push(d);
             }
             None => {
-                tracing::error!(size = d.data.len(), "undecodable result message dropped");
-                let _ = d.acker.reject(BasicRejectOptions { requeue: false }).await;
+                tracing::error!(size = d.body.len(), "undecodable result message dropped");
+                d.dead_letter().await;
             }
         }
     }
     match db.record_results(&messages).await {
         Ok(()) => {
             for d in good {
-                let _ = d.acker.ack(BasicAckOptions::default()).await;
+                d.ack().await;
             }
         }
         Err(e) if e.is_unavailable() => {
             tracing::warn!(error = %e, results = messages.len(), "database unavailable; results go back to the queue");
             tokio::time::sleep(Duration::from_millis(200)).await;
             for d in good {
-                let _ = d.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+                d.requeue().await;
             }
         }
         // One bad result must not hold the others back: record them one by one.
@@ -108,7 +101,7 @@ async fn record(db: &Db, deliveries: Vec<Delivery>, decode: fn(&Delivery) -> Opt
 
 /// Records one result; a result the database refuses becomes a failed attempt of type
 /// `invalid_result`, so its node ends cleanly instead of waiting for ever.
-async fn record_one(db: &Db, delivery: Delivery, mut message: ResultMessage) {
+async fn record_one(db: &SharedStore, delivery: Delivery, mut message: ResultMessage) {
     let stored = match db.record_results(std::slice::from_ref(&message)).await {
         Ok(()) => Ok(()),
         Err(e) if e.is_unavailable() => Err(e),
@@ -123,17 +116,13 @@ async fn record_one(db: &Db, delivery: Delivery, mut message: ResultMessage) {
         }
     };
     match stored {
-        Ok(()) => {
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-        }
-        Err(_) => {
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
-        }
+        Ok(()) => delivery.ack().await,
+        Err(_) => delivery.requeue().await,
     }
 }
 
 fn decode_result(d: &Delivery) -> Option<ResultMessage> {
-    match Message::from_bytes(&d.data) {
+    match Message::from_bytes(&d.body) {
         Ok(Message::Result(r)) => Some(r),
         _ => None,
     }
@@ -141,7 +130,7 @@ fn decode_result(d: &Delivery) -> Option<ResultMessage> {
 
 /// A dead-lettered task becomes a failed attempt of type `poison`, never retried.
 fn poison_result(d: &Delivery) -> Option<ResultMessage> {
-    let Ok(Message::Task(task)) = Message::from_bytes(&d.data) else {
+    let Ok(Message::Task(task)) = Message::from_bytes(&d.body) else {
         return None;
     };
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
@@ -155,7 +144,7 @@ fn poison_result(d: &Delivery) -> Option<ResultMessage> {
         started_at: now.clone(),
         completed_at: now,
         duration_ms: 0,
-        deliveries: delivery_count(&d.properties),
+        deliveries: d.deliveries,
         outcome: Outcome::Failed {
             error: NodeError::new("poison", "the task crashed or stalled every worker it was delivered to"),
             retryable: false,

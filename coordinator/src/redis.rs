@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use fred::prelude::*;
 use uuid::Uuid;
 
-use crate::db::DagRow;
 use crate::locks::{Fence, LockError, Locks};
+use crate::store::DagRow;
 
 /// Longest a caller waits on one Redis call.
 pub const CALL_TIMEOUT: Duration = Duration::from_millis(300);
@@ -110,7 +110,7 @@ impl Redis {
     }
 
     /// Drops a cached DAG after it changed; `false` when Redis could not be told (the entry then
-    /// expires within [`DAG_TTL`], and executions never start from it: see `Db::create_execution`).
+    /// expires within [`DAG_TTL`], and executions never start from it: see `Store::create_execution`).
     pub async fn forget_dag(&self, tenant: &str, dag_id: &str) -> bool {
         self.call(self.client.del::<i64, _>(self.dag_key(tenant, dag_id))).await.is_ok()
     }

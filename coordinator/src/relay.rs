@@ -8,16 +8,15 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use futures_util::FutureExt;
-use shared::amqp::{Broker, BrokerError, Outgoing, Topology};
-use sqlx::postgres::PgListener;
-use tokio::sync::watch;
-
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures_util::FutureExt;
+use shared::queue::{Connector, Outgoing, QueueError};
+use tokio::sync::watch;
+
 use crate::app::Health;
-use crate::db::{self, Db};
+use crate::store::{SharedStore, Subscription, Topic};
 
 const BATCH: i64 = 500;
 /// How long a relay may hold outbox rows before another one sends them (publishing takes ms).
@@ -25,18 +24,17 @@ const CLAIM: Duration = Duration::from_secs(10);
 
 /// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
 pub async fn run(
-    db: Db,
-    amqp_url: String,
-    topology: Topology,
+    db: SharedStore,
+    queue: Arc<dyn Connector>,
     name: String,
     health: Arc<Health>,
     stop: watch::Receiver<bool>,
 ) {
-    shared::amqp::reconnecting("outbox relay", stop.clone(), || {
-        let (db, url, topology, name) = (db.clone(), amqp_url.clone(), topology.clone(), name.clone());
+    shared::queue::reconnecting("outbox relay", stop.clone(), || {
+        let (db, queue, name) = (db.clone(), queue.clone(), name.clone());
         let (health, mut stop) = (health.clone(), stop.clone());
         async move {
-            let result = session(&db, &url, &topology, &name, &health, &mut stop).await;
+            let result = session(&db, queue.as_ref(), &name, &health, &mut stop).await;
             health.broker.store(false, Ordering::Relaxed);
             result
         }
@@ -45,14 +43,14 @@ pub async fn run(
 }
 
 async fn session(
-    db: &Db,
-    url: &str,
-    topology: &Topology,
+    db: &SharedStore,
+    connector: &dyn Connector,
     name: &str,
     health: &Health,
     stop: &mut watch::Receiver<bool>,
-) -> Result<(), BrokerError> {
-    let broker = Broker::connect(url, &format!("{name}-relay"), topology.clone()).await?;
+) -> Result<(), QueueError> {
+    let broker = connector.connect(&format!("{name}-relay")).await?;
+    let topology = connector.topology();
     health.broker.store(true, Ordering::Relaxed);
     let mut pools: HashSet<String> = HashSet::new();
     let mut listener = None;
@@ -62,7 +60,7 @@ async fn session(
             return Ok(());
         }
         if listener.is_none() {
-            listener = db.listen(db::OUTBOX_CHANNEL).await.ok();
+            listener = db.subscribe(Topic::Outbox).await.ok();
         }
         let rows = match db.claim_outbox(BATCH, CLAIM).await {
             Ok(rows) => rows,
@@ -91,7 +89,7 @@ async fn session(
                 mandatory: r.exchange != topology.cancel_exchange(),
             })
             .collect();
-        broker.publish_batch(&batch).await?;
+        broker.publish(&batch).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         if let Err(e) = db.delete_outbox(&ids).await {
             // The messages went out; they will go out again when the claim expires (harmless).
@@ -101,16 +99,16 @@ async fn session(
 }
 
 /// Waits for a notification, a stop, or a short poll interval; drains queued notifications.
-async fn wait(listener: &mut Option<PgListener>, stop: &mut watch::Receiver<bool>) {
+async fn wait(listener: &mut Option<Box<dyn Subscription>>, stop: &mut watch::Receiver<bool>) {
     let poll = tokio::time::sleep(Duration::from_millis(500));
     match listener.as_mut() {
         Some(l) => {
             tokio::select! {
-                note = l.recv() => {
+                note = l.next() => {
                     if note.is_err() {
                         *listener = None;
                     } else if let Some(l) = listener.as_mut() {
-                        while let Some(Ok(_)) = l.recv().now_or_never() {}
+                        while let Some(Ok(_)) = l.next().now_or_never() {}
                     }
                 }
                 _ = stop.changed() => {}

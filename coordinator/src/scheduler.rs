@@ -3,32 +3,34 @@
 //! Each coordinator replica runs one scheduler. It claims executions no live lease holds
 //! (`FOR UPDATE SKIP LOCKED`, bumping the lease epoch), keeps their state machines in memory as a
 //! cache of what the database says, and advances them when results arrive (notification on
-//! [`db::INBOX_CHANNEL`], with a polling fallback), when a retry falls due, or when a cancel is
-//! requested. Every step is written by [`Db::commit_step`], fenced by the lease epoch: a replica
+//! [`Topic::Inbox`], with a polling fallback), when a retry falls due, or when a cancel is
+//! requested. Every step is written by [`Store::commit_step`](crate::store::Store::commit_step), fenced by the lease epoch: a replica
 //! that lost its lease (paused, partitioned) writes nothing and forgets the execution.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::Subscription;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
-use shared::amqp::Topology;
 use shared::canonical::ContentHash;
 use shared::dag::{Dag, NodeIndex, compile_stored};
 use shared::messages::{CancelMessage, Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
 use shared::provenance::{self, Timing};
+use shared::queue::Topology;
 use shared::state::{
     Compensation, Effect, Execution, ExecutionStatus, Halt, NodeError, NodeState, NodeStatus, Snapshot, TaskKind,
 };
-use sqlx::postgres::PgListener;
 use tokio::sync::watch;
 use uuid::Uuid;
 
-use crate::db::{self, Db, DbError, ExecutionRow, Lease, NodeUpdate, OutboxMessage, StepWrite};
 use crate::locks::{Fence, Locks};
 use crate::metrics::Metrics;
 use crate::spans::AttemptSpan;
+use crate::store::{
+    self as db, ExecutionRow, Lease, NodeUpdate, OutboxMessage, SharedStore, StepWrite, StoreError, Topic,
+};
 
 /// How a scheduler is set up.
 #[derive(Debug, Clone)]
@@ -64,7 +66,7 @@ struct Owned {
 }
 
 /// Runs until `stop` turns true, then hands its leases back.
-pub async fn run(db: Db, options: SchedulerOptions, mut stop: watch::Receiver<bool>) {
+pub async fn run(db: SharedStore, options: SchedulerOptions, mut stop: watch::Receiver<bool>) {
     let mut scheduler = Scheduler {
         db: db.clone(),
         options,
@@ -81,7 +83,7 @@ pub async fn run(db: Db, options: SchedulerOptions, mut stop: watch::Receiver<bo
     }
     loop {
         if listener.is_none() {
-            listener = db.listen(db::INBOX_CHANNEL).await.ok();
+            listener = db.subscribe(Topic::Inbox).await.ok();
         }
         let wake = scheduler.next_wake();
         tokio::select! {
@@ -112,14 +114,14 @@ pub async fn run(db: Db, options: SchedulerOptions, mut stop: watch::Receiver<bo
 }
 
 /// The next execution id notified; `None` when the listener broke.
-async fn next_notification(listener: &mut Option<PgListener>) -> Option<Uuid> {
+async fn next_notification(listener: &mut Option<Box<dyn Subscription>>) -> Option<Uuid> {
     let Some(l) = listener.as_mut() else {
         return std::future::pending().await;
     };
     loop {
-        match l.recv().await {
+        match l.next().await {
             Ok(n) => {
-                if let Ok(id) = Uuid::parse_str(n.payload()) {
+                if let Ok(id) = Uuid::parse_str(&n) {
                     return Some(id);
                 }
             }
@@ -142,7 +144,7 @@ fn now_ms() -> u64 {
 }
 
 struct Scheduler {
-    db: Db,
+    db: SharedStore,
     options: SchedulerOptions,
     owned: HashMap<Uuid, Owned>,
     /// Compiled pinned definitions, by `dag_hash` (immutable, so safe to cache).
@@ -294,12 +296,12 @@ impl Scheduler {
         }
     }
 
-    async fn load(&mut self, lease: Lease) -> Result<Owned, DbError> {
+    async fn load(&mut self, lease: Lease) -> Result<Owned, StoreError> {
         let row = self
             .db
             .leased_execution(lease)
             .await?
-            .ok_or_else(|| DbError::Corrupt("the execution vanished or changed hands".into()))?;
+            .ok_or_else(|| StoreError::Corrupt("the execution vanished or changed hands".into()))?;
         let dag = self.dag(&row.dag_hash).await?;
         let rows = self.db.nodes(lease.execution_id).await?;
         let records = self.db.records(lease.execution_id).await?;
@@ -311,7 +313,8 @@ impl Scheduler {
             .last()
             .map(|(_, r)| r.record_hash.clone())
             .unwrap_or_else(|| provenance::genesis_record_hash(&row.execution_id.to_string()));
-        let input_hash = ContentHash::parse(&row.input_hash).map_err(|_| DbError::Corrupt("bad input_hash".into()))?;
+        let input_hash =
+            ContentHash::parse(&row.input_hash).map_err(|_| StoreError::Corrupt("bad input_hash".into()))?;
         self.options.metrics.checkpoint_operations.with_label_values(&["load", "ok"]).inc_by(
             (0..exec.dag().len() as NodeIndex).filter(|&v| exec.node_state(v).status == NodeStatus::Completed).count()
                 as u64,
@@ -329,13 +332,13 @@ impl Scheduler {
         })
     }
 
-    async fn dag(&mut self, hash: &str) -> Result<Arc<Dag>, DbError> {
+    async fn dag(&mut self, hash: &str) -> Result<Arc<Dag>, StoreError> {
         if let Some(dag) = self.dags.get(hash) {
             return Ok(dag.clone());
         }
         let definition =
-            self.db.definition(hash).await?.ok_or_else(|| DbError::Corrupt(format!("definition {hash} missing")))?;
-        let dag = Arc::new(compile_stored(definition, Some(hash)).map_err(DbError::Corrupt)?);
+            self.db.definition(hash).await?.ok_or_else(|| StoreError::Corrupt(format!("definition {hash} missing")))?;
+        let dag = Arc::new(compile_stored(definition, Some(hash)).map_err(StoreError::Corrupt)?);
         self.dags.insert(hash.to_owned(), dag.clone());
         Ok(dag)
     }
@@ -638,13 +641,13 @@ fn failure_summary(exec: &Execution, dag: &Dag) -> Option<String> {
 }
 
 /// Rebuilds the state machine's snapshot from the stored rows.
-pub(crate) fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) -> Result<Snapshot, DbError> {
+pub(crate) fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) -> Result<Snapshot, StoreError> {
     let mut by_id: HashMap<String, db::NodeRow> = rows.into_iter().map(|r| (r.node_id.clone(), r)).collect();
     let mut nodes = Vec::with_capacity(dag.len());
     for v in 0..dag.len() as NodeIndex {
         let r = by_id
             .remove(dag.node_id(v))
-            .ok_or_else(|| DbError::Corrupt(format!("node {} has no row", dag.node_id(v))))?;
+            .ok_or_else(|| StoreError::Corrupt(format!("node {} has no row", dag.node_id(v))))?;
         let status: NodeStatus = parse(&r.status)?;
         nodes.push(NodeState {
             status,
@@ -665,7 +668,7 @@ fn text<T: Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-fn parse<T: DeserializeOwned>(name: &str) -> Result<T, DbError> {
+fn parse<T: DeserializeOwned>(name: &str) -> Result<T, StoreError> {
     serde_json::from_value(serde_json::Value::String(name.to_owned()))
-        .map_err(|_| DbError::Corrupt(format!("unknown value {name:?} in the database")))
+        .map_err(|_| StoreError::Corrupt(format!("unknown value {name:?} in the database")))
 }

@@ -1,4 +1,5 @@
-//! RabbitMQ adapter (lapin): the topology, confirmed publishing and consuming.
+//! The RabbitMQ implementation of the [`crate::queue`] port (lapin): topology, confirmed
+//! publishing, consuming.
 //!
 //! Topology, all names under the configured prefix `P`:
 //!
@@ -14,80 +15,19 @@
 //! only when the broker has acknowledged it *and* routed it to a queue.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
+use futures_util::StreamExt;
 use lapin::options::{
-    BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
-    QueueDeclareOptions,
+    BasicAckOptions, BasicCancelOptions, BasicNackOptions, BasicPublishOptions, BasicQosOptions, BasicRejectOptions,
+    ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
-use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, Consumer, ExchangeKind};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
-/// A broker operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum BrokerError {
-    #[error("RabbitMQ: {0}")]
-    Amqp(#[from] lapin::Error),
-    #[error("RabbitMQ did not route the message to any queue (exchange {exchange}, key {routing_key})")]
-    Unroutable { exchange: String, routing_key: String },
-    #[error("RabbitMQ refused the message (nack)")]
-    Nacked,
-}
-
-/// Names of exchanges and queues under one prefix.
-#[derive(Debug, Clone)]
-pub struct Topology {
-    prefix: String,
-    delivery_limit: u32,
-}
-
-impl Topology {
-    pub fn new(prefix: &str, delivery_limit: u32) -> Self {
-        Self { prefix: prefix.to_owned(), delivery_limit }
-    }
-
-    pub fn tasks_exchange(&self) -> String {
-        format!("{}.tasks", self.prefix)
-    }
-
-    pub fn task_queue(&self, pool: &str) -> String {
-        format!("{}.tasks.{pool}", self.prefix)
-    }
-
-    pub fn dead_exchange(&self) -> String {
-        format!("{}.dead", self.prefix)
-    }
-
-    pub fn dead_queue(&self) -> String {
-        format!("{}.dead", self.prefix)
-    }
-
-    pub fn results_exchange(&self) -> String {
-        format!("{}.results", self.prefix)
-    }
-
-    pub fn results_queue(&self) -> String {
-        format!("{}.results", self.prefix)
-    }
-
-    pub fn cancel_exchange(&self) -> String {
-        format!("{}.cancel", self.prefix)
-    }
-
-    /// Routing key of result messages.
-    pub const RESULT_KEY: &'static str = "result";
-}
-
-/// A message to publish.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub exchange: String,
-    pub routing_key: String,
-    pub body: Vec<u8>,
-    pub headers: BTreeMap<String, String>,
-    /// Refuse to count the message as sent unless a queue received it (tasks and results). A
-    /// cancel is a best-effort signal: with no worker connected nothing needs it.
-    pub mandatory: bool,
-}
+use crate::queue::{
+    Acker, Connector, Consumer, Delivery, Outgoing, Queue, QueueError, Settle, Source, StopConsuming, Topology,
+};
 
 /// A connection with one confirm-mode channel for publishing.
 #[derive(Debug)]
@@ -112,7 +52,7 @@ fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
 
 impl Broker {
     /// Connects and declares the shared part of the topology (idempotent).
-    pub async fn connect(url: &str, connection_name: &str, topology: Topology) -> Result<Self, BrokerError> {
+    pub async fn connect(url: &str, connection_name: &str, topology: Topology) -> Result<Self, QueueError> {
         let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
         let connection = Connection::connect(&with_heartbeat(url), properties).await?;
         let publisher = connection.create_channel().await?;
@@ -122,15 +62,7 @@ impl Broker {
         Ok(broker)
     }
 
-    pub fn topology(&self) -> &Topology {
-        &self.topology
-    }
-
-    pub fn is_connected(&self) -> bool {
-        self.connection.status().connected()
-    }
-
-    async fn declare_common(&self) -> Result<(), BrokerError> {
+    async fn declare_common(&self) -> Result<(), QueueError> {
         let t = &self.topology;
         let ch = &self.publisher;
         let exchange = |name: String, kind: ExchangeKind| async move {
@@ -142,65 +74,64 @@ impl Broker {
         exchange(t.results_exchange(), ExchangeKind::Direct).await?;
         exchange(t.cancel_exchange(), ExchangeKind::Fanout).await?;
         ch.queue_declare(t.dead_queue().into(), durable(), quorum(&[])).await?;
-        ch.queue_bind(
-            t.dead_queue().into(),
-            t.dead_exchange().into(),
-            "".into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        self.bind(&t.dead_queue(), &t.dead_exchange(), "").await?;
         ch.queue_declare(t.results_queue().into(), durable(), quorum(&[])).await?;
-        ch.queue_bind(
-            t.results_queue().into(),
-            t.results_exchange().into(),
-            Topology::RESULT_KEY.into(),
-            QueueBindOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
+        self.bind(&t.results_queue(), &t.results_exchange(), Topology::RESULT_KEY).await?;
         Ok(())
     }
 
-    /// Declares the task queue of a worker pool (idempotent).
-    pub async fn declare_pool(&self, pool: &str) -> Result<(), BrokerError> {
+    async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), QueueError> {
+        let (options, args) = (QueueBindOptions::default(), FieldTable::default());
+        self.publisher.queue_bind(queue.into(), exchange.into(), key.into(), options, args).await?;
+        Ok(())
+    }
+
+    async fn start_publish(&self, m: &Outgoing) -> Result<lapin::PublisherConfirm, QueueError> {
+        let mut table = FieldTable::default();
+        for (k, v) in &m.headers {
+            table.insert(ShortString::from(k.as_str()), AMQPValue::LongString(LongString::from(v.as_str())));
+        }
+        let properties = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(table);
+        let options = BasicPublishOptions { mandatory: m.mandatory, ..BasicPublishOptions::default() };
+        let (exchange, key) = (m.exchange.as_str().into(), m.routing_key.as_str().into());
+        Ok(self.publisher.basic_publish(exchange, key, options, &m.body, properties).await?)
+    }
+
+    /// The queue to consume for `source`: a private, auto-deleted one bound to the cancel fan-out
+    /// for cancels.
+    async fn queue_for(&self, channel: &Channel, source: &Source) -> Result<String, QueueError> {
+        if let Some(queue) = self.topology.queue_of(source) {
+            return Ok(queue);
+        }
+        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
+        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
+        let name = queue.name().as_str().to_owned();
+        let (options, args) = (QueueBindOptions::default(), FieldTable::default());
+        let exchange = self.topology.cancel_exchange();
+        channel.queue_bind(name.as_str().into(), exchange.into(), "".into(), options, args).await?;
+        Ok(name)
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for Broker {
+    async fn declare_pool(&self, pool: &str) -> Result<(), QueueError> {
         let t = &self.topology;
-        let limit = AMQPValue::LongInt(i32::try_from(t.delivery_limit).unwrap_or(i32::MAX));
+        let limit = AMQPValue::LongInt(i32::try_from(t.delivery_limit()).unwrap_or(i32::MAX));
         let dead = AMQPValue::LongString(LongString::from(t.dead_exchange()));
         let args = quorum(&[("x-delivery-limit", limit), ("x-dead-letter-exchange", dead)]);
         self.publisher.queue_declare(t.task_queue(pool).into(), durable(), args).await?;
-        self.publisher
-            .queue_bind(
-                t.task_queue(pool).into(),
-                t.tasks_exchange().into(),
-                pool.into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        Ok(())
+        self.bind(&t.task_queue(pool), &t.tasks_exchange(), pool).await
     }
 
-    /// Publishes one persistent message and waits until the broker confirms it was routed.
-    pub async fn publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        headers: &BTreeMap<String, String>,
-    ) -> Result<(), BrokerError> {
-        let pending = self.start_publish(exchange, routing_key, body, headers, true).await?;
-        confirm(pending.await?, exchange, routing_key)
-    }
-
-    /// Publishes many messages, then waits for all confirms; fails if any was refused, or, when
-    /// `mandatory`, not routed.
-    pub async fn publish_batch(&self, messages: &[Outgoing]) -> Result<(), BrokerError> {
+    /// Publishes every message first, then waits for all confirms (one round trip per batch).
+    async fn publish(&self, messages: &[Outgoing]) -> Result<(), QueueError> {
         let mut pending = Vec::with_capacity(messages.len());
         for m in messages {
-            let confirmation =
-                self.start_publish(&m.exchange, &m.routing_key, &m.body, &m.headers, m.mandatory).await?;
-            pending.push((confirmation, m));
+            pending.push((self.start_publish(m).await?, m));
         }
         for (confirmation, m) in pending {
             confirm(confirmation.await?, &m.exchange, &m.routing_key)?;
@@ -208,62 +139,27 @@ impl Broker {
         Ok(())
     }
 
-    async fn start_publish(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        headers: &BTreeMap<String, String>,
-        mandatory: bool,
-    ) -> Result<lapin::PublisherConfirm, BrokerError> {
-        let mut table = FieldTable::default();
-        for (k, v) in headers {
-            table.insert(ShortString::from(k.as_str()), AMQPValue::LongString(LongString::from(v.as_str())));
-        }
-        let properties = BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_content_type("application/json".into())
-            .with_headers(table);
-        let options = BasicPublishOptions { mandatory, ..BasicPublishOptions::default() };
-        Ok(self.publisher.basic_publish(exchange.into(), routing_key.into(), options, body, properties).await?)
-    }
-
-    /// Starts consuming `queue` on a channel of its own with `prefetch` unacknowledged messages.
-    pub async fn consume(
-        &self,
-        queue: &str,
-        consumer_tag: &str,
-        prefetch: u16,
-    ) -> Result<(Channel, Consumer), BrokerError> {
+    /// Consumes on a channel of its own, which lives as long as the consumer.
+    async fn consume(&self, source: &Source, consumer_tag: &str, prefetch: u16) -> Result<Consumer, QueueError> {
         let channel = self.connection.create_channel().await?;
         channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let queue = self.queue_for(&channel, source).await?;
         let consumer =
             channel.basic_consume(queue.into(), consumer_tag.into(), Default::default(), FieldTable::default()).await?;
-        Ok((channel, consumer))
+        let deliveries = consumer
+            .map(|d| {
+                let d = d?;
+                let (headers, deliveries) = (string_headers(&d.properties), delivery_count(&d.properties));
+                Ok(Delivery::new(d.data, headers, deliveries, Box::new(AmqpAcker(d.acker))))
+            })
+            .boxed();
+        let stopper = Box::new(AmqpStopper { channel, tag: consumer_tag.to_owned() });
+        Ok(Consumer::new(deliveries, stopper))
     }
 
-    /// A private, auto-deleted queue bound to the cancel fan-out, consumed at once.
-    pub async fn consume_cancels(&self, consumer_tag: &str) -> Result<(Channel, Consumer), BrokerError> {
-        let channel = self.connection.create_channel().await?;
-        let options = QueueDeclareOptions { exclusive: true, auto_delete: true, ..QueueDeclareOptions::default() };
-        let queue = channel.queue_declare("".into(), options, FieldTable::default()).await?;
-        let name = queue.name().clone();
-        channel
-            .queue_bind(
-                name.clone(),
-                self.topology.cancel_exchange().into(),
-                "".into(),
-                QueueBindOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
-        let consumer =
-            channel.basic_consume(name, consumer_tag.into(), Default::default(), FieldTable::default()).await?;
-        Ok((channel, consumer))
-    }
-
-    /// Number of messages ready in `queue` (declares nothing; the queue must exist).
-    pub async fn queue_depth(&self, queue: &str) -> Result<u32, BrokerError> {
+    /// Declares nothing: the queue must exist (the per-consumer cancel queues have no depth).
+    async fn depth(&self, source: &Source) -> Result<u32, QueueError> {
+        let Some(queue) = self.topology.queue_of(source) else { return Ok(0) };
         let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
         let channel = self.connection.create_channel().await?;
         let q = channel.queue_declare(queue.into(), options, FieldTable::default()).await?;
@@ -271,8 +167,64 @@ impl Broker {
         Ok(q.message_count())
     }
 
-    pub async fn close(&self) {
+    fn is_connected(&self) -> bool {
+        self.connection.status().connected()
+    }
+
+    async fn close(&self) {
         let _ = self.connection.close(200, "bye".into()).await;
+    }
+}
+
+struct AmqpAcker(lapin::Acker);
+
+#[async_trait::async_trait]
+impl Acker for AmqpAcker {
+    /// A failed settle needs no handling: an unsettled delivery returns to its queue when the
+    /// channel closes.
+    async fn settle(self: Box<Self>, how: Settle) {
+        let _ = match how {
+            Settle::Ack => self.0.ack(BasicAckOptions::default()).await,
+            Settle::Requeue => self.0.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+            Settle::DeadLetter => self.0.reject(BasicRejectOptions { requeue: false }).await,
+        };
+    }
+}
+
+/// Keeps the consumer's channel open (closing it would requeue what is in hand at once).
+struct AmqpStopper {
+    channel: Channel,
+    tag: String,
+}
+
+#[async_trait::async_trait]
+impl StopConsuming for AmqpStopper {
+    async fn stop(&self) {
+        let _ = self.channel.basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default()).await;
+    }
+}
+
+/// Connects to RabbitMQ at one URL.
+#[derive(Debug, Clone)]
+pub struct AmqpConnector {
+    url: crate::config::Secret,
+    topology: Topology,
+}
+
+impl AmqpConnector {
+    pub fn new(url: crate::config::Secret, topology: Topology) -> Self {
+        Self { url, topology }
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for AmqpConnector {
+    async fn connect(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
+        Ok(Arc::new(Broker::connect(self.url.expose(), name, self.topology.clone()).await?))
+    }
+
+    fn topology(&self) -> &Topology {
+        &self.topology
     }
 }
 
@@ -289,43 +241,18 @@ fn with_heartbeat(url: &str) -> String {
     format!("{url}{separator}heartbeat={HEARTBEAT_SECONDS}")
 }
 
-fn confirm(confirmation: Confirmation, exchange: &str, routing_key: &str) -> Result<(), BrokerError> {
+fn confirm(confirmation: Confirmation, exchange: &str, routing_key: &str) -> Result<(), QueueError> {
     match confirmation {
         Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
         Confirmation::Ack(Some(_)) => {
-            Err(BrokerError::Unroutable { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
+            Err(QueueError::Unroutable { exchange: exchange.to_owned(), routing_key: routing_key.to_owned() })
         }
-        Confirmation::Nack(_) => Err(BrokerError::Nacked),
-    }
-}
-
-/// Runs `session` until it ends cleanly or `stop` turns true. After a failure it waits, with capped
-/// exponential backoff and jitter (so a fleet does not reconnect in lockstep), and runs it again.
-pub async fn reconnecting<F, Fut>(what: &str, mut stop: tokio::sync::watch::Receiver<bool>, mut session: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), BrokerError>>,
-{
-    let mut delay = std::time::Duration::from_millis(100);
-    while !*stop.borrow() {
-        match session().await {
-            Ok(()) => return,
-            Err(e) => tracing::warn!(error = %e, "{what} lost RabbitMQ; reconnecting"),
-        }
-        // Jitter from the clock's nanoseconds: between half and all of the delay.
-        let nanos =
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().subsec_nanos();
-        let pause = delay.mul_f64(0.5 + f64::from(nanos % 1000) / 2000.0);
-        tokio::select! {
-            _ = stop.changed() => return,
-            () = tokio::time::sleep(pause) => {}
-        }
-        delay = (delay * 2).min(std::time::Duration::from_secs(5));
+        Confirmation::Nack(_) => Err(QueueError::Nacked),
     }
 }
 
 /// The string headers of a delivery (trace context and the like).
-pub fn string_headers(properties: &BasicProperties) -> BTreeMap<String, String> {
+fn string_headers(properties: &BasicProperties) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     if let Some(table) = properties.headers() {
         for (k, v) in table.inner() {
@@ -339,7 +266,7 @@ pub fn string_headers(properties: &BasicProperties) -> BTreeMap<String, String> 
 
 /// How many times the broker has delivered this message (quorum queues count redeliveries in
 /// `x-delivery-count`; the first delivery has none).
-pub fn delivery_count(properties: &BasicProperties) -> u32 {
+fn delivery_count(properties: &BasicProperties) -> u32 {
     let count = properties.headers().as_ref().and_then(|t| t.inner().get("x-delivery-count").cloned());
     let previous = match count {
         Some(AMQPValue::LongLongInt(n)) => u32::try_from(n).unwrap_or(u32::MAX),

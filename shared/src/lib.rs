@@ -27,6 +27,7 @@ pub mod dag;
 pub mod ids;
 pub mod messages;
 pub mod provenance;
+pub mod queue;
 pub mod retry;
 pub mod state;
 pub mod telemetry;

@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use coordinator::app::Coordinator;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use serde_json::{Value, json};
-use shared::amqp::Topology;
+use shared::amqp::AmqpConnector;
 use shared::config::Settings;
+use shared::queue::{Queue, Source, Topology};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use worker::WorkerOptions;
@@ -127,7 +128,9 @@ impl Stack {
             api: None,
         };
         let settings = stack.settings();
-        coordinator::db::Db::connect(&settings).await.expect("connect").migrate().await.expect("migrate");
+        coordinator::store::Store::migrate(&coordinator::store::PgStore::connect(&settings).await.expect("connect"))
+            .await
+            .expect("migrate");
         for i in 0..stack.options.coordinators {
             stack.add_coordinator(&format!("coordinator-{i}")).await;
         }
@@ -235,8 +238,10 @@ impl Stack {
     pub fn add_worker(&mut self, id: &str) {
         let settings = self.settings();
         let options = WorkerOptions {
-            amqp_url: shared::config::Secret::new(AMQP),
-            topology: Topology::new(&self.prefix, settings.delivery_limit),
+            queue: Arc::new(AmqpConnector::new(
+                shared::config::Secret::new(AMQP),
+                Topology::new(&self.prefix, settings.delivery_limit),
+            )),
             pools: vec!["default".into()],
             concurrency: self.options.worker_concurrency,
             worker_id: id.into(),
@@ -390,8 +395,8 @@ impl Stack {
         }
         let Some(b) = broker.as_ref() else { return u32::MAX };
         let mut total = 0;
-        for queue in [topology.task_queue("default"), topology.results_queue()] {
-            match b.queue_depth(&queue).await {
+        for source in [Source::Pool("default".to_owned()), Source::Results] {
+            match b.depth(&source).await {
                 Ok(depth) => total += depth,
                 Err(_) => return u32::MAX,
             }

@@ -7,8 +7,9 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use shared::amqp::{Broker, Topology};
+use shared::amqp::Broker;
 use shared::messages::Message;
+use shared::queue::{Outgoing, Queue, Topology};
 use tests::{AMQP, Stack, StackOptions, mixed_workload};
 
 const WITHIN: Duration = Duration::from_secs(90);
@@ -39,18 +40,10 @@ async fn duplicate_and_late_results_change_nothing() {
     for id in &ids {
         for stored in stored_results(&stack, id).await {
             let mut result: shared::messages::ResultMessage = serde_json::from_value(stored).expect("a result");
-            let body = Message::Result(result.clone()).to_bytes();
-            broker
-                .publish(&topology.results_exchange(), Topology::RESULT_KEY, &body, &BTreeMap::new())
-                .await
-                .expect("dup");
+            broker.publish(&[result_message(&topology, &result)]).await.expect("dup");
             if result.node_id == "flaky" && result.attempt == 1 {
                 result.outcome = shared::state::Outcome::Succeeded { outputs: json!({"late": true}) };
-                let body = Message::Result(result).to_bytes();
-                broker
-                    .publish(&topology.results_exchange(), Topology::RESULT_KEY, &body, &BTreeMap::new())
-                    .await
-                    .expect("late");
+                broker.publish(&[result_message(&topology, &result)]).await.expect("late");
             }
         }
     }
@@ -175,4 +168,15 @@ async fn a_coordinator_with_a_skewed_clock_breaks_nothing() {
     skewed.kill().ok();
     let _ = skewed.wait();
     stack.shutdown().await;
+}
+
+/// A result as a worker publishes it.
+fn result_message(topology: &Topology, result: &shared::messages::ResultMessage) -> Outgoing {
+    Outgoing {
+        exchange: topology.results_exchange(),
+        routing_key: Topology::RESULT_KEY.to_owned(),
+        body: Message::Result(result.clone()).to_bytes(),
+        headers: BTreeMap::new(),
+        mandatory: true,
+    }
 }

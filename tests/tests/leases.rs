@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use coordinator::db::{Created, Db, NewExecution, StepWrite};
+use coordinator::store::{Created, NewExecution, PgStore, StepWrite, Store};
 use serde_json::json;
 use shared::dag::{DagSpec, Limits, compile};
 use tests::{Stack, StackOptions, eventually};
@@ -11,7 +11,7 @@ use tests::{Stack, StackOptions, eventually};
 #[tokio::test]
 async fn a_stale_epoch_cannot_write() {
     let stack = Stack::start(StackOptions { coordinators: 0, workers: 0, ..StackOptions::default() }).await;
-    let db = Db::connect(&stack.settings()).await.expect("connect");
+    let db = PgStore::connect(&stack.settings()).await.expect("connect");
     let spec = DagSpec::from_value(json!({"dag_id": "fenced", "name": "f", "nodes": {"a": {"agent_id": "noop"}}}));
     let dag = compile(spec.expect("spec"), &Limits::default()).expect("valid");
     db.insert_dag("default", &dag).await.expect("store DAG");

@@ -1,10 +1,12 @@
 //! The worker process: settings, logging, run until SIGTERM or Ctrl-C.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::Duration;
 
-use shared::amqp::Topology;
+use shared::amqp::AmqpConnector;
 use shared::config::Settings;
+use shared::queue::Topology;
 
 use crate::WorkerOptions;
 use crate::agents::Registry;
@@ -45,8 +47,10 @@ pub fn main() -> ExitCode {
         }
     };
     let options = WorkerOptions {
-        amqp_url: settings.amqp_url.clone(),
-        topology: Topology::new(&settings.queue_prefix, settings.delivery_limit),
+        queue: Arc::new(AmqpConnector::new(
+            settings.amqp_url.clone(),
+            Topology::new(&settings.queue_prefix, settings.delivery_limit),
+        )),
         pools: settings.worker_queues.clone(),
         concurrency: settings.worker_concurrency,
         worker_id: settings.worker_id.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),

@@ -20,10 +20,8 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use futures_util::StreamExt;
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions, BasicRejectOptions};
-use shared::amqp::{Broker, BrokerError, Topology, delivery_count};
 use shared::messages::{Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
+use shared::queue::{Connector, Delivery, Outgoing, Queue, QueueError, Source, Topology};
 use shared::state::{NodeError, Outcome};
 use tokio::sync::{Notify, Semaphore, watch};
 
@@ -32,8 +30,8 @@ use agents::{Call, Registry};
 /// How a worker is set up.
 #[derive(Debug, Clone)]
 pub struct WorkerOptions {
-    pub amqp_url: shared::config::Secret,
-    pub topology: Topology,
+    /// The broker (RabbitMQ in production, in-process when embedded).
+    pub queue: Arc<dyn Connector>,
     /// The node `queue`s (worker pools) to consume.
     pub pools: Vec<String>,
     pub concurrency: u32,
@@ -64,7 +62,7 @@ pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
     let options = Arc::new(options);
     let session_loop =
-        shared::amqp::reconnecting("worker", stop_rx.clone(), || session(options.clone(), stop_rx.clone()));
+        shared::queue::reconnecting("worker", stop_rx.clone(), || session(options.clone(), stop_rx.clone()));
     tokio::pin!(session_loop);
     tokio::select! {
         () = &mut session_loop => {}
@@ -76,20 +74,19 @@ pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
 }
 
 /// One connection's life: consume until stopped or until the connection fails.
-async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -> Result<(), BrokerError> {
-    let broker =
-        Arc::new(Broker::connect(options.amqp_url.expose(), &options.worker_id, options.topology.clone()).await?);
+async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -> Result<(), QueueError> {
+    let queue = options.queue.connect(&options.worker_id).await?;
     let permits = Arc::new(Semaphore::new(options.concurrency as usize));
     let running: Running = Arc::default();
     let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
     let mut consumers = Vec::new();
     for pool in &options.pools {
-        broker.declare_pool(pool).await?;
+        queue.declare_pool(pool).await?;
         let tag = format!("{}-{pool}", options.worker_id);
-        consumers.push(broker.consume(&options.topology.task_queue(pool), &tag, prefetch).await?);
+        consumers.push(queue.consume(&Source::Pool(pool.clone()), &tag, prefetch).await?);
     }
-    let (_cancel_channel, mut cancels) = broker.consume_cancels(&format!("{}-cancel", options.worker_id)).await?;
-    let mut streams = futures_util::stream::select_all(consumers.iter_mut().map(|(_, c)| c));
+    let mut cancels = queue.consume(&Source::Cancels, &format!("{}-cancel", options.worker_id), 64).await?;
+    let mut streams = futures_util::stream::select_all(consumers.iter_mut().map(|c| &mut c.deliveries));
     tracing::info!(worker_id = %options.worker_id, pools = ?options.pools, "worker consuming");
     let outcome = loop {
         tokio::select! {
@@ -98,66 +95,67 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
                 Some(Ok(delivery)) => {
                     // The permit is taken inside the task, so this loop keeps serving cancels and
                     // the stop signal while every slot is busy (prefetch bounds what piles up).
-                    let (broker, options, running, permits) = (broker.clone(), options.clone(), running.clone(), permits.clone());
+                    let (queue, options, running, permits) = (queue.clone(), options.clone(), running.clone(), permits.clone());
                     tokio::spawn(async move {
                         let permit = permits.acquire_owned().await;
-                        handle(&broker, &options, &running, delivery).await;
+                        handle(queue.as_ref(), &options, &running, delivery).await;
                         drop(permit);
                     });
                 }
-                Some(Err(e)) => break Err(BrokerError::from(e)),
-                None => break Err(BrokerError::Amqp(lapin::Error::from(lapin::ErrorKind::InvalidConnectionState(lapin::ConnectionState::Closed)))),
+                Some(Err(e)) => break Err(e),
+                None => break Err(QueueError::Closed),
             },
-            cancel = cancels.next() => if let Some(Ok(delivery)) = cancel {
-                if let Ok(Message::Cancel(c)) = Message::from_bytes(&delivery.data) {
-                    let key = (c.execution_id, c.node_id, c.attempt);
-                    if let Ok(mut attempts) = running.lock() {
-                        match attempts.running.get(&key) {
-                            Some(notify) => notify.notify_one(),
-                            None => {
-                                if attempts.cancelled_early.len() >= EARLY_CANCELS {
-                                    attempts.cancelled_early.clear();
-                                }
-                                attempts.cancelled_early.insert(key);
-                            }
-                        }
-                    }
+            cancel = cancels.deliveries.next() => if let Some(Ok(delivery)) = cancel {
+                if let Ok(Message::Cancel(c)) = Message::from_bytes(&delivery.body) {
+                    cancel_attempt(&running, (c.execution_id, c.node_id, c.attempt));
                 }
-                let _ = delivery.acker.ack(BasicAckOptions::default()).await;
+                delivery.ack().await;
             },
         }
     };
     drop(streams);
-    // Stop taking work, but keep the channels open: closing one would hand its unacknowledged
+    // Stop taking work, but keep the connection open: closing it would hand the unacknowledged
     // tasks back to the queue at once and another worker would run them again. In-flight
     // attempts finish within the grace period; whatever is still unacknowledged when the
     // connection closes goes back to the queue.
-    for ((channel, _), pool) in consumers.iter().zip(&options.pools) {
-        let tag = format!("{}-{pool}", options.worker_id);
-        let _ = channel.basic_cancel(tag.as_str().into(), lapin::options::BasicCancelOptions::default()).await;
+    for consumer in &mut consumers {
+        consumer.stop().await;
     }
     let all = options.concurrency;
     let _ = tokio::time::timeout(options.grace, permits.acquire_many(all)).await;
-    broker.close().await;
+    queue.close().await;
     outcome
 }
 
-async fn handle(broker: &Broker, options: &WorkerOptions, running: &Running, delivery: Delivery) {
-    let task = match Message::from_bytes(&delivery.data) {
+/// Stops the attempt if it runs here, or remembers that it must never start.
+fn cancel_attempt(running: &Running, key: AttemptKey) {
+    let Ok(mut attempts) = running.lock() else { return };
+    match attempts.running.get(&key) {
+        Some(notify) => notify.notify_one(),
+        None => {
+            if attempts.cancelled_early.len() >= EARLY_CANCELS {
+                attempts.cancelled_early.clear();
+            }
+            attempts.cancelled_early.insert(key);
+        }
+    }
+}
+
+async fn handle(queue: &dyn Queue, options: &WorkerOptions, running: &Running, delivery: Delivery) {
+    let task = match Message::from_bytes(&delivery.body) {
         Ok(Message::Task(task)) => task,
         other => {
             tracing::error!(problem = ?other.err(), "not a task message; dead-lettering it");
-            let _ = delivery.acker.reject(BasicRejectOptions { requeue: false }).await;
+            delivery.dead_letter().await;
             return;
         }
     };
-    let deliveries = delivery_count(&delivery.properties);
+    let deliveries = delivery.deliveries;
     if deliveries > 1 {
         options.metrics.redeliveries.inc();
     }
     // The trace context travels on: the result carries the attempt's traceparent back.
-    let headers = shared::amqp::string_headers(&delivery.properties);
-    let trace = headers.get("traceparent").and_then(|h| TraceContext::parse(h));
+    let trace = delivery.headers.get("traceparent").and_then(|h| TraceContext::parse(h));
     let span = tracing::info_span!("node.execute", execution_id = %task.execution_id, node_id = %task.node_id,
         attempt = task.attempt, agent_id = %task.agent_id, trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str()));
     // Exported as a child of the coordinator's span of this attempt, in the execution's trace.
@@ -165,18 +163,20 @@ async fn handle(broker: &Broker, options: &WorkerOptions, running: &Running, del
         shared::telemetry::set_remote_parent(&span, trace);
     }
     let result = tracing::Instrument::instrument(execute(options, running, &task, deliveries), span).await;
-    let body = Message::Result(result).to_bytes();
-    let exchange = options.topology.results_exchange();
-    let forward: std::collections::BTreeMap<String, String> =
-        headers.into_iter().filter(|(k, _)| k == "traceparent" || k == "tracestate").collect();
-    match broker.publish(&exchange, Topology::RESULT_KEY, &body, &forward).await {
-        Ok(()) => {
-            let _ = delivery.acker.ack(BasicAckOptions::default()).await;
-        }
+    let forward = delivery.headers.iter().filter(|(k, _)| *k == "traceparent" || *k == "tracestate");
+    let message = Outgoing {
+        exchange: options.queue.topology().results_exchange(),
+        routing_key: Topology::RESULT_KEY.to_owned(),
+        body: Message::Result(result).to_bytes(),
+        headers: forward.map(|(k, v)| (k.clone(), v.clone())).collect(),
+        mandatory: true,
+    };
+    match queue.publish(std::slice::from_ref(&message)).await {
+        Ok(()) => delivery.ack().await,
         Err(e) => {
             tracing::warn!(error = %e, execution_id = %task.execution_id, node_id = %task.node_id, attempt = task.attempt,
                 "result not confirmed; returning the task to the queue");
-            let _ = delivery.acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await;
+            delivery.requeue().await;
         }
     }
 }

@@ -1,15 +1,7 @@
-//! Persistence: every SQL statement of the coordinator lives here.
+//! The PostgreSQL [`Store`]: every SQL statement of the coordinator lives here.
 //!
-//! What is stored durably, and why: DAG definitions by content (`dag_definitions`) and by name
-//! (`dag_workflows`); each execution with its pinned `dag_hash`, input, lease and counters; the
-//! state of every node (`node_traces`); every attempt result received (`node_attempts`, which is
-//! also the inbox of the coordinator driving the execution); checkpoints; append-only provenance
-//! records; and the outbox of messages not yet confirmed by RabbitMQ. Nothing else: a
-//! coordinator's memory only caches what these tables say.
-//!
-//! Every state change of an execution goes through [`Db::commit_step`], which first performs a
-//! compare-and-set on the execution's lease (owner, epoch, not expired, by the database clock)
-//! and writes nothing when it fails.
+//! Compare-and-set on the lease is checked against the database clock (`now()`), so replicas
+//! with skewed clocks agree on expiry. Notifications use `LISTEN`/`NOTIFY`.
 
 use std::collections::HashMap;
 use std::str::FromStr;
@@ -25,12 +17,17 @@ use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
+use super::{
+    CheckpointRow, Created, DagRow, DagSummary, ExecutionFilter, ExecutionRow, Lease, NewExecution, NodeRow,
+    NodeUpdate, OutboxRow, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome,
+};
+
 /// Migrations embedded from the workspace's `migrations/` folder.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
 
-/// The database pool.
+/// The PostgreSQL store: a connection pool.
 #[derive(Debug, Clone)]
-pub struct Db {
+pub struct PgStore {
     pool: PgPool,
     options: sqlx::postgres::PgConnectOptions,
     /// Callers waiting for a connection right now (`gl_db_pool_pending_connections`).
@@ -51,63 +48,6 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// A database operation failed.
-#[derive(Debug, thiserror::Error)]
-pub enum DbError {
-    #[error("database: {0}")]
-    Sql(#[from] sqlx::Error),
-    #[error("migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("{0} already exists")]
-    Conflict(String),
-    #[error("{0}")]
-    Corrupt(String),
-}
-
-impl DbError {
-    /// The pool had no free connection in time, or the server is unreachable.
-    pub fn is_unavailable(&self) -> bool {
-        matches!(self, DbError::Sql(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed))
-    }
-}
-
-/// A stored DAG.
-#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
-pub struct DagRow {
-    pub dag_id: String,
-    pub dag_hash: String,
-    pub definition: Value,
-    pub revision: i64,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// An execution row.
-#[derive(Debug, Clone)]
-pub struct ExecutionRow {
-    pub execution_id: Uuid,
-    pub dag_id: String,
-    pub dag_hash: String,
-    pub status: String,
-    pub halt: Option<String>,
-    pub input_data: Value,
-    pub input_hash: String,
-    pub clock: String,
-    pub cancel_requested: bool,
-    pub submitted_at: chrono::DateTime<chrono::Utc>,
-    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub error: Option<String>,
-    pub provenance_chain_hash: Option<String>,
-    pub last_record_hash: Option<String>,
-    pub total_nodes: i32,
-    pub completed_nodes: i32,
-    pub failed_nodes: i32,
-    pub skipped_nodes: i32,
-    pub lease_owner: Option<String>,
-    pub lease_epoch: i64,
 }
 
 /// `SELECT <every execution column> FROM dag_executions <tail>`, as a literal (no dynamic SQL).
@@ -148,188 +88,18 @@ fn execution_row(r: &PgRow) -> Result<ExecutionRow, sqlx::Error> {
     })
 }
 
-/// A node's row, as traced.
-#[derive(Debug, Clone)]
-pub struct NodeRow {
-    pub node_id: String,
-    pub agent_id: String,
-    pub status: String,
-    pub attempt: i32,
-    pub attempt_base: i32,
-    pub level_index: i32,
-    pub retry_at_ms: Option<i64>,
-    pub skip_reason: Option<String>,
-    pub error_type: Option<String>,
-    pub error: Option<String>,
-    pub input_hash: Option<String>,
-    pub output_hash: Option<String>,
-    pub compensation: String,
-    pub started_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub duration_ms: Option<i64>,
-    pub worker_id: Option<String>,
-    pub trace_id: Option<String>,
-    /// From the checkpoint, when there is one.
-    pub outputs: Option<Value>,
-}
-
-/// One node's new state, written by a step.
-#[derive(Debug, Clone, Default)]
-pub struct NodeUpdate {
-    pub node_id: String,
-    pub status: String,
-    pub attempt: i32,
-    pub attempt_base: i32,
-    pub retry_at_ms: Option<i64>,
-    pub skip_reason: Option<String>,
-    pub error_type: Option<String>,
-    pub error: Option<String>,
-    pub compensation: String,
-    /// Set `started_at` to the database's now (the node was just dispatched).
-    pub dispatched: bool,
-    /// Timing reported by the worker, RFC 3339.
-    pub started_at: Option<String>,
-    pub completed_at: Option<String>,
-    pub duration_ms: Option<i64>,
-    pub worker_id: Option<String>,
-    pub input_hash: Option<String>,
-    pub output_hash: Option<String>,
-    /// W3C trace id of the execution (set when the node is dispatched).
-    pub trace_id: Option<String>,
-}
-
-/// One line of the DAG list.
-#[derive(Debug, Clone)]
-pub struct DagSummary {
-    pub dag_id: String,
-    pub name: String,
-    pub version: String,
-    pub dag_hash: String,
-    pub revision: i64,
-    pub node_count: i32,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-    pub updated_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// What an update did.
-#[derive(Debug, Clone)]
-pub enum UpdateOutcome {
-    Updated(DagRow),
-    NotFound,
-    /// The current revision, which the `If-Match` did not name.
-    RevisionMismatch(i64),
-}
-
-/// A stored checkpoint.
-#[derive(Debug, Clone)]
-pub struct CheckpointRow {
-    pub node_id: String,
-    pub status: String,
-    pub outputs: Value,
-    pub output_hash: String,
-    pub attempt_count: i32,
-    pub created_at: chrono::DateTime<chrono::Utc>,
-}
-
-/// Filters of the execution list.
-#[derive(Debug, Clone)]
-pub struct ExecutionFilter {
-    pub tenant: String,
-    pub dag_id: Option<String>,
-    pub status: Option<String>,
-    pub since: Option<chrono::DateTime<chrono::Utc>>,
-    /// Continue after this (submitted_at, execution_id).
-    pub after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
-    pub limit: i64,
-}
-
-/// A message to publish.
-#[derive(Debug, Clone)]
-pub struct OutboxMessage {
-    pub exchange: String,
-    pub routing_key: String,
-    pub body: Vec<u8>,
-    /// AMQP headers (W3C `traceparent`).
-    pub headers: std::collections::BTreeMap<String, String>,
-}
-
-/// Everything one step of an execution writes, atomically.
-#[derive(Debug, Default)]
-pub struct StepWrite {
-    pub status: String,
-    pub halt: Option<String>,
-    pub finished: bool,
-    pub completed_nodes: i32,
-    pub failed_nodes: i32,
-    pub skipped_nodes: i32,
-    pub provenance_chain_hash: Option<String>,
-    pub last_record_hash: Option<String>,
-    pub error: Option<String>,
-    pub nodes: Vec<NodeUpdate>,
-    /// (node id, outputs, output hash, attempt count)
-    pub checkpoints: Vec<(String, Value, String, i32)>,
-    /// (sequence number, record)
-    pub records: Vec<(i32, Record)>,
-    pub outbox: Vec<OutboxMessage>,
-    /// Inbox entries consumed: (node id, attempt, kind).
-    pub processed: Vec<(String, i32, String)>,
-}
-
-/// The lease a coordinator holds on an execution.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Lease {
-    pub execution_id: Uuid,
-    pub epoch: i64,
-}
-
-/// An unsent outbox row.
-#[derive(Debug, Clone)]
-pub struct OutboxRow {
-    pub id: i64,
-    pub exchange: String,
-    pub routing_key: String,
-    pub body: Vec<u8>,
-    pub headers: std::collections::BTreeMap<String, String>,
-}
-
-/// What an execute request turned into.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Created {
-    New(Uuid),
-    /// The same idempotency key and body were seen before.
-    Existing(Uuid),
-    /// The DAG is no longer the definition the caller read (it changed or was deleted since,
-    /// e.g. a stale cache entry); nothing was written.
-    DagChanged,
-}
-
-/// A new execution.
-#[derive(Debug)]
-pub struct NewExecution<'a> {
-    pub tenant: &'a str,
-    pub dag_id: &'a str,
-    pub dag: &'a Dag,
-    pub input: &'a Value,
-    pub input_hash: &'a str,
-    pub options: &'a Value,
-    pub priority: i32,
-    pub clock: &'a str,
-    /// (key, hash of the request body)
-    pub idempotency: Option<(&'a str, &'a str)>,
-}
-
 /// Advisory-lock key that serialises the decision of which waiting executions start.
 const SLOT_LOCK: i64 = 0x676c_736c_6f74; // "glslot"
 /// Serialises execution inserts so `submit_seq` follows commit order.
 const SUBMIT_LOCK: i64 = 0x676c_7375_626d; // "glsubm"
 
 /// Notification channel: an attempt result arrived (payload: execution id).
-pub const INBOX_CHANNEL: &str = "gl_orchestrator_inbox";
+const INBOX_CHANNEL: &str = "gl_orchestrator_inbox";
 /// Notification channel: outbox rows were written.
-pub const OUTBOX_CHANNEL: &str = "gl_orchestrator_outbox";
+const OUTBOX_CHANNEL: &str = "gl_orchestrator_outbox";
 
-impl Db {
-    pub async fn connect(settings: &Settings) -> Result<Self, DbError> {
+impl PgStore {
+    pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
         // Our transactions last milliseconds. A process paused or hung inside one (SIGSTOP, a
         // stalled node) would otherwise hold its row locks for ever and block the replica that
         // takes its leases over: the server ends such a session after a few seconds instead.
@@ -347,15 +117,11 @@ impl Db {
 
     /// A `LISTEN` on `channel` over a connection of its own: a listener holds its connection for
     /// ever, so taking it from the pool would shrink what `DB_POOL_SIZE` promises to requests.
-    pub async fn listen(&self, channel: &str) -> Result<sqlx::postgres::PgListener, DbError> {
+    async fn listen(&self, channel: &str) -> Result<sqlx::postgres::PgListener, StoreError> {
         let own = PgPoolOptions::new().max_connections(1).connect_with(self.options.clone()).await?;
         let mut listener = sqlx::postgres::PgListener::connect_with(&own).await?;
         listener.listen(channel).await?;
         Ok(listener)
-    }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
     }
 
     /// A connection from the pool; the wait is counted as pending.
@@ -370,19 +136,35 @@ impl Db {
         self.pool.begin().await
     }
 
-    pub async fn migrate(&self) -> Result<(), DbError> {
+    async fn execution_by_id(&self, id: Uuid) -> Result<Option<ExecutionRow>, StoreError> {
+        let sql = select_execution!("WHERE execution_id = $1");
+        let row = sqlx::query(sql).bind(id).fetch_optional(&mut *self.conn().await?).await?;
+        Ok(row.as_ref().map(execution_row).transpose()?)
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for PgStore {
+    async fn subscribe(&self, topic: Topic) -> Result<Box<dyn Subscription>, StoreError> {
+        let channel = match topic {
+            Topic::Inbox => INBOX_CHANNEL,
+            Topic::Outbox => OUTBOX_CHANNEL,
+        };
+        Ok(Box::new(self.listen(channel).await?))
+    }
+
+    async fn migrate(&self) -> Result<(), StoreError> {
         MIGRATOR.run(&self.pool).await?;
         Ok(())
     }
 
-    pub async fn ping(&self) -> Result<(), DbError> {
+    async fn ping(&self) -> Result<(), StoreError> {
         sqlx::query("SELECT 1").execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
-    /// Stores a new DAG; `Conflict` when the id is taken.
-    pub async fn insert_dag(&self, tenant: &str, dag: &Dag) -> Result<DagRow, DbError> {
-        let definition = serde_json::to_value(dag.definition()).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    async fn insert_dag(&self, tenant: &str, dag: &Dag) -> Result<DagRow, StoreError> {
+        let definition = serde_json::to_value(dag.definition()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO dag_definitions (dag_hash, definition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(dag.hash().as_str())
@@ -405,7 +187,7 @@ impl Db {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = inserted else {
-            return Err(DbError::Conflict(format!("DAG {}", dag.id())));
+            return Err(StoreError::Conflict(format!("DAG {}", dag.id())));
         };
         tx.commit().await?;
         Ok(DagRow {
@@ -418,7 +200,7 @@ impl Db {
         })
     }
 
-    pub async fn get_dag(&self, tenant: &str, dag_id: &str) -> Result<Option<DagRow>, DbError> {
+    async fn get_dag(&self, tenant: &str, dag_id: &str) -> Result<Option<DagRow>, StoreError> {
         let row = sqlx::query(
             "SELECT w.dag_id, w.dag_hash, d.definition, w.revision, w.created_at, w.updated_at
              FROM dag_workflows w JOIN dag_definitions d USING (dag_hash)
@@ -441,8 +223,7 @@ impl Db {
         .transpose()
     }
 
-    /// Stored DAGs by id, after `after`.
-    pub async fn list_dags(&self, tenant: &str, after: Option<&str>, limit: i64) -> Result<Vec<DagSummary>, DbError> {
+    async fn list_dags(&self, tenant: &str, after: Option<&str>, limit: i64) -> Result<Vec<DagSummary>, StoreError> {
         let rows = sqlx::query(
             "SELECT dag_id, name, version, dag_hash, revision, node_count, created_at, updated_at FROM dag_workflows
              WHERE tenant_id = $1 AND ($2::text IS NULL OR dag_id > $2) ORDER BY dag_id LIMIT $3",
@@ -466,12 +247,11 @@ impl Db {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
+            .map_err(StoreError::from)
     }
 
-    /// Replaces a DAG's definition if its revision is still `expected` (when given).
-    pub async fn update_dag(&self, tenant: &str, dag: &Dag, expected: Option<i64>) -> Result<UpdateOutcome, DbError> {
-        let definition = serde_json::to_value(dag.definition()).map_err(|e| DbError::Corrupt(e.to_string()))?;
+    async fn update_dag(&self, tenant: &str, dag: &Dag, expected: Option<i64>) -> Result<UpdateOutcome, StoreError> {
+        let definition = serde_json::to_value(dag.definition()).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let mut tx = self.begin().await?;
         sqlx::query("INSERT INTO dag_definitions (dag_hash, definition) VALUES ($1, $2) ON CONFLICT DO NOTHING")
             .bind(dag.hash().as_str())
@@ -515,8 +295,7 @@ impl Db {
         }))
     }
 
-    /// Deletes a DAG; its executions keep their pinned definitions.
-    pub async fn delete_dag(&self, tenant: &str, dag_id: &str) -> Result<bool, DbError> {
+    async fn delete_dag(&self, tenant: &str, dag_id: &str) -> Result<bool, StoreError> {
         let done = sqlx::query("DELETE FROM dag_workflows WHERE tenant_id = $1 AND dag_id = $2")
             .bind(tenant)
             .bind(dag_id)
@@ -525,8 +304,7 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// The figures of the JSON `/metrics` summary.
-    pub async fn summary(&self, tenant: &str) -> Result<Value, DbError> {
+    async fn summary(&self, tenant: &str) -> Result<Value, StoreError> {
         let by_status: Vec<(String, i64)> =
             sqlx::query_as("SELECT status, count(*) FROM dag_executions WHERE tenant_id = $1 GROUP BY status")
                 .bind(tenant)
@@ -571,17 +349,14 @@ impl Db {
         }))
     }
 
-    /// A pinned definition by its hash.
-    pub async fn definition(&self, dag_hash: &str) -> Result<Option<Value>, DbError> {
+    async fn definition(&self, dag_hash: &str) -> Result<Option<Value>, StoreError> {
         Ok(sqlx::query_scalar("SELECT definition FROM dag_definitions WHERE dag_hash = $1")
             .bind(dag_hash)
             .fetch_optional(&mut *self.conn().await?)
             .await?)
     }
 
-    /// Creates an execution and its node rows; with an idempotency key seen before, returns the
-    /// earlier execution (same body) or `Conflict` (another body).
-    pub async fn create_execution(&self, new: NewExecution<'_>) -> Result<Created, DbError> {
+    async fn create_execution(&self, new: NewExecution<'_>) -> Result<Created, StoreError> {
         let mut tx = self.begin().await?;
         if let Some((key, request_hash)) = new.idempotency {
             let seen: Option<(Uuid, Option<String>)> = sqlx::query_as(
@@ -594,7 +369,7 @@ impl Db {
             if let Some((id, hash)) = seen {
                 return match hash.as_deref() == Some(request_hash) {
                     true => Ok(Created::Existing(id)),
-                    false => Err(DbError::Conflict(format!("idempotency key {key:?} with another request"))),
+                    false => Err(StoreError::Conflict(format!("idempotency key {key:?} with another request"))),
                 };
             }
         }
@@ -634,7 +409,7 @@ impl Db {
         .await?;
         if inserted.rows_affected() == 0 {
             // A concurrent request with the same key won the race; ask again.
-            return Err(DbError::Conflict("idempotency key in use by a concurrent request".into()));
+            return Err(StoreError::Conflict("idempotency key in use by a concurrent request".into()));
         }
         let ids: Vec<String> = (0..dag.len() as u32).map(|v| dag.node_id(v).to_owned()).collect();
         let agents: Vec<String> = (0..dag.len() as u32).map(|v| dag.node_spec(v).agent_id.clone()).collect();
@@ -653,20 +428,13 @@ impl Db {
         Ok(Created::New(id))
     }
 
-    pub async fn execution(&self, tenant: &str, id: Uuid) -> Result<Option<ExecutionRow>, DbError> {
+    async fn execution(&self, tenant: &str, id: Uuid) -> Result<Option<ExecutionRow>, StoreError> {
         let sql = select_execution!("WHERE tenant_id = $1 AND execution_id = $2");
         let row = sqlx::query(sql).bind(tenant).bind(id).fetch_optional(&mut *self.conn().await?).await?;
         Ok(row.as_ref().map(execution_row).transpose()?)
     }
 
-    async fn execution_by_id(&self, id: Uuid) -> Result<Option<ExecutionRow>, DbError> {
-        let sql = select_execution!("WHERE execution_id = $1");
-        let row = sqlx::query(sql).bind(id).fetch_optional(&mut *self.conn().await?).await?;
-        Ok(row.as_ref().map(execution_row).transpose()?)
-    }
-
-    /// Node rows with their checkpointed outputs.
-    pub async fn nodes(&self, id: Uuid) -> Result<Vec<NodeRow>, DbError> {
+    async fn nodes(&self, id: Uuid) -> Result<Vec<NodeRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT n.node_id, n.agent_id, n.status, n.attempt, n.attempt_base, n.level_index, n.retry_at_ms, n.skip_reason,
                     n.error_type, n.error, n.input_hash, n.output_hash, n.compensation, n.started_at,
@@ -702,11 +470,10 @@ impl Db {
                 })
             })
             .collect::<Result<_, sqlx::Error>>()
-            .map_err(DbError::from)
+            .map_err(StoreError::from)
     }
 
-    /// Every attempt result received for an execution, by node, in attempt order.
-    pub async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<Value>>, DbError> {
+    async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<Value>>, StoreError> {
         let rows: Vec<(String, Value)> = sqlx::query_as(
             "SELECT node_id, result FROM node_attempts WHERE execution_id = $1 ORDER BY node_id, kind DESC, attempt",
         )
@@ -720,8 +487,7 @@ impl Db {
         Ok(by_node)
     }
 
-    /// Provenance records of an execution, in commit order.
-    pub async fn records(&self, id: Uuid) -> Result<Vec<(i32, Record)>, DbError> {
+    async fn records(&self, id: Uuid) -> Result<Vec<(i32, Record)>, StoreError> {
         let rows = sqlx::query(
             "SELECT seq, node_id, agent_id, input, outputs, input_hash, output_hash, parent_hashes, chain_hash,
                     attempt_count, started_at, completed_at, duration_ms, worker_id, prev_record_hash, record_hash
@@ -730,14 +496,14 @@ impl Db {
         .bind(id)
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        let hash = |r: &PgRow, c: &str| -> Result<ContentHash, DbError> {
+        let hash = |r: &PgRow, c: &str| -> Result<ContentHash, StoreError> {
             let text: String = r.try_get(c)?;
-            ContentHash::parse(&text).map_err(|_| DbError::Corrupt(format!("{c} {text:?} is not a hash")))
+            ContentHash::parse(&text).map_err(|_| StoreError::Corrupt(format!("{c} {text:?} is not a hash")))
         };
         rows.iter()
             .map(|r| {
                 let parents: Value = r.try_get("parent_hashes")?;
-                let parent_hashes = serde_json::from_value(parents).map_err(|e| DbError::Corrupt(e.to_string()))?;
+                let parent_hashes = serde_json::from_value(parents).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let record = Record {
                     node_id: r.try_get("node_id")?,
                     agent_id: r.try_get("agent_id")?,
@@ -762,21 +528,13 @@ impl Db {
             .collect()
     }
 
-    /// Takes over up to `room` executions that no live lease holds, bumping each lease epoch
-    /// (the fencing token that makes the previous holder's writes fail).
-    ///
-    /// Executions already started are taken over first: they hold a slot already. Waiting ones
-    /// start in submission order (`submit_seq`, which follows commit order) only while the cluster-wide limit
-    /// (`max_concurrent`) and their DAG's own `max_concurrent_executions` leave a slot free; the
-    /// rest are marked `queued`. Slot decisions are serialised by a transaction-scoped advisory
-    /// lock, so replicas deciding at once cannot exceed the limit.
-    pub async fn claim(
+    async fn claim(
         &self,
         owner: &str,
         ttl: Duration,
         room: i64,
         max_concurrent: i64,
-    ) -> Result<Vec<Lease>, DbError> {
+    ) -> Result<Vec<Lease>, StoreError> {
         let mut tx = self.begin().await?;
         sqlx::query("SELECT pg_advisory_xact_lock($1)").bind(SLOT_LOCK).execute(&mut *tx).await?;
         let mut leases: Vec<(Uuid, i64)> = sqlx::query_as(
@@ -855,8 +613,7 @@ impl Db {
         Ok(leases.into_iter().map(|(execution_id, epoch)| Lease { execution_id, epoch }).collect())
     }
 
-    /// Extends the leases still held (same owner and epoch, not expired); returns those.
-    pub async fn renew(&self, owner: &str, leases: &[Lease], ttl: Duration) -> Result<Vec<Lease>, DbError> {
+    async fn renew(&self, owner: &str, leases: &[Lease], ttl: Duration) -> Result<Vec<Lease>, StoreError> {
         let ids: Vec<Uuid> = leases.iter().map(|l| l.execution_id).collect();
         let epochs: Vec<i64> = leases.iter().map(|l| l.epoch).collect();
         let rows: Vec<(Uuid, i64)> = sqlx::query_as(
@@ -875,9 +632,7 @@ impl Db {
         Ok(rows.into_iter().map(|(execution_id, epoch)| Lease { execution_id, epoch }).collect())
     }
 
-    /// Hands every lease of `owner` back (graceful shutdown), so another replica takes over at
-    /// once instead of after the lease expires.
-    pub async fn release_all(&self, owner: &str) -> Result<u64, DbError> {
+    async fn release_all(&self, owner: &str) -> Result<u64, StoreError> {
         let done =
             sqlx::query("UPDATE dag_executions SET lease_owner = NULL, lease_expires_at = NULL WHERE lease_owner = $1")
                 .bind(owner)
@@ -886,14 +641,11 @@ impl Db {
         Ok(done.rows_affected())
     }
 
-    /// The execution row behind a lease, if the lease is still ours.
-    pub async fn leased_execution(&self, lease: Lease) -> Result<Option<ExecutionRow>, DbError> {
+    async fn leased_execution(&self, lease: Lease) -> Result<Option<ExecutionRow>, StoreError> {
         Ok(self.execution_by_id(lease.execution_id).await?.filter(|e| e.lease_epoch == lease.epoch))
     }
 
-    /// Unprocessed attempt results of an execution, in arrival order, and whether a cancel was
-    /// requested.
-    pub async fn inbox(&self, id: Uuid) -> Result<(Vec<ResultMessage>, bool), DbError> {
+    async fn inbox(&self, id: Uuid) -> Result<(Vec<ResultMessage>, bool), StoreError> {
         let results: Vec<Value> = sqlx::query_scalar(
             "SELECT result FROM node_attempts WHERE execution_id = $1 AND processed_at IS NULL
              ORDER BY received_at, node_id, attempt",
@@ -910,9 +662,7 @@ impl Db {
         Ok((messages, cancel.unwrap_or(false)))
     }
 
-    /// Records attempt results (duplicates are ignored by the primary key) and wakes the
-    /// coordinators; results for unknown executions are dropped.
-    pub async fn record_results(&self, results: &[ResultMessage]) -> Result<(), DbError> {
+    async fn record_results(&self, results: &[ResultMessage]) -> Result<(), StoreError> {
         let mut tx = self.begin().await?;
         for r in results {
             let Ok(id) = Uuid::parse_str(&r.execution_id) else {
@@ -922,7 +672,7 @@ impl Db {
                 shared::state::TaskKind::Run => "run",
                 shared::state::TaskKind::Compensate => "compensate",
             };
-            let body = serde_json::to_value(r).map_err(|e| DbError::Corrupt(e.to_string()))?;
+            let body = serde_json::to_value(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
                 "INSERT INTO node_attempts (execution_id, node_id, attempt, kind, result)
                  SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM dag_executions WHERE execution_id = $1)
@@ -941,9 +691,7 @@ impl Db {
         Ok(())
     }
 
-    /// Writes one step of an execution if `lease` is still held; returns false (and writes
-    /// nothing) when it is not.
-    pub async fn commit_step(&self, owner: &str, lease: Lease, step: &StepWrite) -> Result<bool, DbError> {
+    async fn commit_step(&self, owner: &str, lease: Lease, step: &StepWrite) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let held = sqlx::query(
             "UPDATE dag_executions SET status = $4, halt = $5,
@@ -1033,9 +781,7 @@ impl Db {
         Ok(true)
     }
 
-    /// Marks an execution for cancellation and wakes its driver; false when it is already
-    /// finished or unknown.
-    pub async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<bool, DbError> {
+    async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let done = sqlx::query(
             "UPDATE dag_executions SET cancel_requested = true, updated_at = now()
@@ -1050,9 +796,7 @@ impl Db {
         Ok(done.rows_affected() == 1)
     }
 
-    /// Claims up to `limit` unsent outbox rows for `claim` (a relay that dies leaves them to be
-    /// claimed again when the claim expires).
-    pub async fn claim_outbox(&self, limit: i64, claim: Duration) -> Result<Vec<OutboxRow>, DbError> {
+    async fn claim_outbox(&self, limit: i64, claim: Duration) -> Result<Vec<OutboxRow>, StoreError> {
         let rows: Vec<(i64, String, String, Vec<u8>, Value)> = sqlx::query_as(
             "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2)
              WHERE id IN (SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < now()
@@ -1077,15 +821,12 @@ impl Db {
         Ok(rows)
     }
 
-    /// Deletes outbox rows whose publish was confirmed.
-    pub async fn delete_outbox(&self, ids: &[i64]) -> Result<(), DbError> {
+    async fn delete_outbox(&self, ids: &[i64]) -> Result<(), StoreError> {
         sqlx::query("DELETE FROM outbox WHERE id = ANY($1)").bind(ids).execute(&mut *self.conn().await?).await?;
         Ok(())
     }
 
-    /// Ids of executions with unprocessed results among `ids` (the fallback when a
-    /// notification was missed).
-    pub async fn with_pending_inbox(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, DbError> {
+    async fn with_pending_inbox(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
         Ok(sqlx::query_scalar(
             "SELECT DISTINCT execution_id FROM node_attempts WHERE execution_id = ANY($1) AND processed_at IS NULL
              UNION SELECT execution_id FROM dag_executions WHERE execution_id = ANY($1) AND cancel_requested
@@ -1096,15 +837,12 @@ impl Db {
         .await?)
     }
 
-    /// Puts a resumed execution back in line: `remaining` nodes return to `pending` with a fresh
-    /// retry budget, their checkpoints go, and the execution becomes `pending` with no lease.
-    /// A compare-and-set on (status, lease epoch): false when the execution changed meanwhile.
-    pub async fn resume(
+    async fn resume(
         &self,
         execution: &ExecutionRow,
         remaining: &[String],
         counts: (i32, i32, i32),
-    ) -> Result<bool, DbError> {
+    ) -> Result<bool, StoreError> {
         let mut tx = self.begin().await?;
         let updated = sqlx::query(
             "UPDATE dag_executions SET status = 'pending', halt = NULL, cancel_requested = false, completed_at = NULL,
@@ -1147,8 +885,7 @@ impl Db {
         Ok(true)
     }
 
-    /// Whether the execution's lease is held by a live owner right now (database clock).
-    pub async fn lease_live(&self, id: Uuid) -> Result<bool, DbError> {
+    async fn lease_live(&self, id: Uuid) -> Result<bool, StoreError> {
         let live: Option<Option<bool>> =
             sqlx::query_scalar("SELECT lease_expires_at > now() FROM dag_executions WHERE execution_id = $1")
                 .bind(id)
@@ -1157,8 +894,7 @@ impl Db {
         Ok(live.flatten().unwrap_or(false))
     }
 
-    /// Checkpoints of an execution: (node id, status, outputs, output hash, attempts, created).
-    pub async fn checkpoints(&self, id: Uuid) -> Result<Vec<CheckpointRow>, DbError> {
+    async fn checkpoints(&self, id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
         let rows: Vec<(String, String, Value, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
             "SELECT node_id, status, outputs, output_hash, attempt_count, created_at
              FROM dag_checkpoints WHERE execution_id = $1 ORDER BY node_id",
@@ -1179,8 +915,7 @@ impl Db {
             .collect())
     }
 
-    /// Deletes an execution's checkpoints unless it is running; `None` when it is.
-    pub async fn delete_checkpoints(&self, tenant: &str, id: Uuid) -> Result<Option<u64>, DbError> {
+    async fn delete_checkpoints(&self, tenant: &str, id: Uuid) -> Result<Option<u64>, StoreError> {
         let mut tx = self.begin().await?;
         let status: Option<String> = sqlx::query_scalar(
             "SELECT status FROM dag_executions WHERE tenant_id = $1 AND execution_id = $2 FOR UPDATE",
@@ -1204,8 +939,7 @@ impl Db {
         Ok(Some(done.rows_affected()))
     }
 
-    /// Executions, newest first, filtered; keyset pagination after `(submitted_at, id)`.
-    pub async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>, DbError> {
+    async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>, StoreError> {
         let sql = select_execution!(
             "WHERE tenant_id = $1 AND ($2::text IS NULL OR dag_id = $2) AND ($3::text IS NULL OR status = $3)
                AND ($4::timestamptz IS NULL OR submitted_at >= $4)
@@ -1225,8 +959,7 @@ impl Db {
         Ok(rows.iter().map(execution_row).collect::<Result<_, _>>()?)
     }
 
-    /// Executions waiting for a slot, and outbox rows not yet confirmed (cluster-wide).
-    pub async fn backlog(&self) -> Result<(i64, i64), DbError> {
+    async fn backlog(&self) -> Result<(i64, i64), StoreError> {
         Ok(sqlx::query_as(
             "SELECT (SELECT count(*) FROM dag_executions WHERE status = 'queued'), (SELECT count(*) FROM outbox)",
         )
@@ -1234,15 +967,12 @@ impl Db {
         .await?)
     }
 
-    /// Connections open, and of those idle.
-    /// (connections open, idle, callers waiting for one).
-    pub fn pool_usage(&self) -> (u32, u32, i64) {
+    fn pool_usage(&self) -> (u32, u32, i64) {
         let pending = self.pending.load(std::sync::atomic::Ordering::Relaxed);
         (self.pool.size(), u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX), pending)
     }
 
-    /// Per-status counts (for health and tests).
-    pub async fn status_counts(&self) -> Result<HashMap<String, i64>, DbError> {
+    async fn status_counts(&self) -> Result<HashMap<String, i64>, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as("SELECT status, count(*) FROM dag_executions GROUP BY status")
             .fetch_all(&mut *self.conn().await?)
             .await?;
@@ -1250,7 +980,7 @@ impl Db {
     }
 }
 
-async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate]) -> Result<(), DbError> {
+async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate]) -> Result<(), StoreError> {
     let col = |f: fn(&NodeUpdate) -> Option<String>| nodes.iter().map(f).collect::<Vec<Option<String>>>();
     let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
     let statuses: Vec<&str> = nodes.iter().map(|n| n.status.as_str()).collect();
@@ -1304,8 +1034,8 @@ async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate
     Ok(())
 }
 
-async fn insert_record(tx: &mut sqlx::PgConnection, id: Uuid, seq: i32, r: &Record) -> Result<(), DbError> {
-    let parents = serde_json::to_value(&r.parent_hashes).map_err(|e| DbError::Corrupt(e.to_string()))?;
+async fn insert_record(tx: &mut sqlx::PgConnection, id: Uuid, seq: i32, r: &Record) -> Result<(), StoreError> {
+    let parents = serde_json::to_value(&r.parent_hashes).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     sqlx::query(
         "INSERT INTO execution_provenance (execution_id, seq, node_id, agent_id, input, outputs, input_hash,
              output_hash, parent_hashes, chain_hash, attempt_count, started_at, completed_at, duration_ms,
@@ -1332,4 +1062,11 @@ async fn insert_record(tx: &mut sqlx::PgConnection, id: Uuid, seq: i32, r: &Reco
     .execute(&mut *tx)
     .await?;
     Ok(())
+}
+
+#[async_trait::async_trait]
+impl Subscription for sqlx::postgres::PgListener {
+    async fn next(&mut self) -> Result<String, StoreError> {
+        Ok(self.recv().await?.payload().to_owned())
+    }
 }
