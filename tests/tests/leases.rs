@@ -1,25 +1,77 @@
 //! Leases are fencing tokens: once another replica has taken an execution over, a write carrying
-//! the old epoch matches nothing and changes nothing.
+//! the old epoch matches nothing and changes nothing. Every behaviour runs against both stores:
+//! `PgStore` on a fresh PostgreSQL database and `SqliteStore` in memory.
 
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use coordinator::store::{Created, NewExecution, PgStore, StepWrite, Store};
+use coordinator::store::{Created, NewExecution, PgStore, SqliteStore, StepWrite, Store};
 use serde_json::json;
 use shared::dag::{DagSpec, Limits, compile};
 use tests::{Stack, StackOptions, eventually};
 
-#[tokio::test]
-async fn a_stale_epoch_cannot_write() {
-    let stack = Stack::start(StackOptions { coordinators: 0, workers: 0, ..StackOptions::default() }).await;
-    let db = PgStore::connect(&stack.settings()).await.expect("connect");
-    let spec = DagSpec::from_value(json!({"dag_id": "fenced", "name": "f", "nodes": {"a": {"agent_id": "noop"}}}));
+/// A store under test, and the stack to tear down after it (PostgreSQL only).
+struct UnderTest {
+    store: Arc<dyn Store>,
+    stack: Option<Stack>,
+}
+
+impl UnderTest {
+    /// `PgStore` on a fresh, migrated database of its own.
+    async fn postgres() -> Self {
+        let stack = Stack::start(StackOptions { coordinators: 0, workers: 0, ..StackOptions::default() }).await;
+        let db = PgStore::connect(&stack.settings()).await.expect("connect");
+        Self { store: Arc::new(db), stack: Some(stack) }
+    }
+
+    /// `SqliteStore` in memory, migrated.
+    async fn sqlite() -> Self {
+        let db = SqliteStore::open(None).await.expect("open SQLite in memory");
+        db.migrate().await.expect("migrate");
+        Self { store: Arc::new(db), stack: None }
+    }
+
+    async fn finish(self) {
+        if let Some(stack) = self.stack {
+            stack.shutdown().await;
+        }
+    }
+}
+
+/// One `#[tokio::test]` per behaviour and backend: `postgres::<name>` and `sqlite::<name>`.
+macro_rules! on_each_store {
+    ($($behaviour:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test]
+            async fn $behaviour() {
+                let under = super::UnderTest::postgres().await;
+                super::$behaviour(&*under.store).await;
+                under.finish().await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $behaviour() {
+                let under = super::UnderTest::sqlite().await;
+                super::$behaviour(&*under.store).await;
+                under.finish().await;
+            })*
+        }
+    };
+}
+
+on_each_store!(a_stale_epoch_cannot_write, a_live_lease_is_renewed_only_by_its_holder);
+
+/// Stores a one-node DAG `dag_id` and submits one execution of it.
+async fn one_execution(db: &dyn Store, dag_id: &str) -> uuid::Uuid {
+    let spec = DagSpec::from_value(json!({"dag_id": dag_id, "name": "f", "nodes": {"a": {"agent_id": "noop"}}}));
     let dag = compile(spec.expect("spec"), &Limits::default()).expect("valid");
     db.insert_dag("default", &dag).await.expect("store DAG");
     let input = json!({});
     let created = db
         .create_execution(NewExecution {
             tenant: "default",
-            dag_id: "fenced",
+            dag_id,
             dag: &dag,
             input: &input,
             input_hash: shared::provenance::hash_value(&input).as_str(),
@@ -30,24 +82,27 @@ async fn a_stale_epoch_cannot_write() {
         })
         .await
         .expect("create");
-    let Created::New(id) = created else { panic!("new execution expected") };
+    let Created::New(id) = created else { panic!("new execution expected, got {created:?}") };
+    id
+}
+
+async fn a_stale_epoch_cannot_write(db: &dyn Store) {
+    let id = one_execution(db, "fenced").await;
 
     let first = db.claim("replica-a", Duration::from_millis(300), 10, 50).await.expect("claim");
     assert_eq!(first.len(), 1);
+    assert_eq!(first[0].execution_id, id);
     assert!(
         db.claim("replica-b", Duration::from_secs(30), 10, 50).await.expect("claim").is_empty(),
         "a live lease is not taken"
     );
 
-    let taken = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
-    eventually(Duration::from_secs(10), "replica-b takes the expired lease", || {
-        let (db, taken) = (db.clone(), taken.clone());
-        async move {
-            let got = db.claim("replica-b", Duration::from_secs(30), 10, 50).await.expect("claim");
-            let done = !got.is_empty();
-            taken.lock().expect("lock").extend(got);
-            done
-        }
+    let taken = &Mutex::new(Vec::new());
+    eventually(Duration::from_secs(10), "replica-b takes the expired lease", move || async move {
+        let got = db.claim("replica-b", Duration::from_secs(30), 10, 50).await.expect("claim");
+        let done = !got.is_empty();
+        taken.lock().expect("lock").extend(got);
+        done
     })
     .await;
     let second = taken.lock().expect("lock").clone();
@@ -56,7 +111,41 @@ async fn a_stale_epoch_cannot_write() {
 
     let step = StepWrite { status: "running".into(), ..StepWrite::default() };
     assert!(!db.commit_step("replica-a", first[0], &step).await.expect("write"), "the stale epoch writes nothing");
+    let row = db.execution("default", id).await.expect("read").expect("exists");
+    assert_eq!(row.status, "pending", "the refused step changed nothing");
     assert!(db.renew("replica-a", &first, Duration::from_secs(30)).await.expect("renew").is_empty());
     assert!(db.commit_step("replica-b", second[0], &step).await.expect("write"), "the current holder writes");
-    stack.shutdown().await;
+    let row = db.execution("default", id).await.expect("read").expect("exists");
+    assert_eq!((row.status.as_str(), row.lease_owner.as_deref()), ("running", Some("replica-b")));
+}
+
+async fn a_live_lease_is_renewed_only_by_its_holder(db: &dyn Store) {
+    let id = one_execution(db, "renewed").await;
+    let held = db.claim("replica-a", Duration::from_secs(30), 10, 50).await.expect("claim");
+    assert_eq!(held.len(), 1);
+    assert_eq!(held[0].epoch, 1, "the first claim of an execution is epoch 1");
+
+    let ttl = Duration::from_secs(30);
+    assert_eq!(db.renew("replica-a", &held, ttl).await.expect("renew"), held, "the holder renews");
+    assert!(db.renew("replica-b", &held, ttl).await.expect("renew").is_empty(), "another owner does not");
+    let wrong_epoch = [coordinator::store::Lease { execution_id: id, epoch: held[0].epoch + 1 }];
+    assert!(db.renew("replica-a", &wrong_epoch, ttl).await.expect("renew").is_empty(), "nor another epoch");
+    assert!(db.lease_live(id).await.expect("live"));
+
+    assert_eq!(db.release_all("replica-a").await.expect("release"), 1);
+    assert!(!db.lease_live(id).await.expect("live"), "a released lease is not live");
+    assert!(db.renew("replica-a", &held, ttl).await.expect("renew").is_empty(), "a released lease is not renewed");
+    assert_eq!(db.release_all("replica-a").await.expect("release"), 0, "nothing left to release");
+    let next = db.claim("replica-b", ttl, 10, 50).await.expect("claim");
+    assert_eq!(next, vec![coordinator::store::Lease { execution_id: id, epoch: 2 }], "taken over at once");
+
+    // An expired lease is not renewed either, even by its holder.
+    let short = db.claim("replica-c", Duration::from_millis(1), 10, 50).await.expect("claim");
+    assert!(short.is_empty(), "replica-b's lease is live");
+    db.release_all("replica-b").await.expect("release");
+    let short = db.claim("replica-c", Duration::from_millis(20), 10, 50).await.expect("claim");
+    assert_eq!(short.len(), 1);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(db.renew("replica-c", &short, ttl).await.expect("renew").is_empty(), "an expired lease stays expired");
+    assert!(!db.lease_live(id).await.expect("live"));
 }

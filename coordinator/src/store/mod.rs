@@ -1,6 +1,6 @@
 //! Persistence: the [`Store`] trait the coordinator keeps all its state behind, and the types it
 //! reads and writes. [`postgres`] is the production implementation (every SQL statement lives
-//! there); an embedded one (SQLite) plugs in behind the same trait.
+//! there); [`sqlite`] is the embedded one (`coordinator dev`), behind the same trait.
 //!
 //! What is stored durably, and why: DAG definitions by content and by name; each execution with
 //! its pinned `dag_hash`, input, lease and counters; the state of every node; every attempt result
@@ -13,6 +13,7 @@
 //! writes nothing when it fails.
 
 pub mod postgres;
+pub mod sqlite;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -24,6 +25,7 @@ use shared::provenance::Record;
 use uuid::Uuid;
 
 pub use postgres::PgStore;
+pub use sqlite::SqliteStore;
 
 /// The store every coordinator component shares.
 pub type SharedStore = std::sync::Arc<dyn Store>;
@@ -42,9 +44,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The pool had no free connection in time, or the server is unreachable.
+    /// The pool had no free connection in time, the server is unreachable, or (SQLite) another
+    /// process holds the database file (`SQLITE_BUSY`, `SQLITE_LOCKED`, with their extended codes):
+    /// worth retrying later.
     pub fn is_unavailable(&self) -> bool {
-        matches!(self, StoreError::Sql(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed))
+        match self {
+            StoreError::Sql(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => true,
+            StoreError::Sql(sqlx::Error::Database(e)) => {
+                let primary = e.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
+                e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() && matches!(primary, Some(5 | 6))
+            }
+            _ => false,
+        }
     }
 }
 
