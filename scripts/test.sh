@@ -17,5 +17,7 @@ scripts/deploy-check.sh
 cargo test --workspace --locked
 # The live API against its own OpenAPI document (needs the binaries the tests just built).
 scripts/schemathesis.sh
-# The README's first command, as a new user runs it.
+# The README's first command, exactly as written there (embedded mode), and the same pipeline on
+# the distributed deployment.
+scripts/readme-first-command.sh
 scripts/demo.sh

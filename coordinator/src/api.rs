@@ -27,8 +27,8 @@ pub struct AppState {
     pub metrics: Arc<crate::metrics::Metrics>,
     pub health: Arc<crate::app::Health>,
     pub verifier: crate::auth::Verifier,
-    /// Execution locks and the DAG cache (optional: every use falls back to PostgreSQL).
-    pub redis: Arc<crate::redis::Redis>,
+    /// The DAG cache: optional (every use falls back to the store), absent in embedded mode.
+    pub redis: Option<Arc<crate::redis::Redis>>,
 }
 
 const SERVICE: &str = "greenlang-orchestrator";
@@ -195,13 +195,23 @@ fn count_validation_errors(state: &AppState, report: &ValidationReport) {
 /// dependency hangs.
 async fn checks(state: &AppState) -> (&'static str, &'static str, &'static str) {
     let bound = std::time::Duration::from_millis(80);
+    let redis_url = state.redis.as_ref().map(|_| state.settings.redis_url.expose());
     let (database, redis) = tokio::join!(
         tokio::time::timeout(bound, state.db.ping()),
-        tokio::time::timeout(bound, redis_ping(state.settings.redis_url.expose())),
+        tokio::time::timeout(bound, async move {
+            match redis_url {
+                Some(url) => redis_ping(url).await,
+                None => true,
+            }
+        }),
     );
     let database = if matches!(database, Ok(Ok(()))) { "ok" } else { "unavailable" };
     let queue = if state.health.broker.load(std::sync::atomic::Ordering::Relaxed) { "ok" } else { "unavailable" };
-    let redis = if matches!(redis, Ok(true)) { "ok" } else { "unavailable" };
+    let redis = match (&state.redis, redis) {
+        (None, _) => "not_used",
+        (Some(_), Ok(true)) => "ok",
+        (Some(_), _) => "unavailable",
+    };
     (database, queue, redis)
 }
 
@@ -221,7 +231,8 @@ async fn redis_ping(url: &str) -> bool {
 
 async fn health(State(state): State<AppState>) -> Json<Value> {
     let (database, queue, redis) = checks(&state).await;
-    let status = if [database, queue, redis].iter().all(|c| *c == "ok") { "healthy" } else { "degraded" };
+    let status =
+        if [database, queue, redis].iter().all(|c| matches!(*c, "ok" | "not_used")) { "healthy" } else { "degraded" };
     Json(json!({
         "status": status,
         "service": SERVICE,
@@ -348,7 +359,7 @@ async fn execute(
             }
             Created::Existing(id) => break (id, "Execution already accepted for this Idempotency-Key"),
             Created::DagChanged => {
-                state.redis.forget_dag(&tenant, &dag_id).await;
+                forget_dag(&state, &tenant, &dag_id).await;
                 row = state.db.get_dag(&tenant, &dag_id).await?.ok_or_else(|| no_dag(&dag_id))?;
             }
         }
@@ -766,7 +777,7 @@ fn accept_dag(state: &AppState, spec: Result<DagSpec, shared::dag::ParseError>) 
 
 async fn store_new(state: &AppState, tenant: &str, dag: shared::dag::Dag, message: &str) -> ApiResult<Response> {
     let row = state.db.insert_dag(tenant, &dag).await?;
-    state.redis.forget_dag(tenant, &row.dag_id).await;
+    forget_dag(state, tenant, &row.dag_id).await;
     let body = json!({"dag": dag_json(&row), "message": message, "warnings": dag.warnings()});
     Ok(with_etag(StatusCode::CREATED, body, row.revision))
 }
@@ -789,12 +800,23 @@ async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<c
     if shared::ids::check_id(dag_id).is_err() {
         return Err(no_dag(dag_id));
     }
-    if let Some(row) = state.redis.cached_dag(tenant, dag_id).await {
+    if let Some(redis) = &state.redis
+        && let Some(row) = redis.cached_dag(tenant, dag_id).await
+    {
         return Ok(row);
     }
     let row = state.db.get_dag(tenant, dag_id).await?.ok_or_else(|| no_dag(dag_id))?;
-    state.redis.cache_dag(tenant, &row).await;
+    if let Some(redis) = &state.redis {
+        redis.cache_dag(tenant, &row).await;
+    }
     Ok(row)
+}
+
+/// Drops a DAG from the cache after it changed.
+async fn forget_dag(state: &AppState, tenant: &str, dag_id: &str) {
+    if let Some(redis) = &state.redis {
+        redis.forget_dag(tenant, dag_id).await;
+    }
 }
 
 fn compiled(row: &crate::store::DagRow) -> ApiResult<shared::dag::Dag> {
@@ -930,7 +952,7 @@ async fn update_dag(
     let merged = merge_update(&row.definition, &patch, &dag_id)?;
     let dag = accept_dag(&state, DagSpec::from_value(merged))?;
     let outcome = state.db.update_dag(&tenant, &dag, Some(row.revision)).await?;
-    state.redis.forget_dag(&tenant, &dag_id).await;
+    forget_dag(&state, &tenant, &dag_id).await;
     let updated = match outcome {
         crate::store::UpdateOutcome::Updated(row) => row,
         crate::store::UpdateOutcome::NotFound => return Err(no_dag(&dag_id)),
@@ -950,7 +972,7 @@ async fn delete_dag(
     if shared::ids::check_id(&dag_id).is_err() || !state.db.delete_dag(&tenant, &dag_id).await? {
         return Err(no_dag(&dag_id));
     }
-    state.redis.forget_dag(&tenant, &dag_id).await;
+    forget_dag(&state, &tenant, &dag_id).await;
     Ok(Json(json!({"dag_id": dag_id, "message": "DAG deleted; past executions keep their pinned definition"})))
 }
 

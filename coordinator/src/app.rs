@@ -12,6 +12,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::scheduler::{self, SchedulerOptions};
 use crate::store::{PgStore, SharedStore, StoreError};
@@ -35,6 +36,30 @@ pub enum StartError {
     Redis(#[from] crate::locks::LockError),
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("queue: {0}")]
+    Queue(shared::queue::QueueError),
+}
+
+/// The adapters a coordinator runs on: PostgreSQL, RabbitMQ and Redis in production
+/// ([`Backends::production`]), their embedded twins in `coordinator dev`.
+#[derive(Debug, Clone)]
+pub struct Backends {
+    pub store: SharedStore,
+    pub queue: Arc<dyn Connector>,
+    pub locks: Arc<dyn Locks>,
+    /// The DAG cache; `None` when there is no Redis (every read goes to the store).
+    pub redis: Option<Arc<crate::redis::Redis>>,
+}
+
+impl Backends {
+    /// Connects to PostgreSQL; RabbitMQ and Redis are connected lazily (with retries).
+    pub async fn production(settings: &Settings) -> Result<Self, StartError> {
+        let store: SharedStore = Arc::new(PgStore::connect(settings).await?);
+        let topology = Topology::new(&settings.queue_prefix, settings.delivery_limit);
+        let queue = Arc::new(AmqpConnector::new(settings.amqp_url.clone(), topology));
+        let redis = Arc::new(crate::redis::Redis::connect(settings.redis_url.expose(), &settings.redis_prefix)?);
+        Ok(Self { store, queue, locks: redis.clone(), redis: Some(redis) })
+    }
 }
 
 /// A running coordinator.
@@ -52,28 +77,31 @@ impl Coordinator {
     /// result consumer. RabbitMQ is connected in the background (with retries), so the API
     /// answers even while the broker is down.
     pub async fn start(settings: Settings, name: &str) -> Result<Self, StartError> {
-        let db: SharedStore = Arc::new(PgStore::connect(&settings).await?);
+        let backends = Backends::production(&settings).await?;
+        Self::start_with(settings, name, backends).await
+    }
+
+    /// Binds the API and starts every component on `backends`.
+    pub async fn start_with(settings: Settings, name: &str, backends: Backends) -> Result<Self, StartError> {
+        let Backends { store: db, queue, locks, redis } = backends;
         let listener = tokio::net::TcpListener::bind(settings.http_addr)
             .await
             .map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
         let (stop, stop_rx) = watch::channel(false);
-        let topology = Topology::new(&settings.queue_prefix, settings.delivery_limit);
-        let queue: Arc<dyn Connector> = Arc::new(AmqpConnector::new(settings.amqp_url.clone(), topology.clone()));
         let metrics = Arc::new(Metrics::new());
-        // Until Redis first answers, the PostgreSQL lease alone fences the work.
+        // Until the lock backend first answers, the store's lease alone fences the work.
         metrics.lock_backend.with_label_values(&["postgres"]).set(1);
-        metrics.lock_backend.with_label_values(&["redis"]).set(0);
-        let redis = Arc::new(crate::redis::Redis::connect(settings.redis_url.expose(), &settings.redis_prefix)?);
+        metrics.lock_backend.with_label_values(&[locks.backend()]).set(0);
         let options = SchedulerOptions {
             owner: name.to_owned(),
             lease_ttl: Duration::from_secs(u64::from(settings.lease_ttl_seconds)),
-            topology: topology.clone(),
+            topology: queue.topology().clone(),
             parallel_cap: settings.max_parallel_nodes,
             max_owned: settings.max_concurrent_executions as usize,
             max_concurrent: settings.max_concurrent_executions,
             metrics: metrics.clone(),
-            locks: redis.clone(),
+            locks,
         };
         let health = Arc::new(Health::default());
         let verifier = crate::auth::Verifier::from_settings(&settings).map_err(StartError::Auth)?;

@@ -13,6 +13,7 @@ use shared::config::Settings;
 use shared::dag::{Dag, DagSpec, Limits, ValidationReport, compile};
 
 use crate::app::Coordinator;
+use crate::embedded::{Embedded, EmbeddedOptions, Storage};
 use crate::store::{PgStore, Store};
 
 /// Exit code for a valid DAG.
@@ -35,12 +36,29 @@ enum Command {
     Serve,
     /// Apply the database migrations and exit.
     Migrate,
+    /// Run everything in one process on embedded parts (SQLite, an in-process queue, locks and
+    /// workers): no PostgreSQL, RabbitMQ or Redis needed. Authentication is off unless
+    /// GL_ORCHESTRATOR_AUTH=enabled is set.
+    Dev(DevArgs),
     /// Exit 0 when this host's coordinator answers its health endpoint (for container checks).
     Healthcheck,
     /// Validate a JSON or YAML DAG file and print the report as JSON.
     Validate(FileArgs),
     /// Print the DAG's hash, topological levels and canonical order as JSON.
     Plan(FileArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct DevArgs {
+    /// The SQLite database file (created with its folder when missing).
+    #[arg(long, default_value_os_t = crate::embedded::default_file(), conflicts_with = "memory")]
+    data: PathBuf,
+    /// Keep nothing on disk.
+    #[arg(long)]
+    memory: bool,
+    /// In-process workers (each runs GL_ORCHESTRATOR_WORKER_CONCURRENCY attempts at once).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    workers: u32,
 }
 
 #[derive(Debug, clap::Args)]
@@ -68,6 +86,7 @@ pub fn run(args: impl IntoIterator<Item = OsString>, out: &mut dyn Write, err: &
         Command::Plan(a) => (a, plan_json),
         Command::Serve => return run_async(serve(), err),
         Command::Migrate => return run_async(migrate(), err),
+        Command::Dev(a) => return run_async(dev(a), err),
         Command::Healthcheck => return healthcheck(err),
     };
     let limits = Limits { max_nodes: args.max_dag_nodes as usize };
@@ -125,6 +144,32 @@ async fn serve() -> Result<(), String> {
     shared::telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     coordinator.shutdown().await;
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    Ok(())
+}
+
+async fn dev(args: &DevArgs) -> Result<(), String> {
+    let mut settings = settings()?;
+    let telemetry = shared::telemetry::init(&settings.log_level, "greenlang-orchestrator-dev");
+    let auth_asked = std::env::var("GL_ORCHESTRATOR_AUTH").is_ok_and(|v| v == "enabled");
+    if auth_asked {
+        settings.check_auth().map_err(|e| e.to_string())?;
+    } else {
+        settings.auth = shared::config::AuthMode::Disabled;
+        tracing::warn!("authentication is off (embedded mode); set GL_ORCHESTRATOR_AUTH=enabled to require tokens");
+    }
+    let storage = if args.memory { Storage::Memory } else { Storage::File(args.data.clone()) };
+    let registry = worker::cli::agents(&settings)?;
+    let options = EmbeddedOptions { storage: storage.clone(), workers: args.workers, registry };
+    let embedded = Embedded::start(settings, options).await.map_err(|e| e.to_string())?;
+    let where_ = match &storage {
+        Storage::File(path) => path.display().to_string(),
+        Storage::Memory => "memory".to_owned(),
+    };
+    tracing::info!(addr = %embedded.coordinator.addr, storage = %where_, "embedded orchestrator ready");
+    shared::telemetry::shutdown_signal().await;
+    tracing::info!("shutting down");
+    embedded.shutdown().await;
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     Ok(())
 }

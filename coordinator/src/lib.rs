@@ -5,11 +5,14 @@
 //! and records every result with its checkpoint and provenance, all in PostgreSQL. Any number of
 //! replicas may run; any of them can serve any request.
 //!
-//! - [`cli`]: the command line (`serve`, `migrate`, `validate`, `plan`).
+//! - [`cli`]: the command line (`serve`, `migrate`, `dev`, `validate`, `plan`).
 //! - [`app`]: startup wiring; [`app::Coordinator::start`] is what `serve` and the tests run.
 //! - [`api`]: the REST API and its problem+json errors.
 //! - [`endpoints`]: the table of operations (scopes, answers); [`auth`] and [`openapi`] read it.
-//! - [`db`]: persistence; every SQL statement.
+//! - [`store`]: the `Store` trait; [`store::postgres`] (production) and [`store::sqlite`]
+//!   (embedded) hold every SQL statement.
+//! - [`embedded`]: `coordinator dev`: the engine in one process on SQLite, the embedded queue
+//!   and in-process locks and workers.
 //! - [`scheduler`]: leases and the per-execution driver.
 //! - [`locks`]: the execution-lock trait and its in-process twin; [`redis`]: the Redis adapter
 //!   (locks and the DAG cache).
@@ -21,6 +24,7 @@ pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
+pub mod embedded;
 pub mod endpoints;
 pub mod inbox;
 pub mod locks;

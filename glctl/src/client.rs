@@ -27,6 +27,12 @@ impl Client {
         Self { base, http: reqwest::Client::new(), token }
     }
 
+    /// Whether anything answers the health endpoint (within a second).
+    pub async fn reachable(&self) -> bool {
+        let request = self.http.get(format!("{}/health", self.base)).timeout(std::time::Duration::from_secs(1));
+        request.send().await.is_ok()
+    }
+
     async fn raw(&self, method: reqwest::Method, path: &str, body: Option<&Value>) -> Result<String, ClientError> {
         let mut request = self.http.request(method, format!("{}{path}", self.base));
         if let Some(token) = &self.token {

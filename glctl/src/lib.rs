@@ -2,6 +2,8 @@
 //!
 //! The command line client of the REST API. It reads the server from `--server` or `GLCTL_SERVER`
 //! (default `http://127.0.0.1:8080`) and a bearer token from `--token` or `GLCTL_TOKEN`.
+//! `run FILE --wait` with no server given and none answering runs the embedded orchestrator in
+//! this process for that run (state kept in `.greenlang/orchestrator.db`).
 //! (`GLCTL_*`, not `GL_ORCHESTRATOR_*`: the services refuse unknown variables of their own prefix,
 //! and the client's must not break them when exported in the same shell.)
 //!
@@ -22,6 +24,9 @@ use shared::dag::{Dag, DagSpec, Limits, compile};
 
 pub use client::{Client, ClientError};
 
+/// Where the client looks when no server is given.
+pub const DEFAULT_SERVER: &str = "http://127.0.0.1:8080";
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_NEGATIVE: u8 = 1;
 pub const EXIT_USAGE: u8 = 2;
@@ -29,9 +34,9 @@ pub const EXIT_USAGE: u8 = 2;
 #[derive(Debug, Parser)]
 #[command(name = "glctl", version, about = "Command line client of GreenLang Orchestrator")]
 struct Cli {
-    /// The server (the API lives under /api/v1/orchestrator).
-    #[arg(long, global = true, env = "GLCTL_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
+    /// The server (the API lives under /api/v1/orchestrator) [default: http://127.0.0.1:8080].
+    #[arg(long, global = true, env = "GLCTL_SERVER")]
+    server: Option<String>,
     /// Bearer token (a JWT); not needed when the server runs with authentication off.
     #[arg(long, global = true, env = "GLCTL_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -160,9 +165,12 @@ pub async fn run(args: Vec<std::ffi::OsString>, out: &mut dyn Write, err: &mut d
             return if e.use_stderr() { EXIT_USAGE } else { EXIT_OK };
         }
     };
-    let client = Client::new(&cli.server, cli.token.clone());
+    let client = Client::new(cli.server.as_deref().unwrap_or(DEFAULT_SERVER), cli.token.clone());
     let outcome = match cli.command {
         Command::Dag(c) => dag(&client, c, out).await,
+        Command::Run(a) if cli.server.is_none() && a.wait && is_file(&a.dag) && !client.reachable().await => {
+            run_embedded(a, out, err).await
+        }
         Command::Run(a) => run_dag(&client, a, out, err).await,
         Command::Executions(c) => executions(&client, c, out).await,
         Command::Provenance(ProvenanceCommand::Verify { execution_id }) => verify(&client, &execution_id, out).await,
@@ -290,6 +298,35 @@ async fn run_dag(client: &Client, args: RunArgs, out: &mut dyn Write, err: &mut 
             EXIT_NEGATIVE
         }),
     }
+}
+
+/// `run FILE --wait` on an orchestrator started in this process (no server was running).
+async fn run_embedded(args: RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
+    let data = coordinator::embedded::default_file();
+    let _ = writeln!(err, "no server at {DEFAULT_SERVER}; running embedded (state in {})", data.display());
+    let embedded = start_embedded(data).await.map_err(|e| Failure::usage(format!("embedded mode: {e}")))?;
+    let client = Client::new(&format!("http://{}", embedded.coordinator.addr), None);
+    let outcome = run_dag(&client, args, out, err).await;
+    embedded.shutdown().await;
+    outcome
+}
+
+/// The embedded orchestrator on a free local port, authentication off; the other settings come
+/// from the `GL_ORCHESTRATOR_*` environment as for `coordinator dev`.
+async fn start_embedded(data: PathBuf) -> Result<coordinator::embedded::Embedded, String> {
+    const FORCED: [(&str, &str); 2] =
+        [("GL_ORCHESTRATOR_HTTP_ADDR", "127.0.0.1:0"), ("GL_ORCHESTRATOR_AUTH", "disabled")];
+    let env = std::env::vars()
+        .filter(|(k, _)| !FORCED.iter().any(|(f, _)| f == k))
+        .chain(FORCED.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
+    let settings = shared::config::Settings::load(env, None).map_err(|e| e.to_string())?;
+    let registry = worker::cli::agents(&settings)?;
+    let options = coordinator::embedded::EmbeddedOptions {
+        storage: coordinator::embedded::Storage::File(data),
+        workers: 2,
+        registry,
+    };
+    coordinator::embedded::Embedded::start(settings, options).await.map_err(|e| e.to_string())
 }
 
 async fn executions(client: &Client, command: ExecCommand, out: &mut dyn Write) -> Outcome {

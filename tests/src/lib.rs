@@ -59,9 +59,19 @@ pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
 
+/// Which adapters a stack runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// PostgreSQL, RabbitMQ and Redis (a fresh database and queue prefix per stack).
+    Distributed,
+    /// `coordinator dev`'s parts: SQLite in memory, the embedded queue, in-process locks.
+    Embedded,
+}
+
 /// How to build a stack.
 #[derive(Debug, Clone)]
 pub struct StackOptions {
+    pub backend: Backend,
     pub coordinators: usize,
     pub workers: usize,
     pub worker_concurrency: u32,
@@ -75,6 +85,7 @@ pub struct StackOptions {
 impl Default for StackOptions {
     fn default() -> Self {
         Self {
+            backend: Backend::Distributed,
             coordinators: 1,
             workers: 2,
             worker_concurrency: 4,
@@ -96,6 +107,7 @@ pub struct Stack {
     pub prefix: String,
     pub coordinators: Vec<Coordinator>,
     workers: Vec<RunningWorker>,
+    embedded: Option<coordinator::embedded::Embedded>,
     pub http: reqwest::Client,
     options: StackOptions,
     api: Option<String>,
@@ -109,6 +121,9 @@ impl std::fmt::Debug for Stack {
 
 impl Stack {
     pub async fn start(options: StackOptions) -> Stack {
+        if options.backend == Backend::Embedded {
+            return Self::start_embedded(options).await;
+        }
         let tag = uuid::Uuid::new_v4().simple().to_string();
         let database = format!("gl_test_{}", &tag[..16]);
         let prefix = format!("gltest.{}", &tag[..12]);
@@ -123,6 +138,7 @@ impl Stack {
             prefix,
             coordinators: Vec::new(),
             workers: Vec::new(),
+            embedded: None,
             http: reqwest::Client::new(),
             options,
             api: None,
@@ -137,6 +153,59 @@ impl Stack {
         for i in 0..stack.options.workers {
             stack.add_worker(&format!("w{}", i + 1));
         }
+        stack
+    }
+
+    /// A stack that starts nothing and creates no database or queues: its API calls go where
+    /// [`Stack::use_api`] says (e.g. a [`Stack::dev_process`]).
+    pub fn detached(options: StackOptions) -> Stack {
+        let tag = uuid::Uuid::new_v4().simple().to_string();
+        Stack {
+            database: String::new(),
+            prefix: format!("gltest.{}", &tag[..12]),
+            coordinators: Vec::new(),
+            workers: Vec::new(),
+            embedded: None,
+            http: reqwest::Client::new(),
+            options,
+            api: None,
+        }
+    }
+
+    /// Starts `gl-coordinator dev --data DATA` (path `exe`) as a separate process on a free
+    /// port, sends API calls to it from now on and waits until it answers.
+    pub async fn dev_process(&mut self, exe: &str, data: &std::path::Path) -> std::process::Child {
+        let port = free_port();
+        let child = std::process::Command::new(exe)
+            .arg("dev")
+            .arg("--data")
+            .arg(data)
+            .envs(self.env())
+            .env("GL_ORCHESTRATOR_HTTP_ADDR", format!("127.0.0.1:{port}"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start gl-coordinator dev");
+        self.use_api(&format!("http://127.0.0.1:{port}/api/v1/orchestrator"));
+        self.wait_api(Duration::from_secs(60)).await;
+        child
+    }
+
+    /// One embedded orchestrator (in memory) with `options.workers` in-process workers; the
+    /// stack's PostgreSQL database, queues and Redis keys are never created.
+    async fn start_embedded(options: StackOptions) -> Stack {
+        let mut stack = Self::detached(options);
+        let mut settings = stack.settings();
+        settings.worker_concurrency = stack.options.worker_concurrency;
+        let embedded_options = coordinator::embedded::EmbeddedOptions {
+            storage: coordinator::embedded::Storage::Memory,
+            workers: u32::try_from(stack.options.workers).unwrap_or(1),
+            registry: stack.options.registry.clone(),
+        };
+        let embedded =
+            coordinator::embedded::Embedded::start(settings, embedded_options).await.expect("embedded starts");
+        stack.use_api(&format!("http://{}/api/v1/orchestrator", embedded.coordinator.addr));
+        stack.embedded = Some(embedded);
         stack
     }
 
@@ -406,12 +475,19 @@ impl Stack {
 
     /// Stops every process, then deletes the database and the queues.
     pub async fn shutdown(self) {
+        if let Some(embedded) = self.embedded {
+            embedded.shutdown().await;
+            return;
+        }
         for w in self.workers {
             let _ = w.stop.send(());
             let _ = w.task.await;
         }
         for c in self.coordinators {
             c.shutdown().await;
+        }
+        if self.database.is_empty() {
+            return;
         }
         if let Ok(admin) = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres")).await {
             let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
@@ -608,4 +684,24 @@ pub fn example(name: &str) -> Value {
     let text = std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists");
     let spec = shared::dag::DagSpec::from_yaml(&text).expect("example parses");
     serde_json::to_value(spec).expect("as JSON")
+}
+
+/// Runs each behaviour `async fn name(backend: Backend)` of a suite as two tests,
+/// `distributed::name` and `embedded::name`, so the embedded twins cannot drift from the real adapters.
+#[macro_export]
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        mod distributed {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(tests::Backend::Distributed).await;
+            })*
+        }
+        mod embedded {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(tests::Backend::Embedded).await;
+            })*
+        }
+    };
 }

@@ -2,7 +2,7 @@
 //! Every error must be RFC 9457 problem+json with a stable type.
 
 use serde_json::{Value, json};
-use tests::{Stack, StackOptions, example};
+use tests::{Backend, Stack, StackOptions, example};
 
 use reqwest::Method;
 
@@ -23,9 +23,9 @@ async fn raw(stack: &Stack, method: Method, path: &str, content_type: &str, body
         .expect("answers")
 }
 
-#[tokio::test]
-async fn dag_crud_and_rendering() {
+async fn dag_crud_and_rendering(backend: Backend) {
     let stack = Stack::start(StackOptions {
+        backend,
         workers: 0,
         settings: vec![("MAX_BODY_BYTES", "65536".into())],
         ..StackOptions::default()
@@ -152,9 +152,8 @@ async fn dag_crud_and_rendering() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn executions_idempotency_and_the_kill_switch() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn executions_idempotency_and_the_kill_switch(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     stack.create_dag(example("linear-3.yaml")).await;
     let post = |key: &'static str, input: Value| {
         stack
@@ -237,6 +236,7 @@ async fn executions_idempotency_and_the_kill_switch() {
     stack.shutdown().await;
 
     let closed = Stack::start(StackOptions {
+        backend,
         workers: 0,
         settings: vec![("ACCEPT_NEW_EXECUTIONS", "false".into())],
         ..StackOptions::default()
@@ -256,3 +256,5 @@ async fn executions_idempotency_and_the_kill_switch() {
     assert_eq!(status, 200, "everything else is served");
     closed.shutdown().await;
 }
+
+tests::on_both_backends!(dag_crud_and_rendering, executions_idempotency_and_the_kill_switch,);

@@ -4,7 +4,7 @@
 
 use reqwest::Method;
 use serde_json::{Value, json};
-use tests::{Stack, StackOptions};
+use tests::{Backend, Stack, StackOptions};
 
 /// One bad request and the answer it must get.
 struct Case {
@@ -137,11 +137,10 @@ async fn snapshot(stack: &Stack) -> Value {
     json!({"dags": dags, "dag": dag, "executions": executions})
 }
 
-#[tokio::test]
-async fn every_bad_request_gets_its_problem_and_changes_nothing() {
+async fn every_bad_request_gets_its_problem_and_changes_nothing(backend: Backend) {
     // Bodies up to 16 MiB, so that 100,000-node documents reach validation (and its node limit).
     let settings = vec![("MAX_BODY_BYTES", (16 * 1024 * 1024).to_string())];
-    let stack = Stack::start(StackOptions { workers: 0, settings, ..StackOptions::default() }).await;
+    let stack = Stack::start(StackOptions { backend, workers: 0, settings, ..StackOptions::default() }).await;
     stack.create_dag(json!({"dag_id": "kept", "name": "kept", "nodes": {"a": {"agent_id": "noop"}}})).await;
     let before = snapshot(&stack).await;
     let mut failures = Vec::new();
@@ -171,9 +170,9 @@ async fn every_bad_request_gets_its_problem_and_changes_nothing() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn bad_and_expired_tokens_are_refused_with_401() {
+async fn bad_and_expired_tokens_are_refused_with_401(backend: Backend) {
     let stack = Stack::start(StackOptions {
+        backend,
         workers: 0,
         settings: vec![("AUTH", "enabled".into()), ("JWT_SECRET", "a-secret-of-at-least-32-bytes-long!!".into())],
         ..StackOptions::default()
@@ -197,3 +196,8 @@ async fn bad_and_expired_tokens_are_refused_with_401() {
     }
     stack.shutdown().await;
 }
+
+tests::on_both_backends!(
+    every_bad_request_gets_its_problem_and_changes_nothing,
+    bad_and_expired_tokens_are_refused_with_401,
+);

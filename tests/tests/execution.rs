@@ -1,11 +1,13 @@
-//! Distributed execution end to end: real PostgreSQL and RabbitMQ, one coordinator, two workers
-//! sharing the work, each test in its own database and queue prefix.
+//! Execution end to end, on both backends: each behaviour runs once distributed (real PostgreSQL
+//! and RabbitMQ, one coordinator, two workers, its own database and queue prefix) and once
+//! embedded (`coordinator dev`'s SQLite store, embedded queue and in-process workers), so the
+//! embedded twins cannot drift from the real adapters.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::{Stack, StackOptions, example};
+use tests::{Backend, Stack, StackOptions, example};
 use worker::agents::{External, Registry};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -27,9 +29,8 @@ fn statuses(nodes: &std::collections::BTreeMap<String, Value>) -> Vec<(String, S
     nodes.iter().map(|(k, n)| (k.clone(), n["status"].as_str().unwrap_or("?").to_owned())).collect()
 }
 
-#[tokio::test]
-async fn the_three_seed_dags_complete_with_verified_provenance() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn the_three_seed_dags_complete_with_verified_provenance(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     for (file, nodes) in [("linear-3.yaml", 3), ("diamond-4.yaml", 4), ("complex-6.yaml", 6)] {
         let dag = example(file);
         let dag_id = dag["dag_id"].as_str().expect("id").to_owned();
@@ -47,9 +48,8 @@ async fn the_three_seed_dags_complete_with_verified_provenance() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn two_workers_share_the_work() {
-    let stack = Stack::start(StackOptions { worker_concurrency: 2, ..StackOptions::default() }).await;
+async fn two_workers_share_the_work(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, worker_concurrency: 2, ..StackOptions::default() }).await;
     let nodes: serde_json::Map<String, Value> =
         (0..8).map(|i| (format!("n{i}"), json!({"agent_id": "sleep", "params": {"ms": 150}}))).collect();
     let (e, trace) =
@@ -61,9 +61,8 @@ async fn two_workers_share_the_work() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_flaky_node_succeeds_on_its_third_attempt() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn a_flaky_node_succeeds_on_its_third_attempt(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let dag = json!({"dag_id": "flaky", "name": "flaky", "nodes": {
         "f": {"agent_id": "flaky", "params": {"failures": 2},
               "retry_policy": {"max_retries": 3, "base_delay": 0.05, "max_delay": 0.2}},
@@ -84,9 +83,8 @@ async fn a_flaky_node_succeeds_on_its_third_attempt() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn a_timeout_stops_the_attempt_and_on_timeout_is_honoured() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn a_timeout_stops_the_attempt_and_on_timeout_is_honoured(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let slow = |on_timeout: &str| {
         json!({"agent_id": "sleep", "params": {"ms": 5000}, "retry_policy": {"max_retries": 1, "base_delay": 0},
                "timeout_policy": {"timeout_seconds": 0.3, "on_timeout": on_timeout}})
@@ -121,9 +119,8 @@ fn branching(policy: &str, id: &str) -> Value {
         "after_good": {"agent_id": "noop", "depends_on": ["good"]}}})
 }
 
-#[tokio::test]
-async fn fail_fast_and_continue_differ_on_independent_branches() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn fail_fast_and_continue_differ_on_independent_branches(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let (e, trace) = run(&stack, branching("fail_fast", "ff"), json!({})).await;
     assert_eq!(e["status"], "failed");
     assert!(e["error"].as_str().is_some_and(|m| m.contains("bad")), "{e}");
@@ -145,9 +142,8 @@ async fn fail_fast_and_continue_differ_on_independent_branches() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn skip_and_false_conditions_do_not_fail_the_execution() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn skip_and_false_conditions_do_not_fail_the_execution(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let dag = json!({"dag_id": "skips", "name": "s", "default_retry_policy": {"max_retries": 0}, "nodes": {
         "optional": {"agent_id": "fail", "on_failure": "skip"},
         "uses_optional": {"agent_id": "echo", "depends_on": ["optional"]},
@@ -171,9 +167,8 @@ async fn skip_and_false_conditions_do_not_fail_the_execution() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn compensation_runs_handlers_of_completed_nodes() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn compensation_runs_handlers_of_completed_nodes(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let dag = json!({"dag_id": "comp", "name": "c", "on_failure": "compensate", "default_retry_policy": {"max_retries": 0},
         "nodes": {
             "reserve": {"agent_id": "noop", "compensation_handler": "echo"},
@@ -187,9 +182,8 @@ async fn compensation_runs_handlers_of_completed_nodes() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn cancelling_a_running_execution_stops_its_nodes() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn cancelling_a_running_execution_stops_its_nodes(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let dag = json!({"dag_id": "long", "name": "l", "nodes": {
         "long": {"agent_id": "sleep", "params": {"ms": 20000}, "timeout_policy": {"timeout_seconds": 60}},
         "next": {"agent_id": "noop", "depends_on": ["long"]}}});
@@ -213,8 +207,7 @@ async fn cancelling_a_running_execution_stops_its_nodes() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn http_and_command_agents_run() {
+async fn http_and_command_agents_run(backend: Backend) {
     let app = axum::Router::new()
         .route(
             "/score",
@@ -232,7 +225,7 @@ async fn http_and_command_agents_run() {
         .with("missing", External::Http { url: format!("http://{addr}/nope") })
         .with("nul", External::Http { url: format!("http://{addr}/nul") })
         .with("cat", External::Command { program: "/bin/sh".into(), args: vec!["-c".into(), "cat".into()] });
-    let stack = Stack::start(StackOptions { registry, ..StackOptions::default() }).await;
+    let stack = Stack::start(StackOptions { backend, registry, ..StackOptions::default() }).await;
     let dag = json!({"dag_id": "ext", "name": "e", "nodes": {
         "score": node("scorer"),
         "shell": {"agent_id": "cat", "depends_on": ["score"], "params": {"mode": "audit"}}}});
@@ -257,9 +250,8 @@ async fn http_and_command_agents_run() {
     server.abort();
 }
 
-#[tokio::test]
-async fn the_same_input_gives_the_same_provenance_hash() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn the_same_input_gives_the_same_provenance_hash(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let dag = example("emissions-pipeline.yaml");
     let input: Value = serde_json::from_str(
         &std::fs::read_to_string(tests::repo_root().join("examples/inputs/emissions.json")).expect("input"),
@@ -277,3 +269,16 @@ async fn the_same_input_gives_the_same_provenance_hash() {
     assert!((total - 1333.79).abs() < 1e-6, "scope 1 + 2 + 3 = {total}");
     stack.shutdown().await;
 }
+
+tests::on_both_backends!(
+    the_three_seed_dags_complete_with_verified_provenance,
+    two_workers_share_the_work,
+    a_flaky_node_succeeds_on_its_third_attempt,
+    a_timeout_stops_the_attempt_and_on_timeout_is_honoured,
+    fail_fast_and_continue_differ_on_independent_branches,
+    skip_and_false_conditions_do_not_fail_the_execution,
+    compensation_runs_handlers_of_completed_nodes,
+    cancelling_a_running_execution_stops_its_nodes,
+    http_and_command_agents_run,
+    the_same_input_gives_the_same_provenance_hash,
+);

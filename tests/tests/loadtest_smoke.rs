@@ -1,11 +1,10 @@
 //! A short run of each load scenario that exists (chain, fanout, concurrent, memory, validate, soak), so the tool never rots (no thresholds here:
 //! figures belong in BENCHMARKS.md).
 
-use tests::{Stack, StackOptions};
+use tests::{Backend, Stack, StackOptions};
 
-#[tokio::test]
-async fn the_chain_scenario_measures_a_short_chain() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn the_chain_scenario_measures_a_short_chain(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let client = loadtest::Client::new(&stack.base(), None);
     let result = loadtest::chain::run(&client, 5).await.expect("the scenario runs");
     assert_eq!(result.steps, 5);
@@ -14,9 +13,8 @@ async fn the_chain_scenario_measures_a_short_chain() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_fanout_scenario_measures_a_small_fan_out() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn the_fanout_scenario_measures_a_small_fan_out(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let client = loadtest::Client::new(&stack.base(), None);
     let result = loadtest::fanout::run(&client, 20, std::time::Duration::from_secs(120)).await.expect("runs");
     assert_eq!(result.width, 20);
@@ -24,9 +22,8 @@ async fn the_fanout_scenario_measures_a_small_fan_out() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_concurrent_scenario_runs_executions_at_once_without_failures() {
-    let stack = Stack::start(StackOptions::default()).await;
+async fn the_concurrent_scenario_runs_executions_at_once_without_failures(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     let client = loadtest::Client::new(&stack.base(), None);
     let result = loadtest::concurrent::run(&client, 5, std::time::Duration::from_secs(120)).await.expect("runs");
     assert_eq!((result.executions, result.failures), (5, 0), "{result:?}");
@@ -67,9 +64,8 @@ async fn the_memory_scenario_holds_executions_and_cancels_them() {
     stack.shutdown().await;
 }
 
-#[tokio::test]
-async fn the_validate_scenario_stores_and_revalidates_a_random_dag() {
-    let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() }).await;
+async fn the_validate_scenario_stores_and_revalidates_a_random_dag(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, workers: 0, ..StackOptions::default() }).await;
     let client = loadtest::Client::new(&stack.base(), None);
     let result = loadtest::validate::run(&client, 200).await.expect("runs");
     assert_eq!(result.nodes, 200);
@@ -78,3 +74,10 @@ async fn the_validate_scenario_stores_and_revalidates_a_random_dag() {
     assert_eq!(dags["count"], 0, "the scenario deletes its DAG");
     stack.shutdown().await;
 }
+
+tests::on_both_backends!(
+    the_chain_scenario_measures_a_short_chain,
+    the_fanout_scenario_measures_a_small_fan_out,
+    the_concurrent_scenario_runs_executions_at_once_without_failures,
+    the_validate_scenario_stores_and_revalidates_a_random_dag,
+);

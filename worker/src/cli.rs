@@ -85,7 +85,8 @@ fn load() -> Result<Settings, String> {
     Settings::load(std::env::vars(), text.as_deref()).map_err(|e| e.to_string())
 }
 
-fn agents(settings: &Settings) -> Result<Registry, String> {
+/// The agent registry: the built-in agents plus those of `GL_ORCHESTRATOR_AGENTS_FILE`.
+pub fn agents(settings: &Settings) -> Result<Registry, String> {
     let text = match &settings.agents_file {
         Some(path) => Some(
             std::fs::read_to_string(path)

@@ -1,0 +1,376 @@
+//! The embedded queue: the [`shared::queue`] port on a table of the embedded SQLite database, for
+//! `coordinator dev`, with RabbitMQ's semantics where the engine relies on them:
+//!
+//! - publishing commits the messages before it returns (the publisher confirm), and a mandatory
+//!   task for a pool nobody declared is refused as unroutable;
+//! - a delivery is held by its connection until settled; closing the connection, or a new process
+//!   opening the database (the old one was killed), returns what was held to the queue;
+//! - a task handed out more than the delivery limit allows is dead-lettered (poison);
+//! - cancels fan out to every consumer and are not stored (best effort, as on RabbitMQ).
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use shared::queue::{
+    Acker, Connector, Consumer, Delivery, Outgoing, Queue, QueueError, Settle, Source, StopConsuming, Topology,
+};
+use sqlx::{Row, SqlitePool};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
+
+/// How long a consumer waits for a wake-up before looking again anyway.
+const POLL: Duration = Duration::from_millis(500);
+
+/// The embedded broker: opens connections on the shared database.
+#[derive(Debug, Clone)]
+pub struct EmbeddedQueue {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    pool: SqlitePool,
+    topology: Topology,
+    /// Pools some consumer or the relay declared (the queues tasks may be routed to).
+    pools: Mutex<HashSet<String>>,
+    /// Wakes consumers after a publish or a requeue commits.
+    wake: Notify,
+    cancels: broadcast::Sender<Vec<u8>>,
+    connections: AtomicU64,
+}
+
+impl EmbeddedQueue {
+    /// Takes the queue over in `pool`'s database: messages held by an earlier process return to
+    /// their queues (that process is gone; RabbitMQ does the same when a connection drops).
+    pub async fn open(pool: SqlitePool, topology: Topology) -> Result<Self, QueueError> {
+        sqlx::query("UPDATE queue_messages SET holder = NULL WHERE holder IS NOT NULL")
+            .execute(&pool)
+            .await
+            .map_err(unavailable)?;
+        let inner = Inner {
+            pool,
+            topology,
+            pools: Mutex::default(),
+            wake: Notify::new(),
+            cancels: broadcast::channel(1024).0,
+            connections: AtomicU64::new(0),
+        };
+        Ok(Self { inner: Arc::new(inner) })
+    }
+}
+
+#[async_trait::async_trait]
+impl Connector for EmbeddedQueue {
+    async fn connect(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
+        let n = self.inner.connections.fetch_add(1, Ordering::Relaxed);
+        let id = format!("{name}#{n}");
+        Ok(Arc::new(Connection { inner: self.inner.clone(), id, closed: Arc::default() }))
+    }
+
+    fn topology(&self) -> &Topology {
+        &self.inner.topology
+    }
+}
+
+/// One connection: what it holds is tagged with its id.
+struct Connection {
+    inner: Arc<Inner>,
+    id: String,
+    closed: Arc<AtomicBool>,
+}
+
+/// A database failure seen through the queue port: the broker is unavailable.
+fn unavailable(e: sqlx::Error) -> QueueError {
+    tracing::warn!(error = %e, "embedded queue: database error");
+    QueueError::Closed
+}
+
+impl Inner {
+    /// The queue a message goes to; `None` for a cancel (fanned out, not stored).
+    fn route(&self, m: &Outgoing) -> Result<Option<String>, QueueError> {
+        let t = &self.topology;
+        let unroutable = || QueueError::Unroutable { exchange: m.exchange.clone(), routing_key: m.routing_key.clone() };
+        if m.exchange == t.tasks_exchange() {
+            let declared = self.pools.lock().map_err(|_| QueueError::Closed)?.contains(&m.routing_key);
+            return if declared { Ok(Some(t.task_queue(&m.routing_key))) } else { Err(unroutable()) };
+        }
+        if m.exchange == t.results_exchange() {
+            return Ok(Some(t.results_queue()));
+        }
+        if m.exchange == t.dead_exchange() {
+            return Ok(Some(t.dead_queue()));
+        }
+        if m.exchange == t.cancel_exchange() {
+            return Ok(None);
+        }
+        Err(unroutable())
+    }
+
+    /// Takes the oldest ready message of `queue` for `holder`, dead-lettering on the way any task
+    /// already handed out more often than the delivery limit allows.
+    async fn take(&self, queue: &str, holder: &str) -> Result<Option<(i64, Delivery)>, QueueError> {
+        let is_task_queue = queue != self.topology.results_queue() && queue != self.topology.dead_queue();
+        loop {
+            let row = sqlx::query(
+                "UPDATE queue_messages SET holder = ?1, deliveries = deliveries + 1
+                 WHERE id = (SELECT id FROM queue_messages WHERE queue = ?2 AND holder IS NULL ORDER BY id LIMIT 1)
+                 RETURNING id, body, headers, deliveries",
+            )
+            .bind(holder)
+            .bind(queue)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(unavailable)?;
+            let Some(row) = row else { return Ok(None) };
+            let id: i64 = row.get("id");
+            let deliveries = u32::try_from(row.get::<i64, _>("deliveries")).unwrap_or(u32::MAX);
+            if is_task_queue && deliveries > self.topology.delivery_limit().saturating_add(1) {
+                self.move_to_dead(id).await?;
+                continue;
+            }
+            let headers: BTreeMap<String, String> =
+                serde_json::from_str(row.get::<&str, _>("headers")).unwrap_or_default();
+            let body: Vec<u8> = row.get("body");
+            return Ok(Some((id, Delivery::new(body, headers, deliveries, Box::new(NoAcker)))));
+        }
+    }
+
+    async fn move_to_dead(&self, id: i64) -> Result<(), QueueError> {
+        sqlx::query("UPDATE queue_messages SET queue = ?1, holder = NULL, deliveries = 0 WHERE id = ?2")
+            .bind(self.topology.dead_queue())
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(unavailable)?;
+        self.wake.notify_waiters();
+        Ok(())
+    }
+}
+
+#[async_trait::async_trait]
+impl Queue for Connection {
+    async fn declare_pool(&self, pool: &str) -> Result<(), QueueError> {
+        self.inner.pools.lock().map_err(|_| QueueError::Closed)?.insert(pool.to_owned());
+        Ok(())
+    }
+
+    /// All messages in one transaction: either every one is stored or none is.
+    async fn publish(&self, messages: &[Outgoing]) -> Result<(), QueueError> {
+        let mut stored = Vec::with_capacity(messages.len());
+        let mut cancels = Vec::new();
+        for m in messages {
+            match self.inner.route(m) {
+                Ok(Some(queue)) => stored.push((queue, m)),
+                Ok(None) => cancels.push(m.body.clone()),
+                Err(e) if m.mandatory => return Err(e),
+                Err(_) => {}
+            }
+        }
+        let mut tx = self.inner.pool.begin().await.map_err(unavailable)?;
+        for (queue, m) in &stored {
+            let headers = serde_json::to_string(&m.headers).unwrap_or_else(|_| "{}".to_owned());
+            sqlx::query("INSERT INTO queue_messages (queue, body, headers) VALUES (?1, ?2, ?3)")
+                .bind(queue)
+                .bind(&m.body)
+                .bind(headers)
+                .execute(&mut *tx)
+                .await
+                .map_err(unavailable)?;
+        }
+        tx.commit().await.map_err(unavailable)?;
+        for body in cancels {
+            // No receiver means no worker is connected: nothing runs that could be cancelled.
+            let _ = self.inner.cancels.send(body);
+        }
+        self.inner.wake.notify_waiters();
+        Ok(())
+    }
+
+    async fn consume(&self, source: &Source, consumer_tag: &str, prefetch: u16) -> Result<Consumer, QueueError> {
+        let stopped = Arc::new(AtomicBool::new(false));
+        let stopper = Box::new(Stopper(stopped.clone()));
+        let Some(queue) = self.inner.topology.queue_of(source) else {
+            return Ok(Consumer::new(self.cancel_stream(stopped), stopper));
+        };
+        tracing::debug!(queue, consumer_tag, "embedded queue: consuming");
+        let state = Taking {
+            inner: self.inner.clone(),
+            queue,
+            holder: self.id.clone(),
+            permits: Arc::new(Semaphore::new(usize::from(prefetch.max(1)))),
+            stopped,
+            closed: self.closed.clone(),
+        };
+        // Taken by a task of its own: a take in progress holds the database's one connection, so
+        // it must finish even while the consumer is busy elsewhere and not polling the stream
+        // (the result consumer records a batch between polls, which needs that connection).
+        let (sender, mut receiver) = mpsc::channel(1);
+        tokio::spawn(state.feed(sender));
+        let deliveries = futures_util::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+        Ok(Consumer::new(deliveries.boxed(), stopper))
+    }
+
+    async fn depth(&self, source: &Source) -> Result<u32, QueueError> {
+        let Some(queue) = self.inner.topology.queue_of(source) else { return Ok(0) };
+        let n: i64 = sqlx::query_scalar("SELECT count(*) FROM queue_messages WHERE queue = ?1 AND holder IS NULL")
+            .bind(queue)
+            .fetch_one(&self.inner.pool)
+            .await
+            .map_err(unavailable)?;
+        Ok(u32::try_from(n).unwrap_or(u32::MAX))
+    }
+
+    fn is_connected(&self) -> bool {
+        !self.closed.load(Ordering::Relaxed)
+    }
+
+    /// Everything this connection still holds goes back to its queue.
+    async fn close(&self) {
+        self.closed.store(true, Ordering::Relaxed);
+        let _ = sqlx::query("UPDATE queue_messages SET holder = NULL WHERE holder = ?1")
+            .bind(&self.id)
+            .execute(&self.inner.pool)
+            .await;
+        self.inner.wake.notify_waiters();
+    }
+}
+
+impl Connection {
+    fn cancel_stream(
+        &self,
+        stopped: Arc<AtomicBool>,
+    ) -> futures_util::stream::BoxStream<'static, Result<Delivery, QueueError>> {
+        let receiver = self.inner.cancels.subscribe();
+        futures_util::stream::unfold((receiver, stopped), |(mut receiver, stopped)| async move {
+            loop {
+                if stopped.load(Ordering::Relaxed) {
+                    return None;
+                }
+                match receiver.recv().await {
+                    Ok(body) => {
+                        let delivery = Delivery::new(body, BTreeMap::new(), 1, Box::new(NoAcker));
+                        return Some((Ok(delivery), (receiver, stopped)));
+                    }
+                    // Missed cancels are harmless: the coordinator ignores late results.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        })
+        .boxed()
+    }
+}
+
+/// What a consumer's feeding task needs.
+struct Taking {
+    inner: Arc<Inner>,
+    queue: String,
+    holder: String,
+    /// Prefetch: a permit per unsettled delivery.
+    permits: Arc<Semaphore>,
+    stopped: Arc<AtomicBool>,
+    closed: Arc<AtomicBool>,
+}
+
+impl Taking {
+    /// Hands deliveries to `sender` until the consumer stops, its connection closes, or the
+    /// stream is dropped (then the delivery in hand goes back to the queue).
+    async fn feed(self, sender: mpsc::Sender<Result<Delivery, QueueError>>) {
+        loop {
+            let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
+            let next = loop {
+                if self.stopped.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) || sender.is_closed() {
+                    return;
+                }
+                // Registered before looking, so a publish committed in between still wakes us.
+                let woken = self.inner.wake.notified();
+                tokio::pin!(woken);
+                woken.as_mut().enable();
+                match self.inner.take(&self.queue, &self.holder).await {
+                    Ok(Some((id, delivery))) => break Ok(self.held(id, delivery, permit)),
+                    Ok(None) => {}
+                    Err(e) => break Err(e),
+                }
+                let _ = tokio::time::timeout(POLL, woken).await;
+            };
+            let failed = next.is_err();
+            if let Err(mpsc::error::SendError(unsent)) = sender.send(next).await {
+                if let Ok(delivery) = unsent {
+                    delivery.requeue().await;
+                }
+                return;
+            }
+            if failed {
+                return;
+            }
+        }
+    }
+
+    fn held(&self, id: i64, delivery: Delivery, permit: OwnedSemaphorePermit) -> Delivery {
+        let acker = Held {
+            inner: self.inner.clone(),
+            id,
+            holder: self.holder.clone(),
+            dead_letters_to_dead_queue: self.queue != self.inner.topology.results_queue()
+                && self.queue != self.inner.topology.dead_queue(),
+            _permit: permit,
+        };
+        Delivery::new(delivery.body, delivery.headers, delivery.deliveries, Box::new(acker))
+    }
+}
+
+/// A delivery held by a connection; settling checks the holder, so a message returned to the
+/// queue meanwhile (connection closed) is not settled twice.
+struct Held {
+    inner: Arc<Inner>,
+    id: i64,
+    holder: String,
+    dead_letters_to_dead_queue: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+#[async_trait::async_trait]
+impl Acker for Held {
+    async fn settle(self: Box<Self>, how: Settle) {
+        let (pool, dead) = (&self.inner.pool, self.inner.topology.dead_queue());
+        let result = match how {
+            Settle::Ack => sqlx::query("DELETE FROM queue_messages WHERE id = ?1 AND holder = ?2"),
+            Settle::Requeue => sqlx::query("UPDATE queue_messages SET holder = NULL WHERE id = ?1 AND holder = ?2"),
+            Settle::DeadLetter if self.dead_letters_to_dead_queue => sqlx::query(
+                "UPDATE queue_messages SET holder = NULL, deliveries = 0, queue = ?3 WHERE id = ?1 AND holder = ?2",
+            ),
+            Settle::DeadLetter => sqlx::query("DELETE FROM queue_messages WHERE id = ?1 AND holder = ?2"),
+        };
+        let mut query = result.bind(self.id).bind(&self.holder);
+        if how == Settle::DeadLetter && self.dead_letters_to_dead_queue {
+            query = query.bind(dead);
+        }
+        let result = query.execute(pool).await;
+        if let Err(e) = result {
+            // Left held: it returns to the queue when the connection closes or the process restarts.
+            tracing::warn!(error = %e, "embedded queue: settling a delivery failed");
+        }
+        if how != Settle::Ack {
+            self.inner.wake.notify_waiters();
+        }
+    }
+}
+
+/// Settling a cancel (or a delivery about to be wrapped) does nothing.
+struct NoAcker;
+
+#[async_trait::async_trait]
+impl Acker for NoAcker {
+    async fn settle(self: Box<Self>, _how: Settle) {}
+}
+
+struct Stopper(Arc<AtomicBool>);
+
+#[async_trait::async_trait]
+impl StopConsuming for Stopper {
+    async fn stop(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
