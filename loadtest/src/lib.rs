@@ -4,13 +4,14 @@
 //! API only: [`chain`] (per-step overhead of a line of no-op nodes), [`fanout`] (trivial nodes
 //! per second), [`concurrent`] (many executions at once), [`memory`] (coordinator memory per
 //! active execution) and [`soak`] (many executions with bounded concurrency, memory and queues
-//! sampled), and [`validate`] (a 100,000-node DAG through the API). Not written yet: `shapes`
-//! and the Celery peer.
+//! sampled), [`validate`] (a 100,000-node DAG through the API) and [`shapes`] (real workflow
+//! shapes against a zero-overhead simulation). The Celery peer lives in `loadtest/peers/celery`.
 
 pub mod chain;
 pub mod concurrent;
 pub mod fanout;
 pub mod memory;
+pub mod shapes;
 pub mod soak;
 pub mod validate;
 

@@ -49,6 +49,18 @@ enum Scenario {
         #[arg(long, default_value_t = 100_000)]
         nodes: usize,
     },
+    /// Replay a workflow instance (`loadtest/shapes/instances/*.json`) with runtimes scaled so
+    /// that a zero-overhead run takes about TARGET_MS on SLOTS worker slots; compare the makespan
+    /// with that simulation and with the lower bound.
+    Shapes {
+        #[arg(long, required = true, num_args = 1..)]
+        files: Vec<std::path::PathBuf>,
+        /// Worker slots of the deployment (workers × GL_ORCHESTRATOR_WORKER_CONCURRENCY).
+        #[arg(long, default_value_t = 16)]
+        slots: usize,
+        #[arg(long, default_value_t = 10_000)]
+        target_ms: u64,
+    },
     /// Many executions with a bounded number in flight, sampling memory and queues; writes the
     /// memory curve as SVG to --svg.
     Soak {
@@ -81,6 +93,7 @@ async fn main() -> std::process::ExitCode {
             loadtest::memory::run(&client, &metrics, pid, executions.max(1), HOUR).await.map(|r| r.to_json())
         }
         Scenario::Validate { nodes } => loadtest::validate::run(&client, nodes.max(2)).await.map(|r| r.to_json()),
+        Scenario::Shapes { files, slots, target_ms } => shapes(&client, &files, slots.max(1), target_ms).await,
         Scenario::Soak { executions, in_flight, watch, metrics, svg } => {
             soak(&client, executions, in_flight, &watch, &metrics, &svg).await
         }
@@ -95,6 +108,24 @@ async fn main() -> std::process::ExitCode {
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Runs `shapes` on each instance file in turn; one JSON array of results.
+async fn shapes(
+    client: &loadtest::Client,
+    files: &[std::path::PathBuf],
+    slots: usize,
+    target_ms: u64,
+) -> Result<serde_json::Value, loadtest::LoadError> {
+    let mut results = Vec::new();
+    for file in files {
+        let text =
+            std::fs::read_to_string(file).map_err(|e| loadtest::LoadError::Api(format!("{}: {e}", file.display())))?;
+        let instance = loadtest::shapes::Instance::parse(&text)?;
+        eprintln!("loadtest: shape {} ({} tasks)", instance.name, instance.tasks.len());
+        results.push(loadtest::shapes::run(client, &instance, slots, target_ms).await?.to_json());
+    }
+    Ok(serde_json::Value::Array(results))
 }
 
 /// Runs `soak`, watching the NAME=PID processes, and writes the memory curve to `svg`.

@@ -1,5 +1,5 @@
-//! A short run of each load scenario that exists (chain, fanout, concurrent, memory, validate, soak), so the tool never rots (no thresholds here:
-//! figures belong in BENCHMARKS.md).
+//! A short run of each load scenario (chain, fanout, concurrent, memory, validate, soak, shapes), so
+//! the tool never rots (no thresholds here: figures belong in BENCHMARKS.md).
 
 use tests::{Backend, Stack, StackOptions};
 
@@ -75,7 +75,25 @@ async fn the_validate_scenario_stores_and_revalidates_a_random_dag(backend: Back
     stack.shutdown().await;
 }
 
+async fn the_shapes_scenario_replays_a_small_workflow(backend: Backend) {
+    let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
+    let client = loadtest::Client::new(&stack.base(), None);
+    let text = r#"{"name": "tiny", "tasks": [
+        {"id": "split", "runtime_s": 2, "parents": []},
+        {"id": "w1", "runtime_s": 5, "parents": ["split"]},
+        {"id": "w2", "runtime_s": 3, "parents": ["split"]},
+        {"id": "w3", "runtime_s": 4, "parents": ["split"]},
+        {"id": "merge", "runtime_s": 1, "parents": ["w1", "w2", "w3"]}]}"#;
+    let instance = loadtest::shapes::Instance::parse(text).expect("parses");
+    let result = loadtest::shapes::run(&client, &instance, 2, 400).await.expect("runs");
+    assert_eq!((result.tasks, result.edges, result.slots), (5, 6, 2), "{result:?}");
+    assert!(result.lower_bound_ms <= result.simulated_ms as f64, "no policy beats the bound: {result:?}");
+    assert!(result.makespan_ms >= result.critical_path_ms as f64, "nothing beats the critical path: {result:?}");
+    stack.shutdown().await;
+}
+
 tests::on_both_backends!(
+    the_shapes_scenario_replays_a_small_workflow,
     the_chain_scenario_measures_a_short_chain,
     the_fanout_scenario_measures_a_small_fan_out,
     the_concurrent_scenario_runs_executions_at_once_without_failures,
