@@ -17,6 +17,9 @@ scripts/deploy-check.sh
 cargo test --workspace --locked
 # The live API against its own OpenAPI document (needs the binaries the tests just built).
 scripts/schemathesis.sh
+# The Celery peer of the load test, small (no thresholds), so it never rots.
+bash loadtest/peers/celery/setup.sh >/dev/null
+bash loadtest/peers/celery/run.sh all --nodes 200 --reps 2
 # The README's first command, exactly as written there (embedded mode), and the same pipeline on
 # the distributed deployment.
 scripts/readme-first-command.sh
