@@ -85,6 +85,14 @@ const HOUR: std::time::Duration = std::time::Duration::from_secs(3600);
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let client = loadtest::Client::new(&cli.base, cli.token);
+    // On stderr, and only when it is a terminal (indicatif hides it otherwise): stdout is the JSON.
+    let progress = indicatif::ProgressBar::new_spinner();
+    progress.set_style(
+        indicatif::ProgressStyle::with_template("{spinner} [{elapsed_precise}] {msg}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_spinner()),
+    );
+    progress.set_message(format!("{:?}", cli.scenario));
+    progress.enable_steady_tick(std::time::Duration::from_millis(100));
     let result = match cli.scenario {
         Scenario::Chain { steps } => loadtest::chain::run(&client, steps.max(2)).await.map(|r| r.to_json()),
         Scenario::Fanout { width } => loadtest::fanout::run(&client, width.max(1), HOUR).await.map(|r| r.to_json()),
@@ -93,11 +101,14 @@ async fn main() -> std::process::ExitCode {
             loadtest::memory::run(&client, &metrics, pid, executions.max(1), HOUR).await.map(|r| r.to_json())
         }
         Scenario::Validate { nodes } => loadtest::validate::run(&client, nodes.max(2)).await.map(|r| r.to_json()),
-        Scenario::Shapes { files, slots, target_ms } => shapes(&client, &files, slots.max(1), target_ms).await,
+        Scenario::Shapes { files, slots, target_ms } => {
+            shapes(&client, &files, slots.max(1), target_ms, &progress).await
+        }
         Scenario::Soak { executions, in_flight, watch, metrics, svg } => {
             soak(&client, executions, in_flight, &watch, &metrics, &svg).await
         }
     };
+    progress.finish_and_clear();
     match result {
         Ok(json) => {
             println!("{json:#}");
@@ -116,13 +127,19 @@ async fn shapes(
     files: &[std::path::PathBuf],
     slots: usize,
     target_ms: u64,
+    progress: &indicatif::ProgressBar,
 ) -> Result<serde_json::Value, loadtest::LoadError> {
     let mut results = Vec::new();
-    for file in files {
+    for (done, file) in files.iter().enumerate() {
         let text =
             std::fs::read_to_string(file).map_err(|e| loadtest::LoadError::Api(format!("{}: {e}", file.display())))?;
         let instance = loadtest::shapes::Instance::parse(&text)?;
-        eprintln!("loadtest: shape {} ({} tasks)", instance.name, instance.tasks.len());
+        progress.set_message(format!(
+            "shapes {done}/{}: {} ({} tasks)",
+            files.len(),
+            instance.name,
+            instance.tasks.len()
+        ));
         results.push(loadtest::shapes::run(client, &instance, slots, target_ms).await?.to_json());
     }
     Ok(serde_json::Value::Array(results))
