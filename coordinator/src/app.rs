@@ -38,6 +38,8 @@ pub enum StartError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("queue: {0}")]
     Queue(shared::queue::QueueError),
+    #[error("{} is locked by another process (another `coordinator dev` on the same file?)", .0.display())]
+    InUse(std::path::PathBuf),
 }
 
 /// The adapters a coordinator runs on: PostgreSQL, RabbitMQ and Redis in production

@@ -82,3 +82,30 @@ async fn both_backends_give_the_same_provenance_for_the_same_pipeline() {
     }
     assert_eq!(hashes[0], hashes[1], "distributed and embedded runs of the same DAG and input");
 }
+
+#[tokio::test]
+async fn a_second_dev_process_on_the_same_file_refuses_to_start() {
+    let dir = std::env::temp_dir().join(format!("gl-embedded-{}", uuid::Uuid::new_v4().simple()));
+    let data = dir.join("orchestrator.db");
+    let mut stack = Stack::detached(StackOptions::default());
+    let mut first = stack.dev_process(COORDINATOR, &data).await;
+    // The second would hand back the messages the first holds; it must stop at start instead.
+    let second = std::process::Command::new(COORDINATOR)
+        .args(["dev", "--data"])
+        .arg(&data)
+        .env("GL_ORCHESTRATOR_HTTP_ADDR", format!("127.0.0.1:{}", tests::free_port()))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start the second process");
+    let output = tokio::task::spawn_blocking(move || second.wait_with_output()).await.expect("join").expect("wait");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("locked"), "names the cause: {stderr}");
+    // The first is unharmed.
+    let (status, _) = stack.call(reqwest::Method::GET, "/health", None).await;
+    assert_eq!(status, 200);
+    first.kill().ok();
+    let _ = first.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}

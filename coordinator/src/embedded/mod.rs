@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 
 use crate::app::{Backends, Coordinator, StartError};
 use crate::locks::MemoryLocks;
-use crate::store::{SqliteStore, Store};
+use crate::store::{SqliteStore, Store, StoreError};
 pub use queue::EmbeddedQueue;
 
 /// Where the embedded database lives.
@@ -56,11 +56,17 @@ pub struct Embedded {
 impl Embedded {
     /// Opens (and migrates) the store, then starts the coordinator and the in-process workers.
     pub async fn start(settings: Settings, options: EmbeddedOptions) -> Result<Self, StartError> {
-        let store = match &options.storage {
-            Storage::File(path) => SqliteStore::open(Some(path)).await?,
-            Storage::Memory => SqliteStore::open(None).await?,
+        let path = match &options.storage {
+            Storage::File(path) => Some(path.as_path()),
+            Storage::Memory => None,
         };
-        store.migrate().await?;
+        // A file another process holds (its exclusive lock) makes the first statement time out.
+        let in_use = |e: StoreError| match path {
+            Some(path) if e.is_unavailable() => StartError::InUse(path.to_owned()),
+            _ => StartError::Db(e),
+        };
+        let store = SqliteStore::open(path).await.map_err(in_use)?;
+        store.migrate().await.map_err(in_use)?;
         let topology = Topology::new(&settings.queue_prefix, settings.delivery_limit);
         let queue = EmbeddedQueue::open(store.pool().clone(), topology).await.map_err(StartError::Queue)?;
         let queue: Arc<dyn Connector> = Arc::new(queue);

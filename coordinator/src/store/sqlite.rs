@@ -36,7 +36,9 @@ use shared::canonical::ContentHash;
 use shared::dag::Dag;
 use shared::messages::ResultMessage;
 use shared::provenance::Record;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::broadcast;
 use uuid::Uuid;
@@ -312,7 +314,12 @@ async fn file_options(path: &Path) -> Result<SqliteConnectOptions, StoreError> {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        .synchronous(SqliteSynchronous::Normal))
+        .synchronous(SqliteSynchronous::Normal)
+        // One process per file: the embedded queue hands back, at start, every message a
+        // previous process held, which is only right when that process is gone. The lock is
+        // taken by the first statement and held until the process ends (the OS drops it on
+        // kill -9), so a second `coordinator dev` on the same file stops at start instead.
+        .locking_mode(SqliteLockingMode::Exclusive))
 }
 
 #[async_trait::async_trait]
