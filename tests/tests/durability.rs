@@ -300,7 +300,15 @@ async fn a_task_that_kills_every_worker_it_reaches_fails_as_poison_instead_of_lo
         .expect("agents file");
     let stack = Stack::start(StackOptions {
         workers: 0,
-        settings: vec![("DELIVERY_LIMIT", "2".into()), ("AGENTS_FILE", agents.to_string_lossy().into_owned())],
+        // One attempt per worker at a time. A worker that dies returns every task it holds, and
+        // each return counts towards the delivery limit: with more slots, a healthy task that
+        // keeps landing beside the poison one in dying workers is dead-lettered too (a known
+        // limit of per-message delivery counting; RELIABILITY.md, row 8).
+        settings: vec![
+            ("DELIVERY_LIMIT", "2".into()),
+            ("AGENTS_FILE", agents.to_string_lossy().into_owned()),
+            ("WORKER_CONCURRENCY", "1".into()),
+        ],
         ..StackOptions::default()
     })
     .await;
