@@ -30,9 +30,15 @@ async fn a_killed_dev_process_resumes_from_its_checkpoints() {
     stack.create_dag(chain("kill-dev", 4, 1500)).await;
     let id = stack.execute("kill-dev", json!({})).await;
     // Killed while s1 runs: s0 is checkpointed, s1's task is held by the dead process's worker.
-    eventually(WITHIN, "s0 completed and s1 running", || async {
+    // "running" is written when s1 is dispatched; its 1.5 s sleep has surely begun once it has
+    // been running for a third of that (publishing and taking a task take milliseconds).
+    eventually(WITHIN, "s0 completed and s1 running for 500 ms", || async {
         let nodes = stack.nodes(&id).await;
-        nodes["s0"]["status"] == "completed" && nodes["s1"]["status"] == "running"
+        let started = loadtest::time(&nodes["s1"]["started_at"]);
+        let running_for = started.map(|t| chrono::Utc::now() - t);
+        nodes["s0"]["status"] == "completed"
+            && nodes["s1"]["status"] == "running"
+            && running_for.is_some_and(|d| d > chrono::TimeDelta::milliseconds(500))
     })
     .await;
     let before = stack.nodes(&id).await;
@@ -101,7 +107,7 @@ async fn a_second_dev_process_on_the_same_file_refuses_to_start() {
     let output = tokio::task::spawn_blocking(move || second.wait_with_output()).await.expect("join").expect("wait");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("locked"), "names the cause: {stderr}");
+    assert!(stderr.contains("locked by another process"), "names the cause: {stderr}");
     // The first is unharmed.
     let (status, _) = stack.call(reqwest::Method::GET, "/health", None).await;
     assert_eq!(status, 200);

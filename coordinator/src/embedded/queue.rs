@@ -137,6 +137,62 @@ impl Inner {
         }
     }
 
+    /// Settles message `id` if `holder` still holds it. A failed ack is left alone: what the
+    /// message caused is already committed, and it only comes back (a harmless duplicate) when
+    /// its connection closes or the process restarts. A failed requeue or dead-letter is retried
+    /// until it succeeds, since the message would otherwise wait for that.
+    async fn settle(&self, id: i64, holder: &str, how: Settle, to_dead_queue: bool) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let query = match how {
+                Settle::Ack => sqlx::query("DELETE FROM queue_messages WHERE id = ?1 AND holder = ?2"),
+                Settle::Requeue => sqlx::query("UPDATE queue_messages SET holder = NULL WHERE id = ?1 AND holder = ?2"),
+                Settle::DeadLetter if to_dead_queue => sqlx::query(
+                    "UPDATE queue_messages SET holder = NULL, deliveries = 0, queue = ?3 WHERE id = ?1 AND holder = ?2",
+                ),
+                Settle::DeadLetter => sqlx::query("DELETE FROM queue_messages WHERE id = ?1 AND holder = ?2"),
+            };
+            let mut query = query.bind(id).bind(holder);
+            if how == Settle::DeadLetter && to_dead_queue {
+                query = query.bind(self.topology.dead_queue());
+            }
+            match query.execute(&self.pool).await {
+                Ok(_) => break,
+                Err(e) if how == Settle::Ack => {
+                    tracing::warn!(error = %e, "embedded queue: an ack failed; the message comes back when its connection closes");
+                    break;
+                }
+                Err(e) => tracing::warn!(error = %e, "embedded queue: settling a delivery failed; retrying"),
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        if how != Settle::Ack {
+            self.wake.notify_waiters();
+        }
+    }
+
+    /// Returns everything `holder` holds to its queue. Retried until it succeeds: the database
+    /// being busy must not strand messages with a holder that is gone.
+    async fn release_holder(&self, holder: &str) {
+        let mut pause = Duration::from_millis(50);
+        loop {
+            let released = sqlx::query("UPDATE queue_messages SET holder = NULL WHERE holder = ?1")
+                .bind(holder)
+                .execute(&self.pool)
+                .await;
+            match released {
+                Ok(_) => break,
+                Err(e) => {
+                    tracing::warn!(error = %e, holder, "embedded queue: releasing held messages failed; retrying")
+                }
+            }
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
+        }
+        self.wake.notify_waiters();
+    }
+
     async fn move_to_dead(&self, id: i64) -> Result<(), QueueError> {
         sqlx::query("UPDATE queue_messages SET queue = ?1, holder = NULL, deliveries = 0 WHERE id = ?2")
             .bind(self.topology.dead_queue())
@@ -228,12 +284,22 @@ impl Queue for Connection {
 
     /// Everything this connection still holds goes back to its queue.
     async fn close(&self) {
-        self.closed.store(true, Ordering::Relaxed);
-        let _ = sqlx::query("UPDATE queue_messages SET holder = NULL WHERE holder = ?1")
-            .bind(&self.id)
-            .execute(&self.inner.pool)
-            .await;
-        self.inner.wake.notify_waiters();
+        self.closed.store(true, Ordering::Release);
+        self.inner.release_holder(&self.id).await;
+    }
+}
+
+/// Dropped without `close` (a session that ended on an error): what it held still goes back, as
+/// when RabbitMQ sees a connection drop.
+impl Drop for Connection {
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let (inner, id) = (self.inner.clone(), self.id.clone());
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move { inner.release_holder(&id).await });
+        }
     }
 }
 
@@ -281,7 +347,7 @@ impl Taking {
         loop {
             let Ok(permit) = self.permits.clone().acquire_owned().await else { return };
             let next = loop {
-                if self.stopped.load(Ordering::Relaxed) || self.closed.load(Ordering::Relaxed) || sender.is_closed() {
+                if self.ended() || sender.is_closed() {
                     return;
                 }
                 // Registered before looking, so a publish committed in between still wakes us.
@@ -289,23 +355,29 @@ impl Taking {
                 tokio::pin!(woken);
                 woken.as_mut().enable();
                 match self.inner.take(&self.queue, &self.holder).await {
-                    Ok(Some((id, delivery))) => break Ok(self.held(id, delivery, permit)),
+                    // Stopped or closed while taking: the message must not stay with a holder
+                    // that will never settle it.
+                    Ok(Some((id, _))) if self.ended() => {
+                        self.inner.settle(id, &self.holder, Settle::Requeue, false).await;
+                        return;
+                    }
+                    Ok(Some((id, delivery))) => break self.held(id, delivery, permit),
                     Ok(None) => {}
-                    Err(e) => break Err(e),
+                    // The one database connection was busy for too long: not a lost broker,
+                    // so look again after the poll interval instead of ending the consumer.
+                    Err(_) => {}
                 }
                 let _ = tokio::time::timeout(POLL, woken).await;
             };
-            let failed = next.is_err();
-            if let Err(mpsc::error::SendError(unsent)) = sender.send(next).await {
-                if let Ok(delivery) = unsent {
-                    delivery.requeue().await;
-                }
-                return;
-            }
-            if failed {
+            if let Err(mpsc::error::SendError(Ok(unsent))) = sender.send(Ok(next)).await {
+                unsent.requeue().await;
                 return;
             }
         }
+    }
+
+    fn ended(&self) -> bool {
+        self.stopped.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire)
     }
 
     fn held(&self, id: i64, delivery: Delivery, permit: OwnedSemaphorePermit) -> Delivery {
@@ -334,27 +406,7 @@ struct Held {
 #[async_trait::async_trait]
 impl Acker for Held {
     async fn settle(self: Box<Self>, how: Settle) {
-        let (pool, dead) = (&self.inner.pool, self.inner.topology.dead_queue());
-        let result = match how {
-            Settle::Ack => sqlx::query("DELETE FROM queue_messages WHERE id = ?1 AND holder = ?2"),
-            Settle::Requeue => sqlx::query("UPDATE queue_messages SET holder = NULL WHERE id = ?1 AND holder = ?2"),
-            Settle::DeadLetter if self.dead_letters_to_dead_queue => sqlx::query(
-                "UPDATE queue_messages SET holder = NULL, deliveries = 0, queue = ?3 WHERE id = ?1 AND holder = ?2",
-            ),
-            Settle::DeadLetter => sqlx::query("DELETE FROM queue_messages WHERE id = ?1 AND holder = ?2"),
-        };
-        let mut query = result.bind(self.id).bind(&self.holder);
-        if how == Settle::DeadLetter && self.dead_letters_to_dead_queue {
-            query = query.bind(dead);
-        }
-        let result = query.execute(pool).await;
-        if let Err(e) = result {
-            // Left held: it returns to the queue when the connection closes or the process restarts.
-            tracing::warn!(error = %e, "embedded queue: settling a delivery failed");
-        }
-        if how != Settle::Ack {
-            self.inner.wake.notify_waiters();
-        }
+        self.inner.settle(self.id, &self.holder, how, self.dead_letters_to_dead_queue).await;
     }
 }
 
