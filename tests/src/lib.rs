@@ -124,25 +124,14 @@ impl Stack {
         if options.backend == Backend::Embedded {
             return Self::start_embedded(options).await;
         }
-        let tag = uuid::Uuid::new_v4().simple().to_string();
-        let database = format!("gl_test_{}", &tag[..16]);
-        let prefix = format!("gltest.{}", &tag[..12]);
+        let mut stack = Self::detached(options);
+        stack.database = format!("gl_test_{}", &uuid::Uuid::new_v4().simple().to_string()[..16]);
         let admin = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres")).await.expect("PostgreSQL is reachable");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {database}")))
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {}", stack.database)))
             .execute(&admin)
             .await
             .expect("create database");
         admin.close().await;
-        let mut stack = Stack {
-            database,
-            prefix,
-            coordinators: Vec::new(),
-            workers: Vec::new(),
-            embedded: None,
-            http: reqwest::Client::new(),
-            options,
-            api: None,
-        };
         let settings = stack.settings();
         coordinator::store::Store::migrate(&coordinator::store::PgStore::connect(&settings).await.expect("connect"))
             .await
@@ -701,6 +690,72 @@ macro_rules! on_both_backends {
             $(#[tokio::test]
             async fn $name() {
                 super::$name(tests::Backend::Embedded).await;
+            })*
+        }
+    };
+}
+
+/// A chain `s0 -> s1 -> ...` of `n` `sleep` nodes of `ms` each.
+pub fn sleep_chain(id: &str, n: usize, ms: u64) -> Value {
+    let nodes: serde_json::Map<String, Value> = (0..n)
+        .map(|i| {
+            let deps: Vec<String> = if i == 0 { vec![] } else { vec![format!("s{}", i - 1)] };
+            (format!("s{i}"), json!({"agent_id": "sleep", "params": {"ms": ms}, "depends_on": deps}))
+        })
+        .collect();
+    json!({"dag_id": id, "name": id, "nodes": nodes})
+}
+
+/// A store under test, and the stack to tear down after it (PostgreSQL only).
+#[derive(Debug)]
+pub struct StoreUnderTest {
+    pub store: Arc<dyn coordinator::store::Store>,
+    stack: Option<Stack>,
+}
+
+impl StoreUnderTest {
+    /// `PgStore` on a fresh, migrated database of its own.
+    pub async fn postgres() -> Self {
+        let stack = Stack::start(StackOptions { coordinators: 0, workers: 0, ..StackOptions::default() }).await;
+        let db = coordinator::store::PgStore::connect(&stack.settings()).await.expect("connect");
+        Self { store: Arc::new(db), stack: Some(stack) }
+    }
+
+    /// `SqliteStore` in memory, migrated (twice: migrating is idempotent).
+    pub async fn sqlite() -> Self {
+        use coordinator::store::Store;
+        let db = coordinator::store::SqliteStore::open(None).await.expect("open SQLite in memory");
+        db.migrate().await.expect("migrate");
+        db.migrate().await.expect("migrate again");
+        Self { store: Arc::new(db), stack: None }
+    }
+
+    pub async fn finish(self) {
+        if let Some(stack) = self.stack {
+            stack.shutdown().await;
+        }
+    }
+}
+
+/// Runs each behaviour `async fn name(store: &dyn Store)` of a suite as two tests,
+/// `postgres::name` and `sqlite::name`, so the two stores must give the same answers.
+#[macro_export]
+macro_rules! on_each_store {
+    ($($behaviour:ident),* $(,)?) => {
+        mod postgres {
+            $(#[tokio::test]
+            async fn $behaviour() {
+                let under = tests::StoreUnderTest::postgres().await;
+                super::$behaviour(&*under.store).await;
+                under.finish().await;
+            })*
+        }
+        mod sqlite {
+            $(#[tokio::test]
+            async fn $behaviour() {
+                let under = tests::StoreUnderTest::sqlite().await;
+                super::$behaviour(&*under.store).await;
+                under.finish().await;
             })*
         }
     };

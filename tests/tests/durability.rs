@@ -4,21 +4,11 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::{Stack, StackOptions, eventually, example};
+use tests::{Stack, StackOptions, eventually, example, sleep_chain};
 
 const WITHIN: Duration = Duration::from_secs(60);
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_gl-coordinator");
 const WORKER: &str = env!("CARGO_BIN_EXE_gl-worker");
-
-fn chain(id: &str, n: usize, ms: u64) -> Value {
-    let nodes: serde_json::Map<String, Value> = (0..n)
-        .map(|i| {
-            let deps: Vec<String> = if i == 0 { vec![] } else { vec![format!("s{}", i - 1)] };
-            (format!("s{i}"), json!({"agent_id": "sleep", "params": {"ms": ms}, "depends_on": deps}))
-        })
-        .collect();
-    json!({"dag_id": id, "name": id, "nodes": nodes})
-}
 
 /// Every node ran exactly once: one attempt, one result received, one provenance record.
 async fn assert_each_node_ran_once(stack: &Stack, id: &str) {
@@ -36,7 +26,7 @@ async fn assert_each_node_ran_once(stack: &Stack, id: &str) {
 async fn a_worker_killed_mid_node_loses_nothing() {
     let stack = Stack::start(StackOptions { workers: 0, ..StackOptions::default() }).await;
     let mut first = stack.spawn_worker(WORKER, "victim");
-    stack.create_dag(chain("kill-worker", 2, 2500)).await;
+    stack.create_dag(sleep_chain("kill-worker", 2, 2500)).await;
     let id = stack.execute("kill-worker", json!({})).await;
     let broker = shared::amqp::Broker::connect(tests::AMQP, "probe", shared::queue::Topology::new(&stack.prefix, 5))
         .await
@@ -70,7 +60,7 @@ async fn a_worker_killed_mid_node_loses_nothing() {
 async fn a_coordinator_killed_mid_execution_is_replaced_without_rework() {
     let mut stack = Stack::start(StackOptions { coordinators: 0, ..StackOptions::default() }).await;
     let mut first = stack.coordinator_process(&[], COORDINATOR).await;
-    stack.create_dag(chain("kill-coordinator", 5, 300)).await;
+    stack.create_dag(sleep_chain("kill-coordinator", 5, 300)).await;
     let id = stack.execute("kill-coordinator", json!({})).await;
     stack.wait_for(&id, WITHIN, |e| e["completed_nodes"].as_i64().is_some_and(|n| n >= 2)).await;
     first.kill().expect("kill -9 the coordinator");
@@ -88,7 +78,7 @@ async fn a_coordinator_killed_mid_execution_is_replaced_without_rework() {
 async fn a_running_replica_takes_over_only_when_the_lease_expires() {
     let mut stack = Stack::start(StackOptions { coordinators: 0, ..StackOptions::default() }).await;
     let mut first = stack.coordinator_process(&[], COORDINATOR).await;
-    stack.create_dag(chain("takeover", 6, 400)).await;
+    stack.create_dag(sleep_chain("takeover", 6, 400)).await;
     let id = stack.execute("takeover", json!({})).await;
     stack.wait_for(&id, WITHIN, |e| e["completed_nodes"].as_i64().is_some_and(|n| n >= 1)).await;
     let db = stack.database().await;
@@ -242,7 +232,7 @@ async fn resume_skips_trusted_checkpoints_and_reruns_tampered_ones() {
 #[tokio::test]
 async fn the_runbook_lists_running_executions() {
     let stack = Stack::start(StackOptions::default()).await;
-    stack.create_dag(chain("listed", 1, 3000)).await;
+    stack.create_dag(sleep_chain("listed", 1, 3000)).await;
     let id = stack.execute("listed", json!({})).await;
     stack.wait_for(&id, WITHIN, |e| e["status"] == "running").await;
     let (status, body) = stack.call(reqwest::Method::GET, "/executions?status=running", None).await;
@@ -261,7 +251,7 @@ async fn the_runbook_lists_running_executions() {
 async fn a_paused_coordinator_cannot_write_under_its_expired_lease() {
     let mut stack = Stack::start(StackOptions { coordinators: 0, ..StackOptions::default() }).await;
     let mut paused = stack.coordinator_process(&[], COORDINATOR).await;
-    stack.create_dag(chain("paused", 4, 400)).await;
+    stack.create_dag(sleep_chain("paused", 4, 400)).await;
     let id = stack.execute("paused", json!({})).await;
     stack.wait_for(&id, WITHIN, |e| e["completed_nodes"].as_i64().is_some_and(|n| n >= 1)).await;
     let pid = paused.id().to_string();

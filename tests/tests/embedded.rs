@@ -5,20 +5,10 @@
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use tests::{Backend, Stack, StackOptions, eventually, example};
+use tests::{Backend, Stack, StackOptions, eventually, example, sleep_chain};
 
 const WITHIN: Duration = Duration::from_secs(60);
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_gl-coordinator");
-
-fn chain(id: &str, n: usize, ms: u64) -> Value {
-    let nodes: serde_json::Map<String, Value> = (0..n)
-        .map(|i| {
-            let deps: Vec<String> = if i == 0 { vec![] } else { vec![format!("s{}", i - 1)] };
-            (format!("s{i}"), json!({"agent_id": "sleep", "params": {"ms": ms}, "depends_on": deps}))
-        })
-        .collect();
-    json!({"dag_id": id, "name": id, "nodes": nodes})
-}
 
 #[tokio::test]
 async fn a_killed_dev_process_resumes_from_its_checkpoints() {
@@ -27,7 +17,7 @@ async fn a_killed_dev_process_resumes_from_its_checkpoints() {
     let mut stack =
         Stack::detached(StackOptions { settings: vec![("LEASE_TTL_SECONDS", "3".into())], ..StackOptions::default() });
     let mut first = stack.dev_process(COORDINATOR, &data).await;
-    stack.create_dag(chain("kill-dev", 4, 1500)).await;
+    stack.create_dag(sleep_chain("kill-dev", 4, 1500)).await;
     let id = stack.execute("kill-dev", json!({})).await;
     // Killed while s1 runs: s0 is checkpointed, s1's task is held by the dead process's worker.
     // "running" is written when s1 is dispatched; its 1.5 s sleep has surely begun once it has

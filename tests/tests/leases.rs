@@ -2,65 +2,15 @@
 //! the old epoch matches nothing and changes nothing. Every behaviour runs against both stores:
 //! `PgStore` on a fresh PostgreSQL database and `SqliteStore` in memory.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use coordinator::store::{Created, NewExecution, PgStore, SqliteStore, StepWrite, Store};
+use coordinator::store::{Created, NewExecution, StepWrite, Store};
 use serde_json::json;
 use shared::dag::{DagSpec, Limits, compile};
-use tests::{Stack, StackOptions, eventually};
+use tests::eventually;
 
-/// A store under test, and the stack to tear down after it (PostgreSQL only).
-struct UnderTest {
-    store: Arc<dyn Store>,
-    stack: Option<Stack>,
-}
-
-impl UnderTest {
-    /// `PgStore` on a fresh, migrated database of its own.
-    async fn postgres() -> Self {
-        let stack = Stack::start(StackOptions { coordinators: 0, workers: 0, ..StackOptions::default() }).await;
-        let db = PgStore::connect(&stack.settings()).await.expect("connect");
-        Self { store: Arc::new(db), stack: Some(stack) }
-    }
-
-    /// `SqliteStore` in memory, migrated.
-    async fn sqlite() -> Self {
-        let db = SqliteStore::open(None).await.expect("open SQLite in memory");
-        db.migrate().await.expect("migrate");
-        Self { store: Arc::new(db), stack: None }
-    }
-
-    async fn finish(self) {
-        if let Some(stack) = self.stack {
-            stack.shutdown().await;
-        }
-    }
-}
-
-/// One `#[tokio::test]` per behaviour and backend: `postgres::<name>` and `sqlite::<name>`.
-macro_rules! on_each_store {
-    ($($behaviour:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test]
-            async fn $behaviour() {
-                let under = super::UnderTest::postgres().await;
-                super::$behaviour(&*under.store).await;
-                under.finish().await;
-            })*
-        }
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $behaviour() {
-                let under = super::UnderTest::sqlite().await;
-                super::$behaviour(&*under.store).await;
-                under.finish().await;
-            })*
-        }
-    };
-}
-
-on_each_store!(a_stale_epoch_cannot_write, a_live_lease_is_renewed_only_by_its_holder);
+tests::on_each_store!(a_stale_epoch_cannot_write, a_live_lease_is_renewed_only_by_its_holder);
 
 /// Stores a one-node DAG `dag_id` and submits one execution of it.
 async fn one_execution(db: &dyn Store, dag_id: &str) -> uuid::Uuid {

@@ -3,72 +3,20 @@
 //! as `postgres::<name>` and `sqlite::<name>`, so the two stores must give the same answers.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 use std::time::Duration;
 
 use coordinator::store::{
-    Created, ExecutionFilter, Lease, NewExecution, NodeUpdate, OutboxMessage, PgStore, SqliteStore, StepWrite, Store,
+    Created, ExecutionFilter, Lease, NewExecution, NodeUpdate, OutboxMessage, SqliteStore, StepWrite, Store,
     StoreError, Subscription, Topic, UpdateOutcome,
 };
 use serde_json::{Value, json};
 use shared::dag::{Dag, DagSpec, Limits, compile};
 use shared::messages::ResultMessage;
 use shared::state::{Outcome, TaskKind};
-use tests::{Stack, StackOptions};
 use uuid::Uuid;
 
-/// A store under test, and the stack to tear down after it (PostgreSQL only).
-struct UnderTest {
-    store: Arc<dyn Store>,
-    stack: Option<Stack>,
-}
-
-impl UnderTest {
-    /// `PgStore` on a fresh, migrated database of its own.
-    async fn postgres() -> Self {
-        let stack = Stack::start(StackOptions { coordinators: 0, workers: 0, ..StackOptions::default() }).await;
-        let db = PgStore::connect(&stack.settings()).await.expect("connect");
-        Self { store: Arc::new(db), stack: Some(stack) }
-    }
-
-    /// `SqliteStore` in memory, migrated (twice: migrating is idempotent).
-    async fn sqlite() -> Self {
-        let db = SqliteStore::open(None).await.expect("open SQLite in memory");
-        db.migrate().await.expect("migrate");
-        db.migrate().await.expect("migrate again");
-        Self { store: Arc::new(db), stack: None }
-    }
-
-    async fn finish(self) {
-        if let Some(stack) = self.stack {
-            stack.shutdown().await;
-        }
-    }
-}
-
-/// One `#[tokio::test]` per behaviour and backend: `postgres::<name>` and `sqlite::<name>`.
-macro_rules! on_each_store {
-    ($($behaviour:ident),* $(,)?) => {
-        mod postgres {
-            $(#[tokio::test]
-            async fn $behaviour() {
-                let under = super::UnderTest::postgres().await;
-                super::$behaviour(&*under.store).await;
-                under.finish().await;
-            })*
-        }
-        mod sqlite {
-            $(#[tokio::test]
-            async fn $behaviour() {
-                let under = super::UnderTest::sqlite().await;
-                super::$behaviour(&*under.store).await;
-                under.finish().await;
-            })*
-        }
-    };
-}
-
-on_each_store!(
+tests::on_each_store!(
     dags_round_trip,
     dag_updates_compare_revisions,
     idempotent_submissions,

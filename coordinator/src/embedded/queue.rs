@@ -74,6 +74,14 @@ impl Connector for EmbeddedQueue {
     }
 }
 
+/// A message just taken from the table, not yet a [`Delivery`].
+struct Taken {
+    id: i64,
+    body: Vec<u8>,
+    headers: BTreeMap<String, String>,
+    deliveries: u32,
+}
+
 /// One connection: what it holds is tagged with its id.
 struct Connection {
     inner: Arc<Inner>,
@@ -110,8 +118,8 @@ impl Inner {
 
     /// Takes the oldest ready message of `queue` for `holder`, dead-lettering on the way any task
     /// already handed out more often than the delivery limit allows.
-    async fn take(&self, queue: &str, holder: &str) -> Result<Option<(i64, Delivery)>, QueueError> {
-        let is_task_queue = queue != self.topology.results_queue() && queue != self.topology.dead_queue();
+    async fn take(&self, queue: &str, holder: &str) -> Result<Option<Taken>, QueueError> {
+        let is_task_queue = self.is_task_queue(queue);
         loop {
             let row = sqlx::query(
                 "UPDATE queue_messages SET holder = ?1, deliveries = deliveries + 1
@@ -130,10 +138,8 @@ impl Inner {
                 self.move_to_dead(id).await?;
                 continue;
             }
-            let headers: BTreeMap<String, String> =
-                serde_json::from_str(row.get::<&str, _>("headers")).unwrap_or_default();
-            let body: Vec<u8> = row.get("body");
-            return Ok(Some((id, Delivery::new(body, headers, deliveries, Box::new(NoAcker)))));
+            let headers = serde_json::from_str(row.get::<&str, _>("headers")).unwrap_or_default();
+            return Ok(Some(Taken { id, body: row.get("body"), headers, deliveries }));
         }
     }
 
@@ -191,6 +197,11 @@ impl Inner {
             pause = (pause * 2).min(Duration::from_secs(2));
         }
         self.wake.notify_waiters();
+    }
+
+    /// Task queues dead-letter to the dead queue; the results and dead queues drop instead.
+    fn is_task_queue(&self, queue: &str) -> bool {
+        queue != self.topology.results_queue() && queue != self.topology.dead_queue()
     }
 
     async fn move_to_dead(&self, id: i64) -> Result<(), QueueError> {
@@ -357,11 +368,11 @@ impl Taking {
                 match self.inner.take(&self.queue, &self.holder).await {
                     // Stopped or closed while taking: the message must not stay with a holder
                     // that will never settle it.
-                    Ok(Some((id, _))) if self.ended() => {
-                        self.inner.settle(id, &self.holder, Settle::Requeue, false).await;
+                    Ok(Some(taken)) if self.ended() => {
+                        self.inner.settle(taken.id, &self.holder, Settle::Requeue, false).await;
                         return;
                     }
-                    Ok(Some((id, delivery))) => break self.held(id, delivery, permit),
+                    Ok(Some(taken)) => break self.held(taken, permit),
                     Ok(None) => {}
                     // The one database connection was busy for too long: not a lost broker,
                     // so look again after the poll interval instead of ending the consumer.
@@ -380,16 +391,15 @@ impl Taking {
         self.stopped.load(Ordering::Acquire) || self.closed.load(Ordering::Acquire)
     }
 
-    fn held(&self, id: i64, delivery: Delivery, permit: OwnedSemaphorePermit) -> Delivery {
+    fn held(&self, taken: Taken, permit: OwnedSemaphorePermit) -> Delivery {
         let acker = Held {
             inner: self.inner.clone(),
-            id,
+            id: taken.id,
             holder: self.holder.clone(),
-            dead_letters_to_dead_queue: self.queue != self.inner.topology.results_queue()
-                && self.queue != self.inner.topology.dead_queue(),
+            dead_letters_to_dead_queue: self.inner.is_task_queue(&self.queue),
             _permit: permit,
         };
-        Delivery::new(delivery.body, delivery.headers, delivery.deliveries, Box::new(acker))
+        Delivery::new(taken.body, taken.headers, taken.deliveries, Box::new(acker))
     }
 }
 
@@ -410,7 +420,7 @@ impl Acker for Held {
     }
 }
 
-/// Settling a cancel (or a delivery about to be wrapped) does nothing.
+/// Settling a cancel does nothing (cancels are not stored).
 struct NoAcker;
 
 #[async_trait::async_trait]
