@@ -25,7 +25,7 @@ pub struct AppState {
     pub db: SharedStore,
     pub settings: Arc<Settings>,
     pub metrics: Arc<crate::metrics::Metrics>,
-    pub health: Arc<crate::app::Health>,
+    pub health: Arc<crate::health::Health>,
     pub verifier: crate::auth::Verifier,
     /// The DAG cache: optional (every use falls back to the store), absent in embedded mode.
     pub redis: Option<Arc<crate::redis::Redis>>,
@@ -171,6 +171,7 @@ fn parse_uuid(id: &str) -> ApiResult<Uuid> {
 
 async fn prometheus_text(State(state): State<AppState>) -> Response {
     state.metrics.set_pool(state.db.pool_usage());
+    state.metrics.set_components(&state.health.components());
     let mut response = state.metrics.render().into_response();
     response
         .headers_mut()
@@ -206,7 +207,7 @@ async fn checks(state: &AppState) -> (&'static str, &'static str, &'static str) 
         }),
     );
     let database = if matches!(database, Ok(Ok(()))) { "ok" } else { "unavailable" };
-    let queue = if state.health.broker.load(std::sync::atomic::Ordering::Relaxed) { "ok" } else { "unavailable" };
+    let queue = if state.health.broker_connected() { "ok" } else { "unavailable" };
     let redis = match (&state.redis, redis) {
         (None, _) => "not_used",
         (Some(_), Ok(true)) => "ok",
@@ -241,11 +242,15 @@ async fn health(State(state): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// Ready when PostgreSQL and RabbitMQ answer; Redis is optional (the service degrades).
+/// Ready when PostgreSQL and RabbitMQ answer and no component has stalled (see
+/// [`crate::health`]); Redis is optional (the service degrades).
 async fn ready(State(state): State<AppState>) -> ApiResult<Json<Value>> {
     let (database, queue, redis) = checks(&state).await;
-    if database != "ok" || queue != "ok" {
-        return Err(ApiError::Unavailable(format!("database: {database}, queue: {queue}")));
+    let stalled = state.health.stalled();
+    state.metrics.set_components(&state.health.components());
+    if database != "ok" || queue != "ok" || !stalled.is_empty() {
+        let stalled = if stalled.is_empty() { "none".to_owned() } else { stalled.join(", ") };
+        return Err(ApiError::Unavailable(format!("database: {database}, queue: {queue}, stalled: {stalled}")));
     }
     Ok(Json(json!({"status": "ready", "checks": {"database": database, "queue": queue, "redis": redis}})))
 }

@@ -12,18 +12,12 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api::{self, AppState};
+use crate::health::{Health, INBOX, SCHEDULER};
 use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::scheduler::{self, SchedulerOptions};
-use crate::store::{PgStore, SharedStore, StoreError};
+use crate::store::{Deadline, PgStore, SharedStore, StoreError};
 use crate::{inbox, relay};
-
-/// Liveness of the dependencies that background tasks observe.
-#[derive(Debug, Default)]
-pub struct Health {
-    /// The outbox relay holds a live RabbitMQ connection.
-    pub broker: std::sync::atomic::AtomicBool,
-}
 
 /// A coordinator could not start.
 #[derive(Debug, thiserror::Error)]
@@ -56,10 +50,15 @@ pub struct Backends {
 impl Backends {
     /// Connects to PostgreSQL; RabbitMQ and Redis are connected lazily (with retries).
     pub async fn production(settings: &Settings) -> Result<Self, StartError> {
-        let store: SharedStore = Arc::new(PgStore::connect(settings).await?);
+        let call_limit = Duration::from_secs(u64::from(settings.db_call_timeout_seconds));
+        let postgres: SharedStore = Arc::new(PgStore::connect(settings).await?);
+        let store: SharedStore = Arc::new(Deadline::new(postgres, call_limit));
         let topology = Topology::new(&settings.queue_prefix, settings.delivery_limit);
-        let queue = Arc::new(AmqpConnector::new(settings.amqp_url.clone(), topology));
-        let redis = Arc::new(crate::redis::Redis::connect(settings.redis_url.expose(), &settings.redis_prefix)?);
+        let queue = Arc::new(AmqpConnector::new(settings.amqp_url.clone(), topology, settings.amqp_timeout()));
+        let redis_limit = Duration::from_millis(u64::from(settings.redis_timeout_ms));
+        let redis =
+            crate::redis::Redis::connect_with_timeout(settings.redis_url.expose(), &settings.redis_prefix, redis_limit);
+        let redis = Arc::new(redis?);
         Ok(Self { store, queue, locks: redis.clone(), redis: Some(redis) })
     }
 }
@@ -72,6 +71,8 @@ pub struct Coordinator {
     pub name: String,
     stop: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// How long [`Coordinator::shutdown`] waits for the components before it stops them.
+    grace: Duration,
 }
 
 impl Coordinator {
@@ -105,7 +106,9 @@ impl Coordinator {
             metrics: metrics.clone(),
             locks,
         };
-        let health = Arc::new(Health::default());
+        let health = Arc::new(Health::new(settings.stall_after()));
+        let grace = settings.component_grace();
+        let request_timeout = Duration::from_secs(u64::from(settings.http_request_timeout_seconds));
         let verifier = crate::auth::Verifier::from_settings(&settings).map_err(StartError::Auth)?;
         let state = AppState {
             db: db.clone(),
@@ -118,28 +121,40 @@ impl Coordinator {
         let app = api::router(state);
         let mut http_stop = stop_rx.clone();
         let tasks = vec![
-            tokio::spawn(scheduler::run(db.clone(), options, stop_rx.clone())),
-            tokio::spawn(relay::run(db.clone(), queue.clone(), name.to_owned(), health, stop_rx.clone())),
-            tokio::spawn(inbox::run(db.clone(), queue.clone(), name.to_owned(), stop_rx.clone())),
-            tokio::spawn(gauges(db.clone(), queue, metrics, stop_rx.clone())),
+            tokio::spawn(scheduler::run(db.clone(), options, health.component(SCHEDULER), stop_rx.clone())),
+            tokio::spawn(relay::run(db.clone(), queue.clone(), name.to_owned(), health.clone(), stop_rx.clone())),
+            tokio::spawn(inbox::run(
+                db.clone(),
+                queue.clone(),
+                name.to_owned(),
+                health.component(INBOX),
+                stop_rx.clone(),
+            )),
+            tokio::spawn(gauges(db.clone(), queue, metrics, health, stop_rx.clone())),
             tokio::spawn(async move {
                 let shutdown = async move {
                     let _ = http_stop.changed().await;
                 };
-                if let Err(e) = axum::serve(listener, app).with_graceful_shutdown(shutdown).await {
-                    tracing::error!(error = %e, "the HTTP server stopped");
-                }
+                crate::serve::serve(listener, app, request_timeout, shutdown).await;
             }),
         ];
         tracing::info!(%addr, name, "coordinator started");
-        Ok(Self { addr, name: name.to_owned(), stop, tasks })
+        Ok(Self { addr, name: name.to_owned(), stop, tasks, grace })
     }
 
-    /// Stops accepting work, hands leases back and waits for every component.
+    /// Stops accepting work, hands leases back and waits for every component, for at most the
+    /// shutdown grace (`GL_ORCHESTRATOR_SHUTDOWN_GRACE_SECONDS`): past it, whatever has not
+    /// finished (a call to a paused broker or database) is stopped where it stands. Nothing is
+    /// lost by that: leases expire and are taken over, unsettled messages return to their queues.
     pub async fn shutdown(self) {
         let _ = self.stop.send(true);
-        for task in self.tasks {
-            let _ = task.await;
+        let mut tasks = self.tasks;
+        let all = futures_util::future::join_all(tasks.iter_mut());
+        if tokio::time::timeout(self.grace, all).await.is_err() {
+            tracing::warn!(grace = ?self.grace, "components still running at the end of the grace period; stopping them");
+            for task in &tasks {
+                task.abort();
+            }
         }
     }
 
@@ -156,6 +171,7 @@ async fn gauges(
     db: SharedStore,
     connector: Arc<dyn Connector>,
     metrics: Arc<Metrics>,
+    health: Arc<Health>,
     mut stop: watch::Receiver<bool>,
 ) {
     let topology = connector.topology().clone();
@@ -166,6 +182,7 @@ async fn gauges(
             _ = stop.changed() => break,
             _ = tick.tick() => {}
         }
+        metrics.set_components(&health.components());
         if let Ok((queued, backlog)) = db.backlog().await {
             metrics.queued_executions.set(queued);
             metrics.outbox_backlog.set(backlog);

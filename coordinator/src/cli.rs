@@ -116,13 +116,17 @@ fn run_async(command: impl std::future::Future<Output = Result<(), String>>, err
             return 1;
         }
     };
-    match runtime.block_on(command) {
+    let code = match runtime.block_on(command) {
         Ok(()) => 0,
         Err(message) => {
             let _ = writeln!(err, "error: {message}");
             1
         }
-    }
+    };
+    // The components were stopped within the grace period; whatever is still blocked (a call on
+    // a dead connection) must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
+    code
 }
 
 fn settings() -> Result<Settings, String> {
@@ -144,7 +148,7 @@ async fn serve() -> Result<(), String> {
     shared::telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     coordinator.shutdown().await;
-    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    telemetry.shutdown_within(shared::telemetry::FLUSH_WITHIN);
     Ok(())
 }
 
@@ -170,7 +174,7 @@ async fn dev(args: &DevArgs) -> Result<(), String> {
     shared::telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     embedded.shutdown().await;
-    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    telemetry.shutdown_within(shared::telemetry::FLUSH_WITHIN);
     Ok(())
 }
 

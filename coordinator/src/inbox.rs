@@ -4,11 +4,11 @@
 //! hits the primary key and is dropped. Tasks dead-lettered after too many deliveries (a poison
 //! task that kills every worker) are recorded as failed attempts with error type `poison`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use std::sync::Arc;
-
 use futures_util::{FutureExt, StreamExt};
+use shared::liveness::Component;
 use shared::messages::{Message, ResultMessage, WIRE_VERSION};
 use shared::queue::{Connector, Delivery, QueueError, Source};
 use shared::state::{NodeError, Outcome};
@@ -17,30 +17,56 @@ use tokio::sync::watch;
 use crate::store::SharedStore;
 
 const BATCH: usize = 256;
+/// How often an idle consumer checks that the broker still answers (a paused broker leaves the
+/// connection open and silent).
+const PROBE: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` turns true, reconnecting to the broker with backoff.
-pub async fn run(db: SharedStore, queue: Arc<dyn Connector>, name: String, stop: watch::Receiver<bool>) {
+pub async fn run(
+    db: SharedStore,
+    queue: Arc<dyn Connector>,
+    name: String,
+    progress: Arc<Component>,
+    stop: watch::Receiver<bool>,
+) {
     shared::queue::reconnecting("result consumer", stop.clone(), || {
         let (db, queue, name, mut stop) = (db.clone(), queue.clone(), name.clone(), stop.clone());
-        async move { session(&db, queue.as_ref(), &name, &mut stop).await }
+        let progress = progress.clone();
+        async move {
+            let broker = queue.connect(&format!("{name}-inbox")).await?;
+            let outcome = session(&db, broker.as_ref(), &name, &progress, &mut stop).await;
+            broker.close().await;
+            outcome
+        }
     })
     .await;
 }
 
+/// Consumes until stopped or until the connection fails; each batch recorded and each probe
+/// answered is a beat of `progress`.
 async fn session(
     db: &SharedStore,
-    connector: &dyn Connector,
+    broker: &dyn shared::queue::Queue,
     name: &str,
+    progress: &Component,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), QueueError> {
-    let broker = connector.connect(&format!("{name}-inbox")).await?;
     let mut results = broker.consume(&Source::Results, &format!("{name}-results"), 512).await?.deliveries;
     let mut dead = broker.consume(&Source::Dead, &format!("{name}-dead"), 16).await?.deliveries;
+    progress.beat();
+    // Whether the last batch reached the database: an idle probe is progress only then (a
+    // consumer whose results keep going back to the queue has work and is not making progress).
+    let mut recording = true;
+    let mut probe = tokio::time::interval(PROBE);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            _ = stop.changed() => {
-                broker.close().await;
-                return Ok(());
+            _ = stop.changed() => return Ok(()),
+            _ = probe.tick() => {
+                broker.depth(&Source::Results).await?;
+                if recording {
+                    progress.beat();
+                }
             }
             first = results.next() => {
                 let Some(first) = first else { return Err(QueueError::Closed) };
@@ -51,18 +77,25 @@ async fn session(
                         _ => break,
                     }
                 }
-                record(db, batch, decode_result).await;
+                recording = record(db, batch, decode_result).await;
+                if recording {
+                    progress.beat();
+                }
             }
             poisoned = dead.next() => {
                 let Some(poisoned) = poisoned else { return Err(QueueError::Closed) };
-                record(db, vec![poisoned?], poison_result).await;
+                recording = record(db, vec![poisoned?], poison_result).await;
+                if recording {
+                    progress.beat();
+                }
             }
         }
     }
 }
 
 /// Records a batch; acknowledges after commit, or returns everything to the queue on failure.
-async fn record(db: &SharedStore, deliveries: Vec<Delivery>, decode: fn(&Delivery) -> Option<ResultMessage>) {
+/// False when the database could not be reached (no progress).
+async fn record(db: &SharedStore, deliveries: Vec<Delivery>, decode: fn(&Delivery) -> Option<ResultMessage>) -> bool {
     let mut good = Vec::with_capacity(deliveries.len());
     let mut messages = Vec::with_capacity(deliveries.len());
     for d in deliveries {
@@ -82,6 +115,7 @@ async fn record(db: &SharedStore, deliveries: Vec<Delivery>, decode: fn(&Deliver
             for d in good {
                 d.ack().await;
             }
+            true
         }
         Err(e) if e.is_unavailable() => {
             tracing::warn!(error = %e, results = messages.len(), "database unavailable; results go back to the queue");
@@ -89,12 +123,14 @@ async fn record(db: &SharedStore, deliveries: Vec<Delivery>, decode: fn(&Deliver
             for d in good {
                 d.requeue().await;
             }
+            false
         }
         // One bad result must not hold the others back: record them one by one.
         Err(_) => {
             for (d, m) in good.into_iter().zip(messages) {
                 record_one(db, d, m).await;
             }
+            true
         }
     }
 }

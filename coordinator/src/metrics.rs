@@ -40,6 +40,10 @@ pub struct Metrics {
     pub db_pool_active: IntGaugeVec,
     pub db_pool_idle: IntGaugeVec,
     pub db_pool_pending: IntGaugeVec,
+    /// 1 while a loop (relay, inbox, scheduler) has made no progress for `STALL_SECONDS`.
+    pub component_stalled: IntGaugeVec,
+    /// Seconds since each loop last made progress.
+    pub component_silent: IntGaugeVec,
 }
 
 fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -187,6 +191,18 @@ impl Metrics {
                 "Callers waiting for a database connection",
                 &["service"],
             ),
+            component_stalled: gauge_vec(
+                &r,
+                "gl_orchestrator_component_stalled",
+                "1 while a background loop has made no progress for STALL_SECONDS (readiness fails)",
+                &["component"],
+            ),
+            component_silent: gauge_vec(
+                &r,
+                "gl_orchestrator_component_silent_seconds",
+                "Seconds since a background loop last made progress",
+                &["component"],
+            ),
             registry: r,
         }
         .with_zero_failure_series()
@@ -198,6 +214,15 @@ impl Metrics {
         self.db_pool_active.with_label_values(&service).set(i64::from(size.saturating_sub(idle)));
         self.db_pool_idle.with_label_values(&service).set(i64::from(idle));
         self.db_pool_pending.with_label_values(&service).set(pending);
+    }
+
+    /// The liveness gauges, as the components are now (called on scrape and by `/ready`).
+    pub fn set_components(&self, components: &[shared::liveness::ComponentState]) {
+        for c in components {
+            self.component_stalled.with_label_values(&[&c.name]).set(i64::from(c.stalled));
+            let silent = i64::try_from(c.silent_for.as_secs()).unwrap_or(i64::MAX);
+            self.component_silent.with_label_values(&[&c.name]).set(silent);
+        }
     }
 
     /// Creates the failure series at zero, so an alert's `increase()` sees the very first failure

@@ -1,6 +1,7 @@
 //! The Redis adapter (fred): execution locks ([`Locks`]) and the DAG definition cache.
 //!
-//! Redis is optional. Every call is bounded by [`CALL_TIMEOUT`]; after a failure the adapter
+//! Redis is optional. Every call is bounded (`GL_ORCHESTRATOR_REDIS_TIMEOUT_MS`, by default
+//! [`CALL_TIMEOUT`]); after a failure the adapter
 //! answers "unavailable" at once for [`BACKOFF`] instead of making each caller wait again, then
 //! probes with the next call. Callers fall back to PostgreSQL, which is always the authority.
 //! Every key lives under the configured prefix (`gl:orchestrator:` by default) and carries a TTL.
@@ -43,6 +44,7 @@ pub struct Redis {
     client: Client,
     prefix: String,
     down_until: Mutex<Option<Instant>>,
+    timeout: Duration,
 }
 
 impl std::fmt::Debug for Redis {
@@ -54,21 +56,26 @@ impl std::fmt::Debug for Redis {
 impl Redis {
     /// Builds the client and starts connecting in the background; never waits for Redis.
     pub fn connect(url: &str, prefix: &str) -> Result<Self, LockError> {
+        Self::connect_with_timeout(url, prefix, CALL_TIMEOUT)
+    }
+
+    /// [`Redis::connect`] with every call bounded by `timeout`.
+    pub fn connect_with_timeout(url: &str, prefix: &str, timeout: Duration) -> Result<Self, LockError> {
         let config = Config::from_url(url).map_err(|e| LockError(format!("GL_ORCHESTRATOR_REDIS_URL: {e}")))?;
         let client = Builder::from_config(config)
             .with_config(|c| c.fail_fast = false)
             .with_connection_config(|c| {
-                c.connection_timeout = CALL_TIMEOUT;
-                c.internal_command_timeout = CALL_TIMEOUT;
+                c.connection_timeout = timeout;
+                c.internal_command_timeout = timeout;
                 c.max_command_attempts = 1;
             })
-            .with_performance_config(|p| p.default_command_timeout = CALL_TIMEOUT)
+            .with_performance_config(|p| p.default_command_timeout = timeout)
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 2_000, 2))
             .build()
             .map_err(|e| LockError(e.to_string()))?;
         // The handle is the background connection task; dropping it leaves the task running.
         drop(client.connect());
-        Ok(Self { client, prefix: prefix.to_owned(), down_until: Mutex::new(None) })
+        Ok(Self { client, prefix: prefix.to_owned(), down_until: Mutex::new(None), timeout })
     }
 
     pub fn lock_key(&self, execution: Uuid) -> String {
@@ -85,7 +92,7 @@ impl Redis {
         if self.down_until.lock().ok().and_then(|d| *d).is_some_and(|until| until > now) {
             return Err(LockError("recently unreachable".into()));
         }
-        let outcome = match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        let outcome = match tokio::time::timeout(self.timeout, call).await {
             Ok(Ok(value)) => Ok(value),
             Ok(Err(e)) => Err(LockError(e.to_string())),
             Err(_) => Err(LockError("timed out".into())),

@@ -4,23 +4,29 @@
 //! and deleted only after every confirm arrived; no database connection is held while waiting
 //! on RabbitMQ. A relay that dies mid-batch leaves its claim to expire, and the rows are sent
 //! again: consumers treat duplicates as harmless. Any number of replicas may relay at once.
+//!
+//! While idle the relay probes the broker every [`PROBE`], so a connection that still reports
+//! itself open but no longer answers (a paused broker) is found and replaced before work
+//! arrives; every call is bounded by the connector's timeout. Each completed round (a batch
+//! confirmed, or an empty claim followed by an idle wait) is a beat of the `relay` component.
 
 use std::collections::HashSet;
 use std::time::Duration;
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use futures_util::FutureExt;
-use shared::queue::{Connector, Outgoing, QueueError};
+use shared::queue::{Connector, Outgoing, QueueError, Source};
 use tokio::sync::watch;
 
-use crate::app::Health;
+use crate::health::{Health, RELAY};
 use crate::store::{SharedStore, Subscription, Topic};
 
 const BATCH: i64 = 500;
 /// How long a relay may hold outbox rows before another one sends them (publishing takes ms).
 const CLAIM: Duration = Duration::from_secs(10);
+/// How often an idle relay checks that the broker still answers.
+const PROBE: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` turns true, reconnecting to RabbitMQ with backoff.
 pub async fn run(
@@ -35,7 +41,7 @@ pub async fn run(
         let (health, mut stop) = (health.clone(), stop.clone());
         async move {
             let result = session(&db, queue.as_ref(), &name, &health, &mut stop).await;
-            health.broker.store(false, Ordering::Relaxed);
+            health.set_broker_connected(false);
             result
         }
     })
@@ -51,13 +57,24 @@ async fn session(
 ) -> Result<(), QueueError> {
     let broker = connector.connect(&format!("{name}-relay")).await?;
     let topology = connector.topology();
-    health.broker.store(true, Ordering::Relaxed);
+    health.set_broker_connected(true);
+    let progress = health.component(RELAY);
+    progress.beat();
     let mut pools: HashSet<String> = HashSet::new();
     let mut listener = None;
+    let mut probed = std::time::Instant::now();
     loop {
         if *stop.borrow() {
             broker.close().await;
             return Ok(());
+        }
+        if probed.elapsed() >= PROBE {
+            if let Err(e) = broker.depth(&Source::Results).await {
+                broker.close().await;
+                return Err(e);
+            }
+            // No beat: an answering broker is not progress while the database may not answer.
+            probed = std::time::Instant::now();
         }
         if listener.is_none() {
             listener = db.subscribe(Topic::Outbox).await.ok();
@@ -65,18 +82,24 @@ async fn session(
         let rows = match db.claim_outbox(BATCH, CLAIM).await {
             Ok(rows) => rows,
             Err(e) => {
+                // No beat: a relay that cannot reach the database is making no progress.
                 tracing::warn!(error = %e, "claiming outbox rows failed");
-                Vec::new()
+                wait(&mut listener, stop).await;
+                continue;
             }
         };
         if rows.is_empty() {
             wait(&mut listener, stop).await;
+            progress.beat();
             continue;
         }
         // A task for a pool no worker has declared yet would be unroutable: declare it first.
         for row in rows.iter().filter(|r| r.exchange == topology.tasks_exchange()) {
-            if pools.insert(row.routing_key.clone()) {
-                broker.declare_pool(&row.routing_key).await?;
+            if pools.insert(row.routing_key.clone())
+                && let Err(e) = broker.declare_pool(&row.routing_key).await
+            {
+                broker.close().await;
+                return Err(e);
             }
         }
         let batch: Vec<Outgoing> = rows
@@ -89,11 +112,15 @@ async fn session(
                 mandatory: r.exchange != topology.cancel_exchange(),
             })
             .collect();
-        broker.publish(&batch).await?;
+        if let Err(e) = broker.publish(&batch).await {
+            broker.close().await;
+            return Err(e);
+        }
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
-        if let Err(e) = db.delete_outbox(&ids).await {
+        match db.delete_outbox(&ids).await {
+            Ok(()) => progress.beat(),
             // The messages went out; they will go out again when the claim expires (harmless).
-            tracing::warn!(error = %e, "deleting sent outbox rows failed");
+            Err(e) => tracing::warn!(error = %e, "deleting sent outbox rows failed"),
         }
     }
 }

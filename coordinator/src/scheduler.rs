@@ -66,13 +66,20 @@ struct Owned {
 }
 
 /// Runs until `stop` turns true, then hands its leases back.
-pub async fn run(db: SharedStore, options: SchedulerOptions, mut stop: watch::Receiver<bool>) {
+/// Each claim round that reached the store is a beat of `progress`.
+pub async fn run(
+    db: SharedStore,
+    options: SchedulerOptions,
+    progress: Arc<shared::liveness::Component>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut scheduler = Scheduler {
         db: db.clone(),
         options,
         owned: HashMap::new(),
         dags: HashMap::new(),
         renewed_at: std::time::Instant::now(),
+        progress,
     };
     let mut listener = None;
     let mut claim = tokio::time::interval(Duration::from_millis(250));
@@ -151,6 +158,7 @@ struct Scheduler {
     dags: HashMap<String, Arc<Dag>>,
     /// When leases were last renewed.
     renewed_at: std::time::Instant,
+    progress: Arc<shared::liveness::Component>,
 }
 
 impl Scheduler {
@@ -161,6 +169,7 @@ impl Scheduler {
     async fn claim(&mut self) {
         let room = self.options.max_owned.saturating_sub(self.owned.len());
         if room == 0 {
+            self.progress.beat();
             return;
         }
         let max = i64::from(self.options.max_concurrent);
@@ -168,6 +177,7 @@ impl Scheduler {
             Ok(leases) => leases,
             Err(e) => return tracing::warn!(error = %e, "claiming executions failed"),
         };
+        self.progress.beat();
         for lease in leases {
             if !self.lock(lease).await {
                 continue;

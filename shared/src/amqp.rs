@@ -13,9 +13,19 @@
 //!
 //! Every publish uses `mandatory` and waits for the publisher confirm: a message counts as sent
 //! only when the broker has acknowledged it *and* routed it to a queue.
+//!
+//! Every operation that waits on the broker (connect, declare, publish and confirm, consumer
+//! set-up, depth, settle, close) is bounded by the connector's `timeout`
+//! (`GL_ORCHESTRATOR_AMQP_TIMEOUT_SECONDS`). A paused or overloaded broker, or a memory alarm that
+//! blocks publishers, otherwise leaves a caller waiting for ever while the connection still
+//! reports itself open. On expiry the operation fails with [`QueueError::Timeout`] and the
+//! connection is closed, so its unsettled deliveries go back to their queues and the caller's
+//! reconnect path runs.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use lapin::options::{
@@ -35,6 +45,19 @@ pub struct Broker {
     connection: Connection,
     publisher: Channel,
     topology: Topology,
+    timeout: Duration,
+}
+
+/// Runs one broker operation within `limit`.
+async fn bounded<T, E: Into<QueueError>>(
+    operation: &'static str,
+    limit: Duration,
+    call: impl Future<Output = Result<T, E>>,
+) -> Result<T, QueueError> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(QueueError::Timeout { operation, after: limit }),
+    }
 }
 
 fn durable() -> QueueDeclareOptions {
@@ -51,15 +74,48 @@ fn quorum(extra: &[(&str, AMQPValue)]) -> FieldTable {
 }
 
 impl Broker {
-    /// Connects and declares the shared part of the topology (idempotent).
-    pub async fn connect(url: &str, connection_name: &str, topology: Topology) -> Result<Self, QueueError> {
+    /// Connects and declares the shared part of the topology (idempotent), all within
+    /// `timeout`.
+    pub async fn connect(
+        url: &str,
+        connection_name: &str,
+        topology: Topology,
+        timeout: Duration,
+    ) -> Result<Self, QueueError> {
         let properties = ConnectionProperties::default().with_connection_name(connection_name.into());
-        let connection = Connection::connect(&with_heartbeat(url), properties).await?;
-        let publisher = connection.create_channel().await?;
-        publisher.confirm_select(ConfirmSelectOptions::default()).await?;
-        let broker = Self { connection, publisher, topology };
-        broker.declare_common().await?;
+        let connection = bounded("connect", timeout, Connection::connect(&with_heartbeat(url), properties)).await?;
+        let set_up = async {
+            let publisher = connection.create_channel().await?;
+            publisher.confirm_select(ConfirmSelectOptions::default()).await?;
+            Ok::<_, lapin::Error>(publisher)
+        };
+        let publisher = match bounded("open the publishing channel", timeout, set_up).await {
+            Ok(publisher) => publisher,
+            Err(e) => {
+                abandon(&connection, timeout).await;
+                return Err(e);
+            }
+        };
+        let broker = Self { connection, publisher, topology, timeout };
+        if let Err(e) = bounded("declare the topology", timeout, broker.declare_common()).await {
+            broker.close().await;
+            return Err(e);
+        }
         Ok(broker)
+    }
+
+    /// Fails the operation's caller and drops the connection when the operation failed: a
+    /// connection that timed out once is not trusted again.
+    async fn guard<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, QueueError>>,
+    ) -> Result<T, QueueError> {
+        let result = bounded(operation, self.timeout, call).await;
+        if matches!(result, Err(QueueError::Timeout { .. })) {
+            self.close().await;
+        }
+        result
     }
 
     async fn declare_common(&self) -> Result<(), QueueError> {
@@ -123,37 +179,51 @@ impl Queue for Broker {
         let limit = AMQPValue::LongInt(i32::try_from(t.delivery_limit()).unwrap_or(i32::MAX));
         let dead = AMQPValue::LongString(LongString::from(t.dead_exchange()));
         let args = quorum(&[("x-delivery-limit", limit), ("x-dead-letter-exchange", dead)]);
-        self.publisher.queue_declare(t.task_queue(pool).into(), durable(), args).await?;
-        self.bind(&t.task_queue(pool), &t.tasks_exchange(), pool).await
+        self.guard("declare a pool", async {
+            self.publisher.queue_declare(t.task_queue(pool).into(), durable(), args).await?;
+            self.bind(&t.task_queue(pool), &t.tasks_exchange(), pool).await
+        })
+        .await
     }
 
-    /// Publishes every message first, then waits for all confirms (one round trip per batch).
+    /// Publishes every message first, then waits for all confirms (one round trip per batch);
+    /// the whole batch within the timeout.
     async fn publish(&self, messages: &[Outgoing]) -> Result<(), QueueError> {
-        let mut pending = Vec::with_capacity(messages.len());
-        for m in messages {
-            pending.push((self.start_publish(m).await?, m));
-        }
-        for (confirmation, m) in pending {
-            confirm(confirmation.await?, &m.exchange, &m.routing_key)?;
-        }
-        Ok(())
+        self.guard("publish and confirm", async {
+            let mut pending = Vec::with_capacity(messages.len());
+            for m in messages {
+                pending.push((self.start_publish(m).await?, m));
+            }
+            for (confirmation, m) in pending {
+                confirm(confirmation.await?, &m.exchange, &m.routing_key)?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     /// Consumes on a channel of its own, which lives as long as the consumer.
     async fn consume(&self, source: &Source, consumer_tag: &str, prefetch: u16) -> Result<Consumer, QueueError> {
-        let channel = self.connection.create_channel().await?;
-        channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
-        let queue = self.queue_for(&channel, source).await?;
-        let consumer =
-            channel.basic_consume(queue.into(), consumer_tag.into(), Default::default(), FieldTable::default()).await?;
+        let (channel, consumer) = self
+            .guard("start consuming", async {
+                let channel = self.connection.create_channel().await?;
+                channel.basic_qos(prefetch, BasicQosOptions::default()).await?;
+                let queue = self.queue_for(&channel, source).await?;
+                let options = Default::default();
+                let consumer =
+                    channel.basic_consume(queue.into(), consumer_tag.into(), options, FieldTable::default()).await?;
+                Ok((channel, consumer))
+            })
+            .await?;
+        let timeout = self.timeout;
         let deliveries = consumer
-            .map(|d| {
+            .map(move |d| {
                 let d = d?;
                 let (headers, deliveries) = (string_headers(&d.properties), delivery_count(&d.properties));
-                Ok(Delivery::new(d.data, headers, deliveries, Box::new(AmqpAcker(d.acker))))
+                Ok(Delivery::new(d.data, headers, deliveries, Box::new(AmqpAcker { acker: d.acker, timeout })))
             })
             .boxed();
-        let stopper = Box::new(AmqpStopper { channel, tag: consumer_tag.to_owned() });
+        let stopper = Box::new(AmqpStopper { channel, tag: consumer_tag.to_owned(), timeout });
         Ok(Consumer::new(deliveries, stopper))
     }
 
@@ -161,10 +231,13 @@ impl Queue for Broker {
     async fn depth(&self, source: &Source) -> Result<u32, QueueError> {
         let Some(queue) = self.topology.queue_of(source) else { return Ok(0) };
         let options = QueueDeclareOptions { passive: true, ..QueueDeclareOptions::default() };
-        let channel = self.connection.create_channel().await?;
-        let q = channel.queue_declare(queue.into(), options, FieldTable::default()).await?;
-        let _ = channel.close(200, "ok".into()).await;
-        Ok(q.message_count())
+        self.guard("read a queue depth", async {
+            let channel = self.connection.create_channel().await?;
+            let q = channel.queue_declare(queue.into(), options, FieldTable::default()).await?;
+            let _ = channel.close(200, "ok".into()).await;
+            Ok(q.message_count())
+        })
+        .await
     }
 
     fn is_connected(&self) -> bool {
@@ -172,22 +245,38 @@ impl Queue for Broker {
     }
 
     async fn close(&self) {
-        let _ = self.connection.close(200, "bye".into()).await;
+        abandon(&self.connection, self.timeout).await;
     }
 }
 
-struct AmqpAcker(lapin::Acker);
+/// Closes a connection, waiting at most `timeout` for the broker to agree. Past that the
+/// connection is left to die with its socket: the broker returns its unsettled deliveries when
+/// the socket closes or heartbeats stop.
+async fn abandon(connection: &Connection, timeout: Duration) {
+    if tokio::time::timeout(timeout, connection.close(200, "bye".into())).await.is_err() {
+        tracing::warn!(after = ?timeout, "the broker did not answer the close of a connection; abandoning it");
+    }
+}
+
+struct AmqpAcker {
+    acker: lapin::Acker,
+    timeout: Duration,
+}
 
 #[async_trait::async_trait]
 impl Acker for AmqpAcker {
-    /// A failed settle needs no handling: an unsettled delivery returns to its queue when the
-    /// channel closes.
+    /// A failed or timed-out settle needs no handling: an unsettled delivery returns to its
+    /// queue when the channel closes.
     async fn settle(self: Box<Self>, how: Settle) {
-        let _ = match how {
-            Settle::Ack => self.0.ack(BasicAckOptions::default()).await,
-            Settle::Requeue => self.0.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
-            Settle::DeadLetter => self.0.reject(BasicRejectOptions { requeue: false }).await,
+        let acker = &self.acker;
+        let settle = async move {
+            match how {
+                Settle::Ack => acker.ack(BasicAckOptions::default()).await,
+                Settle::Requeue => acker.nack(BasicNackOptions { requeue: true, ..Default::default() }).await,
+                Settle::DeadLetter => acker.reject(BasicRejectOptions { requeue: false }).await,
+            }
         };
+        let _ = tokio::time::timeout(self.timeout, settle).await;
     }
 }
 
@@ -195,12 +284,14 @@ impl Acker for AmqpAcker {
 struct AmqpStopper {
     channel: Channel,
     tag: String,
+    timeout: Duration,
 }
 
 #[async_trait::async_trait]
 impl StopConsuming for AmqpStopper {
     async fn stop(&self) {
-        let _ = self.channel.basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default()).await;
+        let cancel = self.channel.basic_cancel(self.tag.as_str().into(), BasicCancelOptions::default());
+        let _ = tokio::time::timeout(self.timeout, cancel).await;
     }
 }
 
@@ -209,18 +300,20 @@ impl StopConsuming for AmqpStopper {
 pub struct AmqpConnector {
     url: crate::config::Secret,
     topology: Topology,
+    timeout: Duration,
 }
 
 impl AmqpConnector {
-    pub fn new(url: crate::config::Secret, topology: Topology) -> Self {
-        Self { url, topology }
+    /// `timeout` bounds every operation on the connections it opens.
+    pub fn new(url: crate::config::Secret, topology: Topology, timeout: Duration) -> Self {
+        Self { url, topology, timeout }
     }
 }
 
 #[async_trait::async_trait]
 impl Connector for AmqpConnector {
     async fn connect(&self, name: &str) -> Result<Arc<dyn Queue>, QueueError> {
-        Ok(Arc::new(Broker::connect(self.url.expose(), name, self.topology.clone()).await?))
+        Ok(Arc::new(Broker::connect(self.url.expose(), name, self.topology.clone(), self.timeout).await?))
     }
 
     fn topology(&self) -> &Topology {

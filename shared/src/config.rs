@@ -37,6 +37,13 @@ pub const SETTINGS: &[(&str, Option<&str>)] = &[
     ("LEASE_TTL_SECONDS", Some("15")),
     ("DELIVERY_LIMIT", Some("5")),
     ("SHUTDOWN_GRACE_SECONDS", Some("30")),
+    ("AMQP_TIMEOUT_SECONDS", Some("10")),
+    ("DB_STATEMENT_TIMEOUT_SECONDS", Some("10")),
+    ("DB_CALL_TIMEOUT_SECONDS", Some("15")),
+    ("REDIS_TIMEOUT_MS", Some("300")),
+    ("HTTP_REQUEST_TIMEOUT_SECONDS", Some("30")),
+    ("AGENT_CONNECT_TIMEOUT_SECONDS", Some("10")),
+    ("STALL_SECONDS", Some("30")),
     ("CHECKPOINT_RETENTION_HOURS", Some("720")),
     ("AUTH", Some("enabled")),
     ("JWT_SECRET", None),
@@ -108,6 +115,21 @@ pub struct Settings {
     /// Deliveries of one task before it is dead-lettered as poison.
     pub delivery_limit: u32,
     pub shutdown_grace_seconds: u32,
+    /// Bound on every RabbitMQ operation (connect, declare, publish and confirm, consume set-up).
+    pub amqp_timeout_seconds: u32,
+    /// PostgreSQL's `statement_timeout` on every connection.
+    pub db_statement_timeout_seconds: u32,
+    /// Client-side bound on every store call (acquire, statements, commit): a paused server
+    /// answers nothing, so only our own timer ends the wait.
+    pub db_call_timeout_seconds: u32,
+    /// Bound on every Redis call.
+    pub redis_timeout_ms: u32,
+    /// Bound on reading a request's headers and on serving one request.
+    pub http_request_timeout_seconds: u32,
+    /// Bound on connecting to an `http` agent (the attempt's timeout bounds the whole call).
+    pub agent_connect_timeout_seconds: u32,
+    /// A loop silent this long is stalled: readiness fails and names it.
+    pub stall_seconds: u32,
     pub checkpoint_retention_hours: u32,
     pub auth: AuthMode,
     pub jwt_secret: Option<Secret>,
@@ -195,6 +217,28 @@ impl Settings {
             lease_ttl_seconds: ranged(required("LEASE_TTL_SECONDS")?, "LEASE_TTL_SECONDS", 1, 3600)?,
             delivery_limit: ranged(required("DELIVERY_LIMIT")?, "DELIVERY_LIMIT", 1, 1000)?,
             shutdown_grace_seconds: ranged(required("SHUTDOWN_GRACE_SECONDS")?, "SHUTDOWN_GRACE_SECONDS", 0, 86_400)?,
+            amqp_timeout_seconds: ranged(required("AMQP_TIMEOUT_SECONDS")?, "AMQP_TIMEOUT_SECONDS", 1, 3600)?,
+            db_statement_timeout_seconds: ranged(
+                required("DB_STATEMENT_TIMEOUT_SECONDS")?,
+                "DB_STATEMENT_TIMEOUT_SECONDS",
+                1,
+                3600,
+            )?,
+            db_call_timeout_seconds: ranged(required("DB_CALL_TIMEOUT_SECONDS")?, "DB_CALL_TIMEOUT_SECONDS", 1, 3600)?,
+            redis_timeout_ms: ranged(required("REDIS_TIMEOUT_MS")?, "REDIS_TIMEOUT_MS", 10, 60_000)?,
+            http_request_timeout_seconds: ranged(
+                required("HTTP_REQUEST_TIMEOUT_SECONDS")?,
+                "HTTP_REQUEST_TIMEOUT_SECONDS",
+                1,
+                3600,
+            )?,
+            agent_connect_timeout_seconds: ranged(
+                required("AGENT_CONNECT_TIMEOUT_SECONDS")?,
+                "AGENT_CONNECT_TIMEOUT_SECONDS",
+                1,
+                3600,
+            )?,
+            stall_seconds: ranged(required("STALL_SECONDS")?, "STALL_SECONDS", 1, 86_400)?,
             checkpoint_retention_hours: ranged(
                 required("CHECKPOINT_RETENTION_HOURS")?,
                 "CHECKPOINT_RETENTION_HOURS",
@@ -234,6 +278,27 @@ impl Settings {
     /// Connections the database pool may open: `DB_POOL_SIZE + DB_POOL_MAX_OVERFLOW`.
     pub fn db_max_connections(&self) -> u32 {
         self.db_pool_size.saturating_add(self.db_pool_max_overflow)
+    }
+
+    pub fn amqp_timeout(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.amqp_timeout_seconds))
+    }
+
+    pub fn stall_after(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.stall_seconds))
+    }
+
+    pub fn shutdown_grace(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(u64::from(self.shutdown_grace_seconds))
+    }
+
+    /// How long a process's components may take to stop, so that the process itself exits
+    /// within the grace: the grace less what exiting needs after them (the final span flush and
+    /// the runtime's own shutdown), never more than half of it.
+    pub fn component_grace(&self) -> std::time::Duration {
+        let grace = self.shutdown_grace();
+        let exiting = crate::telemetry::FLUSH_WITHIN + std::time::Duration::from_millis(500);
+        grace.saturating_sub(exiting.min(grace / 2))
     }
 
     /// Checks what serving the API needs beyond the common settings.

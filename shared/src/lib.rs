@@ -25,6 +25,7 @@ pub mod condition;
 pub mod config;
 pub mod dag;
 pub mod ids;
+pub mod liveness;
 pub mod messages;
 pub mod provenance;
 pub mod queue;

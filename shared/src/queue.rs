@@ -28,6 +28,9 @@ pub enum QueueError {
     Nacked,
     #[error("the connection to the broker is closed")]
     Closed,
+    /// The broker did not answer in time (paused, overloaded, or blocking publishers).
+    #[error("the broker did not {operation} within {after:?}")]
+    Timeout { operation: &'static str, after: std::time::Duration },
 }
 
 /// A message to publish. `exchange` and `routing_key` are addresses from [`Topology`].

@@ -13,7 +13,22 @@ impl Telemetry {
             let _ = provider.shutdown();
         }
     }
+
+    /// [`Telemetry::shutdown`], given up after `within`: exporting buffered spans must never hold
+    /// a process's exit up (an unreachable or paused collector). The export goes on in a thread
+    /// of its own, which the exit then ends.
+    pub fn shutdown_within(self, within: std::time::Duration) {
+        let (flushed, flushing) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            self.shutdown();
+            let _ = flushed.send(());
+        });
+        let _ = flushing.recv_timeout(within);
+    }
 }
+
+/// How long a process's exit waits for its buffered spans to be exported.
+pub const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Structured logs to stderr (JSON when `LOG_FORMAT=json`; `RUST_LOG` refines `level`) and, when
 /// `OTEL_EXPORTER_OTLP_ENDPOINT` is set, OpenTelemetry traces exported over OTLP/HTTP (JSON) with
@@ -77,6 +92,7 @@ fn tracer_provider(service: &str) -> Result<opentelemetry_sdk::trace::SdkTracerP
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_http()
         .with_protocol(Protocol::HttpJson)
+        .with_timeout(otlp_timeout())
         .build()
         .map_err(|e| e.to_string())?;
     let ratio = std::env::var("OTEL_TRACES_SAMPLER_ARG").ok().and_then(|r| r.parse::<f64>().ok()).unwrap_or(1.0);
@@ -87,6 +103,14 @@ fn tracer_provider(service: &str) -> Result<opentelemetry_sdk::trace::SdkTracerP
         .with_sampler(opentelemetry_sdk::trace::Sampler::TraceIdRatioBased(ratio.clamp(0.0, 1.0)))
         .with_resource(resource)
         .build())
+}
+
+/// The bound on one OTLP export: `OTEL_EXPORTER_OTLP_TIMEOUT` (milliseconds, the standard
+/// variable), 10 s by default. A collector that stops answering delays only the exporter's own
+/// thread, and never longer than this.
+fn otlp_timeout() -> std::time::Duration {
+    let ms = std::env::var("OTEL_EXPORTER_OTLP_TIMEOUT").ok().and_then(|t| t.parse::<u64>().ok());
+    std::time::Duration::from_millis(ms.unwrap_or(10_000).clamp(100, 600_000))
 }
 
 /// Records a finished span with the ids given (not generated), so that spans written by different

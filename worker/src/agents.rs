@@ -79,6 +79,15 @@ pub struct Registry {
     http: reqwest::Client,
 }
 
+/// `GL_ORCHESTRATOR_AGENT_CONNECT_TIMEOUT_SECONDS`'s default.
+const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+fn http_client(connect_timeout: std::time::Duration) -> reqwest::Client {
+    // Building fails only when the TLS backend cannot initialise; the plain client then still
+    // serves plain-HTTP agents.
+    reqwest::Client::builder().connect_timeout(connect_timeout).build().unwrap_or_default()
+}
+
 const BUILT_IN: &[&str] = &["noop", "echo", "sleep", "fail", "flaky", "activity_intake", "emission_factor", "sum"];
 
 impl Registry {
@@ -91,7 +100,14 @@ impl Registry {
         if let Some(clash) = external.keys().find(|k| BUILT_IN.contains(&k.as_str())) {
             return Err(format!("agents file: {clash:?} is a built-in agent"));
         }
-        Ok(Self { external, http: reqwest::Client::new() })
+        Ok(Self { external, http: http_client(DEFAULT_CONNECT_TIMEOUT) })
+    }
+
+    /// Connecting to an `http` agent fails after `limit` (the attempt's own timeout bounds the
+    /// whole call: its future is dropped when the attempt times out).
+    pub fn with_connect_timeout(mut self, limit: std::time::Duration) -> Self {
+        self.http = http_client(limit);
+        self
     }
 
     /// Adds or replaces an external agent (tests and embedders).

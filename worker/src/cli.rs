@@ -50,13 +50,15 @@ pub fn main() -> ExitCode {
         queue: Arc::new(AmqpConnector::new(
             settings.amqp_url.clone(),
             Topology::new(&settings.queue_prefix, settings.delivery_limit),
+            settings.amqp_timeout(),
         )),
         pools: settings.worker_queues.clone(),
         concurrency: settings.worker_concurrency,
         worker_id: settings.worker_id.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
-        grace: Duration::from_secs(u64::from(settings.shutdown_grace_seconds)),
+        grace: settings.component_grace(),
         registry,
         metrics: Default::default(),
+        liveness: Default::default(),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
@@ -67,13 +69,16 @@ pub fn main() -> ExitCode {
     };
     let metrics_addr = settings.worker_metrics_addr;
     runtime.block_on(async move {
-        match options.metrics.clone().serve(metrics_addr).await {
+        let health =
+            crate::metrics::HealthView { liveness: options.liveness.clone(), stall_after: settings.stall_after() };
+        match options.metrics.clone().serve(metrics_addr, health).await {
             Ok(addr) => tracing::info!(%addr, "worker metrics listening"),
             Err(e) => tracing::warn!(error = %e, addr = %metrics_addr, "cannot serve worker metrics"),
         }
         crate::run(options, shared::telemetry::shutdown_signal()).await;
     });
-    telemetry.shutdown();
+    telemetry.shutdown_within(shared::telemetry::FLUSH_WITHIN);
+    runtime.shutdown_timeout(Duration::from_millis(100));
     ExitCode::SUCCESS
 }
 
@@ -94,5 +99,6 @@ pub fn agents(settings: &Settings) -> Result<Registry, String> {
         ),
         None => None,
     };
-    Registry::from_yaml(text.as_deref())
+    let limit = Duration::from_secs(u64::from(settings.agent_connect_timeout_seconds));
+    Ok(Registry::from_yaml(text.as_deref())?.with_connect_timeout(limit))
 }

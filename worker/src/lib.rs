@@ -40,6 +40,8 @@ pub struct WorkerOptions {
     pub grace: Duration,
     pub registry: Registry,
     pub metrics: Arc<metrics::WorkerMetrics>,
+    /// Each pool's consumer beats here (`consumer:<pool>`); `/health` reads it.
+    pub liveness: Arc<shared::liveness::Liveness>,
 }
 
 type AttemptKey = (String, String, u32);
@@ -57,9 +59,17 @@ type Running = Arc<Mutex<Attempts>>;
 /// Most early cancels remembered; older ones are forgotten (their tasks long gone).
 const EARLY_CANCELS: usize = 10_000;
 
+/// How often an idle worker checks that the broker still answers (a paused broker leaves the
+/// connection open and silent, holding the worker's prefetched tasks).
+const PROBE: Duration = Duration::from_secs(5);
+
 /// Runs until `shutdown` resolves, reconnecting (with backoff) whenever the broker goes away.
+/// After `shutdown`, returns within the grace period whatever the broker does: attempts in
+/// flight get what is left of it, and a connection that does not close in time is dropped (the
+/// broker then returns its unacknowledged tasks to their queues).
 pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
     let (stop_tx, stop_rx) = watch::channel(false);
+    let grace = options.grace;
     let options = Arc::new(options);
     let session_loop =
         shared::queue::reconnecting("worker", stop_rx.clone(), || session(options.clone(), stop_rx.clone()));
@@ -68,7 +78,9 @@ pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
         () = &mut session_loop => {}
         () = shutdown => {
             let _ = stop_tx.send(true);
-            session_loop.await;
+            if tokio::time::timeout(grace, session_loop).await.is_err() {
+                tracing::warn!(?grace, "the worker did not stop within its grace period; leaving anyway");
+            }
         }
     }
 }
@@ -87,12 +99,26 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
     }
     let mut cancels = queue.consume(&Source::Cancels, &format!("{}-cancel", options.worker_id), 64).await?;
     let mut streams = futures_util::stream::select_all(consumers.iter_mut().map(|c| &mut c.deliveries));
+    let progress: Vec<_> = options
+        .pools
+        .iter()
+        .map(|pool| (pool.clone(), options.liveness.component(&format!("consumer:{pool}"))))
+        .collect();
+    progress.iter().for_each(|(_, p)| p.beat());
+    let mut probe = tokio::time::interval(PROBE);
+    probe.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tracing::info!(worker_id = %options.worker_id, pools = ?options.pools, "worker consuming");
     let outcome = loop {
         tokio::select! {
             _ = stop.changed() => break Ok(()),
+            _ = probe.tick() => {
+                if let Err(e) = probe_pools(queue.as_ref(), &progress).await {
+                    break Err(e);
+                }
+            }
             next = streams.next() => match next {
                 Some(Ok(delivery)) => {
+                    progress.iter().for_each(|(_, p)| p.beat());
                     // The permit is taken inside the task, so this loop keeps serving cancels and
                     // the stop signal while every slot is busy (prefetch bounds what piles up).
                     let (queue, options, running, permits) = (queue.clone(), options.clone(), running.clone(), permits.clone());
@@ -105,26 +131,46 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
                 Some(Err(e)) => break Err(e),
                 None => break Err(QueueError::Closed),
             },
-            cancel = cancels.deliveries.next() => if let Some(Ok(delivery)) = cancel {
-                if let Ok(Message::Cancel(c)) = Message::from_bytes(&delivery.body) {
-                    cancel_attempt(&running, (c.execution_id, c.node_id, c.attempt));
+            cancel = cancels.deliveries.next() => match cancel {
+                Some(Ok(delivery)) => {
+                    if let Ok(Message::Cancel(c)) = Message::from_bytes(&delivery.body) {
+                        cancel_attempt(&running, (c.execution_id, c.node_id, c.attempt));
+                    }
+                    delivery.ack().await;
                 }
-                delivery.ack().await;
+                // A cancel stream that ended would otherwise be polled again at once, for ever.
+                Some(Err(e)) => break Err(e),
+                None => break Err(QueueError::Closed),
             },
         }
     };
     drop(streams);
     // Stop taking work, but keep the connection open: closing it would hand the unacknowledged
     // tasks back to the queue at once and another worker would run them again. In-flight
-    // attempts finish within the grace period; whatever is still unacknowledged when the
-    // connection closes goes back to the queue.
+    // attempts finish within the grace period (counted from here, so that a broker that does
+    // not answer the consumer cancels cannot stretch it); whatever is still unacknowledged when
+    // the connection closes goes back to the queue.
+    let drained = tokio::time::Instant::now() + options.grace;
     for consumer in &mut consumers {
-        consumer.stop().await;
+        let _ = tokio::time::timeout_at(drained, consumer.stop()).await;
     }
     let all = options.concurrency;
-    let _ = tokio::time::timeout(options.grace, permits.acquire_many(all)).await;
+    let _ = tokio::time::timeout_at(drained, permits.acquire_many(all)).await;
     queue.close().await;
     outcome
+}
+
+/// Reads each pool's depth (a round trip to the broker); each answer is a beat of that pool's
+/// consumer.
+async fn probe_pools(
+    queue: &dyn Queue,
+    progress: &[(String, Arc<shared::liveness::Component>)],
+) -> Result<(), QueueError> {
+    for (pool, component) in progress {
+        queue.depth(&Source::Pool(pool.clone())).await?;
+        component.beat();
+    }
+    Ok(())
 }
 
 /// Stops the attempt if it runs here, or remembers that it must never start.

@@ -64,20 +64,39 @@ impl WorkerMetrics {
         String::from_utf8_lossy(&buffer).into_owned()
     }
 
-    /// Serves `/metrics` and `/health` on `addr` until the process ends.
-    pub async fn serve(self: Arc<Self>, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    /// Serves `/metrics` and `/health` on `addr` until the process ends. `/health` answers 503,
+    /// naming them, while consumers are stalled (see [`shared::liveness`]).
+    pub async fn serve(self: Arc<Self>, addr: SocketAddr, health: HealthView) -> std::io::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
         let metrics = self.clone();
         let app = Router::new()
             .route("/metrics", get(move || async move { metrics.render() }))
-            .route("/health", get(|| async { "ok" }));
+            .route("/health", get(move || async move { health.answer() }));
         tokio::spawn(async move {
             if let Err(e) = axum::serve(listener, app).await {
                 tracing::error!(error = %e, "the metrics server stopped");
             }
         });
         Ok(bound)
+    }
+}
+
+/// What the worker's `/health` reports: its consumers' progress.
+#[derive(Debug, Clone)]
+pub struct HealthView {
+    pub liveness: Arc<shared::liveness::Liveness>,
+    pub stall_after: std::time::Duration,
+}
+
+impl HealthView {
+    fn answer(&self) -> (axum::http::StatusCode, String) {
+        let stalled = self.liveness.stalled(self.stall_after);
+        if stalled.is_empty() {
+            (axum::http::StatusCode::OK, "ok".to_owned())
+        } else {
+            (axum::http::StatusCode::SERVICE_UNAVAILABLE, format!("stalled: {}", stalled.join(", ")))
+        }
     }
 }
 

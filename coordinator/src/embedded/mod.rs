@@ -11,7 +11,6 @@ pub mod queue;
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::Duration;
 
 use shared::config::Settings;
 use shared::queue::{Connector, Topology};
@@ -75,9 +74,10 @@ impl Embedded {
             pools: settings.worker_queues.clone(),
             concurrency: settings.worker_concurrency,
             worker_id: format!("w{i}"),
-            grace: Duration::from_secs(u64::from(settings.shutdown_grace_seconds)),
+            grace: settings.component_grace(),
             registry: options.registry.clone(),
             metrics: Default::default(),
+            liveness: Default::default(),
         };
         let workers = (1..=options.workers)
             .map(|i| {

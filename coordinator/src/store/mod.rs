@@ -12,6 +12,7 @@
 //! compare-and-set on the execution's lease (owner, epoch, not expired, by the store's clock) and
 //! writes nothing when it fails.
 
+pub mod deadline;
 pub mod postgres;
 pub mod sqlite;
 
@@ -24,6 +25,7 @@ use shared::messages::ResultMessage;
 use shared::provenance::Record;
 use uuid::Uuid;
 
+pub use deadline::Deadline;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -41,6 +43,10 @@ pub enum StoreError {
     Conflict(String),
     #[error("{0}")]
     Corrupt(String),
+    /// The call did not finish in time ([`deadline::Deadline`]); the server may be paused or
+    /// unreachable.
+    #[error("the database did not answer {operation} within {after:?}")]
+    Timeout { operation: &'static str, after: Duration },
 }
 
 impl StoreError {
@@ -50,6 +56,7 @@ impl StoreError {
     pub fn is_unavailable(&self) -> bool {
         match self {
             StoreError::Sql(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => true,
+            StoreError::Timeout { .. } => true,
             StoreError::Sql(sqlx::Error::Database(e)) => {
                 let primary = e.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
                 e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() && matches!(primary, Some(5 | 6))

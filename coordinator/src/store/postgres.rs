@@ -104,7 +104,10 @@ impl PgStore {
         // stalled node) would otherwise hold its row locks for ever and block the replica that
         // takes its leases over: the server ends such a session after a few seconds instead.
         let options = sqlx::postgres::PgConnectOptions::from_str(settings.database_url.expose())?
-            .options([("idle_in_transaction_session_timeout", "3000")])
+            .options([
+                ("idle_in_transaction_session_timeout", "3000".to_owned()),
+                ("statement_timeout", format!("{}s", settings.db_statement_timeout_seconds)),
+            ])
             .application_name("greenlang-orchestrator");
         let pool = PgPoolOptions::new()
             .max_connections(settings.db_max_connections())
