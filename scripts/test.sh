@@ -11,6 +11,8 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/greenlang-orchestrator
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 scripts/services.sh
+# Queues and databases a killed test run left behind (each test deletes its own otherwise).
+scripts/sweep-test-leftovers.sh
 cargo fmt --all -- --check
 # Deployment manifests and alert rules (kubernetes-validate --strict, promtool).
 scripts/deploy-check.sh

@@ -3,7 +3,10 @@
 //! [`Stack::start`] gives a test its own world: a freshly created and migrated PostgreSQL
 //! database, a unique RabbitMQ prefix, coordinators on port 0 and in-process workers, all talking
 //! to the real services. [`Stack::shutdown`] stops everything and deletes the database and the
-//! queues. Tests wait on conditions with deadlines, never on fixed sleeps.
+//! queues; a stack dropped without it (a failed assertion, a panic) deletes them too. Tests wait on
+//! conditions with deadlines, never on fixed sleeps, and every call the harness makes to the API
+//! or the broker is bounded, so a failure is a message saying what was awaited, never a hang.
+//! `GL_TEST_LOG=debug` (an `EnvFilter` directive) prints the in-process components' logs.
 
 use std::ffi::OsString;
 use std::path::PathBuf;
@@ -58,6 +61,23 @@ pub fn coordinator(args: &[&str]) -> CliRun {
 pub const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
 pub const AMQP: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
 pub const REDIS: &str = "redis://127.0.0.1:6379";
+/// Bound on each broker call the harness makes itself (auditor, probes).
+pub const BROKER_CALL: Duration = Duration::from_secs(10);
+/// Bound on each API call the harness makes (a request that takes longer is a failure).
+pub const API_CALL: Duration = Duration::from_secs(30);
+
+/// Logs of the in-process components on stderr when `GL_TEST_LOG` is set (once per binary).
+fn init_test_log() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        if let Ok(filter) = std::env::var("GL_TEST_LOG") {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+                .with_test_writer()
+                .try_init();
+        }
+    });
+}
 
 /// Which adapters a stack runs on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -111,6 +131,8 @@ pub struct Stack {
     pub http: reqwest::Client,
     options: StackOptions,
     api: Option<String>,
+    /// Set by [`Stack::shutdown`]; until then, dropping the stack deletes its database and queues.
+    cleaned: bool,
 }
 
 impl std::fmt::Debug for Stack {
@@ -148,6 +170,7 @@ impl Stack {
     /// A stack that starts nothing and creates no database or queues: its API calls go where
     /// [`Stack::use_api`] says (e.g. a [`Stack::dev_process`]).
     pub fn detached(options: StackOptions) -> Stack {
+        init_test_log();
         let tag = uuid::Uuid::new_v4().simple().to_string();
         Stack {
             database: String::new(),
@@ -155,9 +178,10 @@ impl Stack {
             coordinators: Vec::new(),
             workers: Vec::new(),
             embedded: None,
-            http: reqwest::Client::new(),
+            http: reqwest::Client::builder().timeout(API_CALL).build().expect("an HTTP client"),
             options,
             api: None,
+            cleaned: false,
         }
     }
 
@@ -235,7 +259,9 @@ impl Stack {
         child
     }
 
-    fn spawn_coordinator(&self, wrapper: &[&str], exe: &str) -> (std::process::Child, String) {
+    /// Starts `gl-coordinator serve` as a separate process on a free port, without sending API
+    /// calls to it: the process and its API base.
+    pub fn spawn_coordinator(&self, wrapper: &[&str], exe: &str) -> (std::process::Child, String) {
         let port = free_port();
         let (program, args) = match wrapper.split_first() {
             Some((program, rest)) => (*program, rest.iter().copied().chain([exe]).collect::<Vec<_>>()),
@@ -299,6 +325,7 @@ impl Stack {
             queue: Arc::new(AmqpConnector::new(
                 shared::config::Secret::new(AMQP),
                 Topology::new(&self.prefix, settings.delivery_limit),
+                settings.amqp_timeout(),
             )),
             pools: vec!["default".into()],
             concurrency: self.options.worker_concurrency,
@@ -306,6 +333,7 @@ impl Stack {
             grace: Duration::from_secs(5),
             registry: self.options.registry.clone(),
             metrics: Default::default(),
+            liveness: Default::default(),
         };
         let (stop, rx) = oneshot::channel();
         let task = tokio::spawn(worker::run(options, async move {
@@ -327,10 +355,29 @@ impl Stack {
         if let Some(body) = body {
             request = request.json(&body);
         }
-        let response = request.send().await.expect("the API answers");
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("the API at {} did not answer {path} within {API_CALL:?}: {e}", self.base()));
         let status = response.status().as_u16();
-        let text = response.text().await.expect("a body");
+        let text = response.text().await.unwrap_or_else(|e| panic!("no body from {path}: {e}"));
         (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// One API call that may fail (a fault test's probe): the status and body, or why no answer.
+    pub async fn try_call(&self, method: reqwest::Method, path: &str) -> Result<(u16, Value), String> {
+        let response = self.http.request(method, format!("{}{path}", self.base())).send().await;
+        let response = response.map_err(|e| format!("no answer to {path}: {e}"))?;
+        let status = response.status().as_u16();
+        let text = response.text().await.map_err(|e| format!("no body from {path}: {e}"))?;
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+    }
+
+    /// The Prometheus text of the API at the current base (its `/metrics`, beside the API root).
+    pub async fn prometheus(&self) -> Result<String, String> {
+        let root = self.base().replace("/api/v1/orchestrator", "");
+        let response = self.http.get(format!("{root}/metrics")).send().await.map_err(|e| e.to_string())?;
+        response.text().await.map_err(|e| e.to_string())
     }
 
     /// Stores a DAG (JSON form); panics unless created.
@@ -364,11 +411,25 @@ impl Stack {
     pub async fn wait_for(&self, id: &str, within: Duration, done: impl Fn(&Value) -> bool) -> Value {
         let deadline = Instant::now() + within;
         loop {
-            let e = self.execution(id).await;
-            if done(&e) {
+            // During a fault the API may answer 503 or time out; that is waited through, and
+            // the last answer is what the failure message shows.
+            let e = match self.try_call(reqwest::Method::GET, &format!("/executions/{id}")).await {
+                Ok((200, body)) => body["execution"].clone(),
+                Ok((status, body)) => json!({"unavailable": status, "body": body}),
+                Err(e) => json!({"unavailable": e}),
+            };
+            if e.get("unavailable").is_none() && done(&e) {
                 return e;
             }
-            assert!(Instant::now() < deadline, "condition not reached within {within:?}: {e}");
+            if Instant::now() >= deadline {
+                let nodes: Vec<String> = self
+                    .nodes(id)
+                    .await
+                    .iter()
+                    .map(|(node, t)| format!("{node}={}(attempt {})", t["status"], t["attempt"]))
+                    .collect();
+                panic!("condition not reached within {within:?}: {e}\nnodes: {}", nodes.join(", "));
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -449,7 +510,7 @@ impl Stack {
     async fn queue_depths(&self, broker: &mut Option<shared::amqp::Broker>) -> u32 {
         let topology = Topology::new(&self.prefix, 1);
         if broker.as_ref().is_none_or(|b| !b.is_connected()) {
-            *broker = shared::amqp::Broker::connect(AMQP, "auditor", topology.clone()).await.ok();
+            *broker = shared::amqp::Broker::connect(AMQP, "auditor", topology.clone(), BROKER_CALL).await.ok();
         }
         let Some(b) = broker.as_ref() else { return u32::MAX };
         let mut total = 0;
@@ -463,28 +524,58 @@ impl Stack {
     }
 
     /// Stops every process, then deletes the database and the queues.
-    pub async fn shutdown(self) {
-        if let Some(embedded) = self.embedded {
+    pub async fn shutdown(mut self) {
+        self.cleaned = true;
+        if let Some(embedded) = self.embedded.take() {
             embedded.shutdown().await;
             return;
         }
-        for w in self.workers {
+        for w in std::mem::take(&mut self.workers) {
             let _ = w.stop.send(());
             let _ = w.task.await;
         }
-        for c in self.coordinators {
+        for c in std::mem::take(&mut self.coordinators) {
             c.shutdown().await;
         }
-        if self.database.is_empty() {
+        remove_leftovers(&self.database, &self.prefix).await;
+    }
+}
+
+impl Drop for Stack {
+    /// A stack that was not shut down (its test failed) still deletes its database and queues.
+    /// Its in-process components belong to the test's runtime, which is ending, so the cleanup
+    /// runs on a runtime of its own in a thread of its own, bounded like every other call.
+    fn drop(&mut self) {
+        if self.cleaned || self.embedded.is_some() {
             return;
         }
-        if let Ok(admin) = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres")).await {
-            let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.database);
-            let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
-            admin.close().await;
+        for c in std::mem::take(&mut self.coordinators) {
+            c.abort();
         }
-        delete_topology(&self.prefix).await;
+        for w in std::mem::take(&mut self.workers) {
+            w.task.abort();
+        }
+        let (database, prefix) = (self.database.clone(), self.prefix.clone());
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime");
+            runtime.block_on(async {
+                let _ = tokio::time::timeout(API_CALL, remove_leftovers(&database, &prefix)).await;
+            });
+        });
+        let _ = cleanup.join();
     }
+}
+
+/// Deletes a stack's database (if it has one) and its exchanges and queues.
+async fn remove_leftovers(database: &str, prefix: &str) {
+    if !database.is_empty()
+        && let Ok(admin) = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres")).await
+    {
+        let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
+        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
+        admin.close().await;
+    }
+    delete_topology(prefix).await;
 }
 
 /// A `redis-server` of a test's own on a free port, so that the test can stop and restart it
@@ -504,6 +595,11 @@ impl OwnRedis {
 
     pub fn url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// The server's process id (while it runs).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
     }
 
     /// Starts the server (again) on the same port, and waits until it answers.
@@ -631,6 +727,89 @@ pub async fn assert_limited_run_ends_well(stack: &Stack, ids: &[String], sampler
     assert!(slots.windows(2).all(|w| w[0] < w[1]), "slots are granted in submission order: {slots:?}");
 }
 
+/// Processes stopped with `SIGSTOP` (a paused broker, database or cache: alive, holding its
+/// sockets, answering nothing), continued with `SIGCONT` by [`Paused::resume`] or, should the test
+/// fail first, when dropped, so that no failure leaves the machine's services frozen.
+#[derive(Debug)]
+pub struct Paused {
+    what: String,
+    pids: Vec<u32>,
+}
+
+impl Paused {
+    /// Stops every process `find` lists, read now (a database's backends include the
+    /// connections the test opened since it started), and again until no new one appears: a
+    /// process forked between the listing and the signal is stopped too.
+    pub fn pause(what: &str, find: &dyn Fn() -> Vec<u32>) -> Self {
+        let mut paused = Self { what: what.to_owned(), pids: Vec::new() };
+        for _ in 0..10 {
+            let new: Vec<u32> = find().into_iter().filter(|p| !paused.pids.contains(p)).collect();
+            if new.is_empty() {
+                break;
+            }
+            // Whatever has exited meanwhile need not be stopped; the rest must be.
+            let _ = std::process::Command::new("kill").arg("-STOP").args(new.iter().map(u32::to_string)).status();
+            paused.pids.extend(new);
+        }
+        assert!(!paused.pids.is_empty(), "no process of {what} to pause");
+        paused
+    }
+
+    pub fn resume(mut self) {
+        let pids = std::mem::take(&mut self.pids);
+        let _ = std::process::Command::new("kill").arg("-CONT").args(pids.iter().map(u32::to_string)).status();
+    }
+}
+
+impl Drop for Paused {
+    fn drop(&mut self) {
+        if !self.pids.is_empty() {
+            eprintln!("continuing {} (the test ended while it was paused)", self.what);
+            let _ = std::process::Command::new("kill").arg("-CONT").args(self.pids.iter().map(u32::to_string)).status();
+        }
+    }
+}
+
+/// Sends `SIGNAL` (a name: `STOP`, `CONT`, `TERM`) to each process.
+pub fn signal(pids: &[u32], name: &str) {
+    let mut kill = std::process::Command::new("kill");
+    kill.arg(format!("-{name}")).args(pids.iter().map(u32::to_string));
+    let status = kill.status().expect("kill runs");
+    assert!(status.success(), "kill -{name} {pids:?} failed");
+}
+
+/// Processes matching `pgrep ARGS`.
+pub fn pgrep(args: &[&str]) -> Vec<u32> {
+    let out = std::process::Command::new("pgrep").args(args).output().expect("pgrep runs");
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+/// The RabbitMQ node's Erlang VM.
+pub fn broker_pids() -> Vec<u32> {
+    pgrep(&["-f", "beam.smp.*rabbit"])
+}
+
+/// Every process of the PostgreSQL cluster: the postmaster and all its backends and workers.
+pub fn postgres_pids() -> Vec<u32> {
+    pgrep(&["-u", "postgres", "-x", "postgres"])
+}
+
+/// Sends SIGTERM and waits for the exit: how long the process took, or `None` if it was still
+/// running after `within` (then it is killed, so nothing outlives the test).
+pub fn terminate_within(child: &mut std::process::Child, within: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    signal(&[child.id()], "TERM");
+    while started.elapsed() < within {
+        if child.try_wait().expect("try_wait").is_some() {
+            return Some(started.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    None
+}
+
 /// A TCP port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -650,22 +829,26 @@ where
     }
 }
 
-/// Best-effort removal of a test's exchanges and queues.
+/// Best-effort removal of a test's exchanges and queues, bounded by [`BROKER_CALL`] in all
+/// (a broker that does not answer leaves them to `scripts/sweep-test-leftovers.sh`).
 pub async fn delete_topology(prefix: &str) {
-    let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await else {
-        return;
-    };
-    let Ok(channel) = conn.create_channel().await else {
-        return;
-    };
-    let t = Topology::new(prefix, 1);
-    for queue in [t.task_queue("default"), t.dead_queue(), t.results_queue()] {
-        let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-    }
-    for exchange in [t.tasks_exchange(), t.dead_exchange(), t.results_exchange(), t.cancel_exchange()] {
-        let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-    }
-    let _ = conn.close(200, "bye".into()).await;
+    let _ = tokio::time::timeout(BROKER_CALL, async {
+        let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await else {
+            return;
+        };
+        let Ok(channel) = conn.create_channel().await else {
+            return;
+        };
+        let t = Topology::new(prefix, 1);
+        for queue in [t.task_queue("default"), t.dead_queue(), t.results_queue()] {
+            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for exchange in [t.tasks_exchange(), t.dead_exchange(), t.results_exchange(), t.cancel_exchange()] {
+            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+        let _ = conn.close(200, "bye".into()).await;
+    })
+    .await;
 }
 
 /// A DAG document from `examples/`, as JSON.
@@ -759,4 +942,148 @@ macro_rules! on_each_store {
             })*
         }
     };
+}
+
+/// A dependency paused under load (`SIGSTOP`: alive, holding its sockets, answering nothing),
+/// longer than every deadline, with a coordinator process and a worker process sent SIGTERM
+/// during the pause. See [`pause_drill`].
+pub struct PauseDrill {
+    /// What is paused, for messages ("RabbitMQ").
+    pub what: &'static str,
+    /// Lists its processes; called when the pause begins.
+    pub pids: Box<dyn Fn() -> Vec<u32>>,
+    /// Settings of every process beyond the drill's own short deadlines (e.g. `REDIS_URL`).
+    pub settings: Vec<(&'static str, String)>,
+    /// Whether `/ready` must fail while paused (and name a stalled component), or stay ready.
+    pub unready_while_paused: bool,
+    /// `env!("CARGO_BIN_EXE_gl-coordinator")` and `env!("CARGO_BIN_EXE_gl-worker")`.
+    pub coordinator_exe: &'static str,
+    pub worker_exe: &'static str,
+}
+
+impl std::fmt::Debug for PauseDrill {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PauseDrill").field("what", &self.what).field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+/// What a drill measured.
+#[derive(Debug)]
+pub struct DrillFigures {
+    pub coordinator_exit: Duration,
+    pub worker_exit: Duration,
+    pub unready_after: Option<Duration>,
+    pub ready_again_after: Duration,
+    pub executions: usize,
+}
+
+/// The drill's deadlines: short, so that a pause of [`DRILL_PAUSE`] outlasts all of them.
+pub const DRILL_GRACE_SECONDS: u64 = 5;
+pub const DRILL_PAUSE: Duration = Duration::from_secs(20);
+
+/// Runs a [`PauseDrill`]: a mixed workload, the pause, `/ready` (and the stalled-component gauge)
+/// checked while paused, SIGTERM to a coordinator process and a worker process (each must exit
+/// within its grace period), an execution submitted during the pause
+/// (accepted, or refused with a problem+json 503, never a hang or a 500), then the resume: ready
+/// again, every execution completed, and the auditor satisfied.
+pub async fn pause_drill(drill: PauseDrill) -> DrillFigures {
+    const WITHIN: Duration = Duration::from_secs(180);
+    let grace = Duration::from_secs(DRILL_GRACE_SECONDS);
+    let mut settings: Vec<(&'static str, String)> = vec![
+        ("SHUTDOWN_GRACE_SECONDS", DRILL_GRACE_SECONDS.to_string()),
+        ("STALL_SECONDS", "8".into()),
+        ("AMQP_TIMEOUT_SECONDS", "2".into()),
+        ("DB_STATEMENT_TIMEOUT_SECONDS", "2".into()),
+        ("DB_CALL_TIMEOUT_SECONDS", "3".into()),
+        ("REDIS_TIMEOUT_MS", "300".into()),
+        ("HTTP_REQUEST_TIMEOUT_SECONDS", "10".into()),
+    ];
+    settings.extend(drill.settings);
+    let stack = Stack::start(StackOptions { settings, ..StackOptions::default() }).await;
+    let (mut coordinator, process_api) = stack.spawn_coordinator(&[], drill.coordinator_exe);
+    let mut worker = stack.spawn_worker(drill.worker_exe, "drill-worker");
+    eventually(Duration::from_secs(60), "the coordinator process answers", || async {
+        stack.http.get(format!("{process_api}/health")).send().await.is_ok()
+    })
+    .await;
+    let mut ids = mixed_workload(&stack, 10).await;
+    stack.wait_for(&ids[0], WITHIN, |e| e["completed_nodes"].as_i64() >= Some(1)).await;
+
+    let paused = Paused::pause(drill.what, drill.pids.as_ref());
+    let paused_at = Instant::now();
+    let submitted = stack
+        .http
+        .post(format!("{}/dags/mixed/execute", stack.base()))
+        .json(&json!({"input_data": {"during": "pause"}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("a submission while {} is paused got no answer: {e}", drill.what));
+    match submitted.status().as_u16() {
+        202 => ids.push(submitted.json::<Value>().await.expect("JSON")["execution_id"].as_str().expect("id").into()),
+        503 => {
+            let kind = submitted.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
+            assert_eq!(kind.as_deref(), Some("application/problem+json"), "a refusal is a problem document");
+        }
+        other => panic!("a submission while {} is paused answered {other}", drill.what),
+    }
+
+    let unready_after = if drill.unready_while_paused {
+        let what = format!("/ready fails and names a stalled component while {} is paused", drill.what);
+        eventually(WITHIN, &what, || async {
+            match stack.try_call(reqwest::Method::GET, "/ready").await {
+                Ok((503, body)) => body["detail"].as_str().is_some_and(|d| !d.contains("stalled: none")),
+                _ => false,
+            }
+        })
+        .await;
+        let unready = paused_at.elapsed();
+        let text = stack.prometheus().await.expect("/metrics answers while paused");
+        let stalled: Vec<&str> =
+            text.lines().filter(|l| l.starts_with("gl_orchestrator_component_stalled{") && l.ends_with(" 1")).collect();
+        assert!(!stalled.is_empty(), "a metric names the stalled component:\n{text}");
+        eprintln!("while {} is paused: {stalled:?}", drill.what);
+        Some(unready)
+    } else {
+        let completed = || async {
+            let db = stack.database().await;
+            let done: i64 = sqlx::query_scalar("SELECT count(*) FROM dag_executions WHERE status = 'completed'")
+                .fetch_one(&db)
+                .await
+                .unwrap_or(0);
+            db.close().await;
+            done
+        };
+        let at_pause = completed().await;
+        eventually(WITHIN, "executions go on completing while paused", || async { completed().await > at_pause }).await;
+        let (status, body) = stack.try_call(reqwest::Method::GET, "/ready").await.expect("/ready answers");
+        assert_eq!(status, 200, "still ready while {} is paused: {body}", drill.what);
+        assert!(paused_at.elapsed() < DRILL_PAUSE, "checked while still paused");
+        None
+    };
+
+    // The promise is exact: the process is gone within its grace period (Kubernetes kills it
+    // at the end of `terminationGracePeriodSeconds`, losing whatever it had not handed back).
+    let limit = grace;
+    let coordinator_exit = terminate_within(&mut coordinator, limit)
+        .unwrap_or_else(|| panic!("the coordinator ignored SIGTERM for {limit:?} while {} was paused", drill.what));
+    let worker_exit = terminate_within(&mut worker, limit)
+        .unwrap_or_else(|| panic!("the worker ignored SIGTERM for {limit:?} while {} was paused", drill.what));
+    // The fault itself lasts a fixed time: long enough that every deadline has fired.
+    tokio::time::sleep_until((paused_at + DRILL_PAUSE).into()).await;
+    paused.resume();
+    let resumed = Instant::now();
+    eventually(WITHIN, "/ready succeeds again after the resume", || async {
+        matches!(stack.try_call(reqwest::Method::GET, "/ready").await, Ok((200, _)))
+    })
+    .await;
+    let ready_again_after = resumed.elapsed();
+    for id in &ids {
+        assert_eq!(stack.wait_finished(id, WITHIN).await["status"], "completed", "{id}");
+    }
+    stack.audit(WITHIN).await;
+    stack.shutdown().await;
+    let figures =
+        DrillFigures { coordinator_exit, worker_exit, unready_after, ready_again_after, executions: ids.len() };
+    eprintln!("{} paused for {DRILL_PAUSE:?}: {figures:?}", drill.what);
+    figures
 }

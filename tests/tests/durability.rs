@@ -28,9 +28,14 @@ async fn a_worker_killed_mid_node_loses_nothing() {
     let mut first = stack.spawn_worker(WORKER, "victim");
     stack.create_dag(sleep_chain("kill-worker", 2, 2500)).await;
     let id = stack.execute("kill-worker", json!({})).await;
-    let broker = shared::amqp::Broker::connect(tests::AMQP, "probe", shared::queue::Topology::new(&stack.prefix, 5))
-        .await
-        .expect("probe connects");
+    let broker = shared::amqp::Broker::connect(
+        tests::AMQP,
+        "probe",
+        shared::queue::Topology::new(&stack.prefix, 5),
+        tests::BROKER_CALL,
+    )
+    .await
+    .expect("probe connects");
     let queue = shared::queue::Source::Pool("default".to_owned());
     let db = stack.database().await;
     // Published (the outbox is empty), and no longer ready in the queue: the only consumer has it.

@@ -36,7 +36,7 @@ async fn duplicate_and_late_results_change_nothing() {
     // Every result again (duplicates), and for the flaky node a "late" success of its first
     // attempt, which had failed: an old attempt's result must not replace what was recorded.
     let topology = Topology::new(&stack.prefix, 5);
-    let broker = Broker::connect(AMQP, "fault-injector", topology.clone()).await.expect("broker");
+    let broker = Broker::connect(AMQP, "fault-injector", topology.clone(), tests::BROKER_CALL).await.expect("broker");
     for id in &ids {
         for stored in stored_results(&stack, id).await {
             let mut result: shared::messages::ResultMessage = serde_json::from_value(stored).expect("a result");

@@ -21,7 +21,7 @@ const LIMIT: u32 = 2;
 async fn rabbitmq() -> (Arc<dyn Connector>, String) {
     let prefix = format!("glqc.{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let topology = Topology::new(&prefix, LIMIT);
-    (Arc::new(AmqpConnector::new(shared::config::Secret::new(tests::AMQP), topology)), prefix)
+    (Arc::new(AmqpConnector::new(shared::config::Secret::new(tests::AMQP), topology, tests::BROKER_CALL)), prefix)
 }
 
 async fn embedded() -> Arc<dyn Connector> {

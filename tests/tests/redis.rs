@@ -146,3 +146,23 @@ async fn redis_stopped_half_way_then_restarted_keeps_the_limit_and_the_order() {
     assert_limited_run_ends_well(&stack, &ids, sampler).await;
     stack.shutdown().await;
 }
+
+/// Redis paused (`kill -STOP` of a server of the test's own) under load for longer than every
+/// deadline: Redis calls time out, locks fall back to PostgreSQL, executions go on completing and
+/// the service stays ready; SIGTERM ends a coordinator and a worker within their grace period.
+#[tokio::test]
+async fn redis_paused_mid_run_degrades_and_hangs_nothing() {
+    let redis = OwnRedis::start();
+    let pid = redis.pid().expect("running");
+    let figures = tests::pause_drill(tests::PauseDrill {
+        what: "Redis",
+        pids: Box::new(move || vec![pid]),
+        settings: vec![("REDIS_URL", redis.url())],
+        unready_while_paused: false,
+        coordinator_exe: env!("CARGO_BIN_EXE_gl-coordinator"),
+        worker_exe: env!("CARGO_BIN_EXE_gl-worker"),
+    })
+    .await;
+    assert!(figures.unready_after.is_none());
+    drop(redis);
+}
