@@ -810,6 +810,33 @@ pub fn terminate_within(child: &mut std::process::Child, within: Duration) -> Op
     None
 }
 
+/// A child process that is killed when dropped, so that a failing assertion (a panic) never leaves
+/// a coordinator or worker running after its test; `std::process::Child` does not do this itself.
+#[derive(Debug)]
+pub struct KillOnDrop(pub std::process::Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = std::process::Child;
+    fn deref(&self) -> &Self::Target {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Self::Target {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if self.0.try_wait().ok().flatten().is_none() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// A TCP port free right now on 127.0.0.1.
 pub fn free_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -1000,8 +1027,9 @@ pub async fn pause_drill(drill: PauseDrill) -> DrillFigures {
     ];
     settings.extend(drill.settings);
     let stack = Stack::start(StackOptions { settings, ..StackOptions::default() }).await;
-    let (mut coordinator, process_api) = stack.spawn_coordinator(&[], drill.coordinator_exe);
-    let mut worker = stack.spawn_worker(drill.worker_exe, "drill-worker");
+    let (coordinator, process_api) = stack.spawn_coordinator(&[], drill.coordinator_exe);
+    let mut coordinator = KillOnDrop(coordinator);
+    let mut worker = KillOnDrop(stack.spawn_worker(drill.worker_exe, "drill-worker"));
     eventually(Duration::from_secs(60), "the coordinator process answers", || async {
         stack.http.get(format!("{process_api}/health")).send().await.is_ok()
     })
