@@ -33,6 +33,9 @@ if ! port_open 5672; then
   rabbitmq-server -detached
 fi
 deadline_wait RabbitMQ 120 port_open 5672
+# The listener opens before the broker has finished booting (queues recover after it); a test that
+# starts then sees its first declarations refused. Wait for the node to report itself booted.
+deadline_wait "RabbitMQ boot" 120 rabbitmq-diagnostics -q check_running
 
 # The fault suite runs one coordinator under libfaketime (Debian package `faketime`).
 if ! command -v faketime >/dev/null; then
