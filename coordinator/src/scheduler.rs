@@ -79,6 +79,7 @@ pub async fn run(
         owned: HashMap::new(),
         dags: HashMap::new(),
         renewed_at: std::time::Instant::now(),
+        unstepped: HashSet::new(),
         progress,
     };
     let mut listener = None;
@@ -158,6 +159,11 @@ struct Scheduler {
     dags: HashMap<String, Arc<Dag>>,
     /// When leases were last renewed.
     renewed_at: std::time::Instant,
+    /// Owned executions whose last step did not reach the database (it was down, or a call timed
+    /// out). Nothing else would step them again: no result comes for work never dispatched, and
+    /// their leases go on being renewed, so without this they would wait for ever. The poll tick
+    /// steps them again.
+    unstepped: HashSet<Uuid>,
     progress: Arc<shared::liveness::Component>,
 }
 
@@ -272,6 +278,11 @@ impl Scheduler {
         if ids.is_empty() {
             return;
         }
+        let again: Vec<Uuid> =
+            std::mem::take(&mut self.unstepped).into_iter().filter(|id| self.owned.contains_key(id)).collect();
+        for id in again {
+            self.step(id).await;
+        }
         match self.db.with_pending_inbox(&ids).await {
             Ok(ready) => {
                 for id in ready {
@@ -359,7 +370,10 @@ impl Scheduler {
         let (results, cancel) = match self.db.inbox(id).await {
             Ok(inbox) => inbox,
             Err(e) => {
-                return tracing::warn!(execution_id = %id, error = %e, "reading the inbox failed");
+                if self.owned.contains_key(&id) {
+                    self.unstepped.insert(id);
+                }
+                return tracing::warn!(execution_id = %id, error = %e, "reading the inbox failed; stepping again at the next poll");
             }
         };
         let Some(owned) = self.owned.get_mut(&id) else {
@@ -390,6 +404,8 @@ impl Scheduler {
                 self.owned.remove(&id);
                 if let Ok(owned) = self.load(lease).await {
                     self.owned.insert(id, owned);
+                    // What the failed step would have done (dispatch, finish) is still to do.
+                    self.unstepped.insert(id);
                 }
             }
         }

@@ -180,3 +180,48 @@ fn result_message(topology: &Topology, result: &shared::messages::ResultMessage)
         mandatory: true,
     }
 }
+
+/// A step that cannot reach the database must be tried again. Here the scheduler leases a new
+/// execution while the inbox table is locked, so its first step (reading the inbox) runs into
+/// `statement_timeout` and fails; nothing was dispatched, so no result will ever arrive to wake
+/// it, and its lease goes on being renewed. Seen in CI as every execution submitted just before a
+/// PostgreSQL restart staying `pending` for good (`fault_postgres`).
+#[tokio::test]
+async fn an_execution_whose_first_step_failed_is_stepped_again() {
+    let settings = vec![("DB_STATEMENT_TIMEOUT_SECONDS", "1".to_owned()), ("DB_CALL_TIMEOUT_SECONDS", "3".to_owned())];
+    let stack = Stack::start(StackOptions { settings, ..StackOptions::default() }).await;
+    stack.create_dag(json!({"dag_id": "one", "name": "one", "nodes": {"a": {"agent_id": "echo"}}})).await;
+    let db = stack.database().await;
+    let mut hold = db.begin().await.expect("begin");
+    sqlx::query("LOCK TABLE node_attempts IN ACCESS EXCLUSIVE MODE").execute(&mut *hold).await.expect("lock");
+    let id = stack.execute("one", json!({})).await;
+    let waiting_step = || async {
+        sqlx::query_as::<_, (i32, String)>(
+            "SELECT pid, query_start::text FROM pg_stat_activity WHERE application_name = 'greenlang-orchestrator'
+             AND wait_event_type = 'Lock' AND query ILIKE '%SELECT result FROM node_attempts%'",
+        )
+        .fetch_optional(&db)
+        .await
+        .expect("pg_stat_activity")
+    };
+    let first_step = std::sync::Mutex::new(None);
+    tests::eventually(WITHIN, "the scheduler's first step waits on the inbox table", || async {
+        let waiting = waiting_step().await;
+        let found = waiting.is_some();
+        *first_step.lock().expect("lock") = waiting;
+        found
+    })
+    .await;
+    tests::eventually(WITHIN, "statement_timeout ends that step", || async {
+        let now = waiting_step().await;
+        now.is_none() || now != *first_step.lock().expect("lock")
+    })
+    .await;
+    let e = stack.wait_for(&id, WITHIN, |_| true).await;
+    assert!(e["started_at"].is_null(), "the failed step started nothing: {e}");
+    hold.rollback().await.expect("release");
+    let e = stack.wait_finished(&id, WITHIN).await;
+    assert_eq!(e["status"], "completed", "{e}");
+    stack.audit(WITHIN).await;
+    stack.shutdown().await;
+}
