@@ -1,6 +1,8 @@
 //! The operations runbook's own commands (`curl … | python3 -c "…"`), taken verbatim from
-//! `shared/reference/runbook-orchestrator-service-down.md`, run against a live server. Only the
-//! host and port, and the `<execution_id>` placeholder, are substituted.
+//! `docs/runbook-orchestrator-service-down.md`, run against a live server. Only the host and
+//! port, and the `<execution_id>` placeholder, are substituted. The runbook is the team's
+//! reference copy (`../shared/reference/`, beside the checkout), kept in the repository so that
+//! the test runs from any clone; where the reference is present, the two must not differ.
 
 use std::time::Duration;
 
@@ -9,8 +11,12 @@ use tests::{Stack, StackOptions, example};
 
 /// Every `curl … | python3 -c "…"` command of the runbook, in order.
 fn runbook_commands() -> Vec<String> {
-    let path = tests::repo_root().join("../shared/reference/runbook-orchestrator-service-down.md");
+    let path = tests::repo_root().join("docs/runbook-orchestrator-service-down.md");
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let reference = tests::repo_root().join("../shared/reference/runbook-orchestrator-service-down.md");
+    if let Ok(original) = std::fs::read_to_string(&reference) {
+        assert_eq!(text, original, "docs/ holds an outdated copy of {}", reference.display());
+    }
     let mut commands = Vec::new();
     let mut rest = text.as_str();
     while let Some(start) = rest.find("curl -s \"http://localhost:8080") {
