@@ -14,11 +14,13 @@
 //! - [`retry`]: retry decisions and delay math with jitter seeded by (execution, node, attempt).
 //! - [`provenance`]: node and execution content hashes, the timing record chain, verification.
 //! - [`canonical`]: RFC 8785 canonical JSON and the SHA-256 content hashes built on it.
+//! - [`admission`]: which waiting executions start now (the cluster's and each DAG's limit).
 //! - [`state`]: the execution state machine (outcomes in, state changes and effects out).
 //! - [`messages`]: the versioned wire envelopes between coordinators and workers.
 //! - [`config`]: typed, validated settings from defaults, a file and the environment.
 //! - [`ids`]: validated identifiers.
 
+pub mod admission;
 pub mod amqp;
 pub mod canonical;
 pub mod condition;

@@ -8,6 +8,7 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use serde_json::Value;
+use shared::admission::{Candidate, InUse, Slots};
 use shared::canonical::ContentHash;
 use shared::config::Settings;
 use shared::dag::Dag;
@@ -563,10 +564,11 @@ impl Store for PgStore {
         )
         .fetch_all(&mut *tx)
         .await?;
-        let mut per_dag: HashMap<(String, String), i64> =
-            active.into_iter().map(|(tenant, dag, n)| ((tenant, dag), n)).collect();
-        let mut free = max_concurrent - per_dag.values().sum::<i64>();
-        if room > 0 && free > 0 {
+        let mut slots = Slots::new(
+            active.into_iter().map(|(tenant_id, dag_id, executions)| InUse { tenant_id, dag_id, executions }),
+            max_concurrent,
+        );
+        if room > 0 && slots.free() > 0 {
             let waiting: Vec<(Uuid, String, String, Option<i64>)> = sqlx::query_as(
                 "SELECT e.execution_id, e.tenant_id, e.dag_id, (d.definition->>'max_concurrent_executions')::bigint
                  FROM dag_executions e JOIN dag_definitions d USING (dag_hash)
@@ -576,19 +578,15 @@ impl Store for PgStore {
             )
             .fetch_all(&mut *tx)
             .await?;
-            let mut chosen = Vec::new();
-            for (id, tenant, dag, dag_limit) in waiting {
-                if chosen.len() as i64 >= room || free <= 0 {
-                    break;
-                }
-                let running = per_dag.entry((tenant, dag)).or_insert(0);
-                if dag_limit.is_some_and(|limit| *running >= limit) {
-                    continue;
-                }
-                *running += 1;
-                free -= 1;
-                chosen.push(id);
-            }
+            let chosen = slots.admit(
+                waiting.into_iter().map(|(id, tenant_id, dag_id, dag_limit)| Candidate {
+                    id,
+                    tenant_id,
+                    dag_id,
+                    dag_limit,
+                }),
+                room,
+            );
             // One at a time, so slot numbers follow the order of the grant.
             for id in chosen {
                 let started: (Uuid, i64) = sqlx::query_as(

@@ -32,6 +32,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use serde_json::{Value, json};
+use shared::admission::{Candidate, InUse, Slots};
 use shared::canonical::ContentHash;
 use shared::dag::Dag;
 use shared::messages::ResultMessage;
@@ -661,9 +662,9 @@ impl Store for SqliteStore {
         .await?;
         let mut leases: Vec<Lease> = taken.into_iter().map(lease).collect();
         let room = room - leases.len() as i64;
-        let (mut per_dag, mut free) = slots_in_use(&mut tx, &now_text, max_concurrent).await?;
-        if room > 0 && free > 0 {
-            let chosen = choose_waiting(&mut tx, &now_text, room, &mut free, &mut per_dag).await?;
+        let mut slots = slots_in_use(&mut tx, &now_text, max_concurrent).await?;
+        if room > 0 && slots.free() > 0 {
+            let chosen = slots.admit(waiting_line(&mut tx, &now_text).await?, room);
             // One at a time, so slot numbers follow the order of the grant.
             for id in chosen {
                 let started: (Hyphenated, i64) = sqlx::query_as(
@@ -1079,16 +1080,8 @@ async fn insert_nodes(tx: &mut sqlx::SqliteConnection, id: Uuid, dag: &Dag) -> R
     Ok(())
 }
 
-/// Executions holding a slot, per (tenant id, DAG id).
-type PerDag = HashMap<(String, String), i64>;
-
-/// Slots in use, per (tenant, DAG), and how many of `max_concurrent` are free: started
-/// executions, and waiting ones some owner has just claimed.
-async fn slots_in_use(
-    tx: &mut sqlx::SqliteConnection,
-    now: &str,
-    max_concurrent: i64,
-) -> Result<(PerDag, i64), StoreError> {
+/// Slots in use: started executions, and waiting ones some replica has just claimed.
+async fn slots_in_use(tx: &mut sqlx::SqliteConnection, now: &str, max_concurrent: i64) -> Result<Slots, StoreError> {
     let active: Vec<(String, String, i64)> = sqlx::query_as(
         "SELECT tenant_id, dag_id, count(*) FROM dag_executions
          WHERE status = 'running' OR (status IN ('pending', 'queued') AND lease_expires_at > ?1)
@@ -1097,20 +1090,12 @@ async fn slots_in_use(
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    let per_dag: PerDag = active.into_iter().map(|(tenant, dag, n)| ((tenant, dag), n)).collect();
-    let free = max_concurrent - per_dag.values().sum::<i64>();
-    Ok((per_dag, free))
+    let in_use = active.into_iter().map(|(tenant_id, dag_id, executions)| InUse { tenant_id, dag_id, executions });
+    Ok(Slots::new(in_use, max_concurrent))
 }
 
-/// Waiting executions that get a slot now, in submission order, within `room`, the free slots
-/// and each DAG's own `max_concurrent_executions`.
-async fn choose_waiting(
-    tx: &mut sqlx::SqliteConnection,
-    now: &str,
-    room: i64,
-    free: &mut i64,
-    per_dag: &mut PerDag,
-) -> Result<Vec<Uuid>, StoreError> {
+/// Waiting executions without a live claim, in submission order.
+async fn waiting_line(tx: &mut sqlx::SqliteConnection, now: &str) -> Result<Vec<Candidate<Uuid>>, StoreError> {
     let waiting: Vec<(Hyphenated, String, String, Option<i64>)> = sqlx::query_as(
         "SELECT e.execution_id, e.tenant_id, e.dag_id, d.definition ->> 'max_concurrent_executions'
          FROM dag_executions e JOIN dag_definitions d USING (dag_hash)
@@ -1121,20 +1106,10 @@ async fn choose_waiting(
     .bind(now)
     .fetch_all(&mut *tx)
     .await?;
-    let mut chosen = Vec::new();
-    for (id, tenant, dag, dag_limit) in waiting {
-        if chosen.len() as i64 >= room || *free <= 0 {
-            break;
-        }
-        let running = per_dag.entry((tenant, dag)).or_insert(0);
-        if dag_limit.is_some_and(|limit| *running >= limit) {
-            continue;
-        }
-        *running += 1;
-        *free -= 1;
-        chosen.push(id.into_uuid());
-    }
-    Ok(chosen)
+    Ok(waiting
+        .into_iter()
+        .map(|(id, tenant_id, dag_id, dag_limit)| Candidate { id: id.into_uuid(), tenant_id, dag_id, dag_limit })
+        .collect())
 }
 
 /// Everything of a step after the lease check: nodes, checkpoints, records, outbox, inbox.
