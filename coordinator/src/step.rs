@@ -401,4 +401,102 @@ mod tests {
         assert_eq!(write.completed_nodes, 3);
         assert!(write.provenance_chain_hash.is_some() && write.error.is_none());
     }
+
+    mod properties {
+        use std::collections::HashSet;
+
+        use proptest::prelude::*;
+        use shared::state::NodeError;
+
+        use super::*;
+
+        #[derive(Debug, Clone)]
+        enum Event {
+            /// A result for the n-th task dispatched so far (modulo their number): delivered
+            /// again and again, it is a duplicate.
+            Result {
+                task: usize,
+                ok: bool,
+            },
+            Cancel,
+            Advance {
+                ms: u64,
+            },
+        }
+
+        fn event() -> impl Strategy<Value = Event> {
+            prop_oneof![
+                6 => (any::<usize>(), prop::bool::weighted(0.7)).prop_map(|(task, ok)| Event::Result { task, ok }),
+                1 => Just(Event::Cancel),
+                3 => (0u64..3000).prop_map(|ms| Event::Advance { ms }),
+            ]
+        }
+
+        fn diamond() -> Owned {
+            let spec = DagSpec::from_yaml(include_str!("../../examples/diamond-4.yaml")).expect("parses");
+            let mut o = owned();
+            let dag = Arc::new(compile(spec, &Limits::default()).expect("valid"));
+            o.exec = Execution::new(dag, &o.lease.execution_id.to_string(), json!({"a": 1}));
+            o
+        }
+
+        fn result(task: &TaskMessage, ok: bool) -> ResultMessage {
+            let mut r = succeeded(&task.node_id, task.attempt, json!({"from": task.node_id}));
+            if !ok {
+                r.outcome = Outcome::Failed { error: NodeError::new("boom", "flaky"), retryable: true };
+            }
+            r
+        }
+
+        proptest! {
+            /// Any interleaving of results (successes, retryable failures, duplicates), cancels
+            /// and clock advances: no attempt of a node is dispatched twice, nothing is
+            /// dispatched once the execution has finished, and a finished execution stays so.
+            #[test]
+            fn no_attempt_is_dispatched_twice(events in proptest::collection::vec(event(), 1..60)) {
+                let mut o = diamond();
+                let (mut now, mut cancel) = (NOW, false);
+                let mut dispatched: Vec<TaskMessage> = Vec::new();
+                let mut seen: HashSet<(String, u32)> = HashSet::new();
+                let mut finished = false;
+                let mut step = |o: &mut Owned, results: Vec<ResultMessage>, cancel: bool, now: u64,
+                                dispatched: &mut Vec<TaskMessage>| -> Result<(), TestCaseError> {
+                    let (write, _) = advance(o, results, cancel, &topology(), now);
+                    let Some(write) = write else { return Ok(()) };
+                    for m in &write.outbox {
+                        if let Ok(Message::Task(t)) = Message::from_bytes(&m.body) {
+                            prop_assert!(!finished, "{} dispatched after the end", t.node_id);
+                            if t.kind == TaskKind::Run {
+                                prop_assert!(seen.insert((t.node_id.clone(), t.attempt)), "{} attempt {} dispatched twice", t.node_id, t.attempt);
+                            }
+                            dispatched.push(t);
+                        }
+                    }
+                    if finished {
+                        prop_assert!(o.exec.status().is_terminal(), "a finished execution came back to life");
+                    }
+                    finished |= write.finished;
+                    Ok(())
+                };
+                step(&mut o, vec![], cancel, now, &mut dispatched)?;
+                for e in events {
+                    match e {
+                        Event::Result { task, ok } if !dispatched.is_empty() => {
+                            let r = result(&dispatched[task % dispatched.len()], ok);
+                            step(&mut o, vec![r], cancel, now, &mut dispatched)?;
+                        }
+                        Event::Result { .. } => {}
+                        Event::Cancel => {
+                            cancel = true;
+                            step(&mut o, vec![], cancel, now, &mut dispatched)?;
+                        }
+                        Event::Advance { ms } => {
+                            now += ms;
+                            step(&mut o, vec![], cancel, now, &mut dispatched)?;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -120,4 +120,73 @@ mod tests {
         assert_eq!(slots.free(), 0);
         assert!(slots.admit([waiting(1, "b", None)], 10).is_empty());
     }
+
+    mod properties {
+        use std::collections::HashMap;
+
+        use proptest::prelude::*;
+
+        use super::super::*;
+
+        fn key(tenant: u8, dag: u8) -> (String, String) {
+            (format!("t{tenant}"), format!("d{dag}"))
+        }
+
+        proptest! {
+            /// Whatever is in use and waiting: never more started than the cluster's limit or
+            /// the replica's room, never a DAG over its own limit, always in submission order,
+            /// and nobody passed over who could have started.
+            #[test]
+            fn admission_never_exceeds_a_limit_and_keeps_the_order(
+                in_use in proptest::collection::vec((0u8..2, 0u8..3, 0i64..4), 0..6),
+                line in proptest::collection::vec((0u8..2, 0u8..3), 0..30),
+                dag_limits in proptest::collection::vec(proptest::option::of(0i64..4), 6),
+                room in 0i64..12,
+                max in 0i64..16,
+            ) {
+                let limit_of = |tenant: u8, dag: u8| dag_limits[usize::from(tenant) * 3 + usize::from(dag)];
+                let mut used: HashMap<(String, String), i64> = HashMap::new();
+                for &(t, d, n) in &in_use {
+                    *used.entry(key(t, d)).or_insert(0) += n;
+                }
+                let total_used: i64 = used.values().sum();
+                let mut slots = Slots::new(
+                    used.iter().map(|((t, d), &n)| InUse { tenant_id: t.clone(), dag_id: d.clone(), executions: n }),
+                    max,
+                );
+                let candidates = line.iter().enumerate().map(|(i, &(t, d))| Candidate {
+                    id: i,
+                    tenant_id: format!("t{t}"),
+                    dag_id: format!("d{d}"),
+                    dag_limit: limit_of(t, d),
+                });
+                let chosen = slots.admit(candidates, room);
+                let n = chosen.len() as i64;
+                prop_assert!(n <= room);
+                prop_assert!(n <= (max - total_used).max(0));
+                prop_assert!(chosen.windows(2).all(|w| w[0] < w[1]), "submission order: {chosen:?}");
+                let mut after = used.clone();
+                for &i in &chosen {
+                    let (t, d) = line[i];
+                    let count = after.entry(key(t, d)).or_insert(0);
+                    if let Some(limit) = limit_of(t, d) {
+                        prop_assert!(*count < limit, "DAG over its limit");
+                    }
+                    *count += 1;
+                }
+                // Nobody before the last one chosen was passed over unless its DAG was full.
+                if let Some(&last) = chosen.last() {
+                    let mut seen = used.clone();
+                    for (i, &(t, d)) in line.iter().enumerate().take(last + 1) {
+                        let count = seen.entry(key(t, d)).or_insert(0);
+                        let full = limit_of(t, d).is_some_and(|l| *count >= l);
+                        prop_assert_eq!(chosen.contains(&i), !full, "candidate {} wrongly {}", i, if full { "started" } else { "passed over" });
+                        if !full {
+                            *count += 1;
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
