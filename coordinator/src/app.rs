@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::amqp::AmqpConnector;
+use runtime::amqp::AmqpConnector;
+use runtime::queue::{Connector, Queue};
 use shared::config::Settings;
-use shared::queue::{Connector, Queue, Source, Topology};
+use shared::topology::{Source, Topology};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -31,7 +32,7 @@ pub enum StartError {
     #[error("cannot listen on {addr}: {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("queue: {0}")]
-    Queue(shared::queue::QueueError),
+    Queue(runtime::queue::QueueError),
     #[error("{} is locked by another process (another `coordinator dev` on the same file?)", .0.display())]
     InUse(std::path::PathBuf),
 }

@@ -139,22 +139,22 @@ fn settings() -> Result<Settings, String> {
 
 async fn serve() -> Result<(), String> {
     let settings = settings()?;
-    let telemetry = shared::telemetry::init(&settings.log_level, "greenlang-orchestrator-coordinator");
+    let telemetry = runtime::telemetry::init(&settings.log_level, "greenlang-orchestrator-coordinator");
     if settings.auth == shared::config::AuthMode::Enabled {
         settings.check_auth().map_err(|e| e.to_string())?;
     }
     let name = format!("coordinator-{}-{}", hostname(), std::process::id());
     let coordinator = Coordinator::start(settings, &name).await.map_err(|e| e.to_string())?;
-    shared::telemetry::shutdown_signal().await;
+    runtime::telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     coordinator.shutdown().await;
-    telemetry.shutdown_within(shared::telemetry::FLUSH_WITHIN);
+    telemetry.shutdown_within(shared::config::FLUSH_WITHIN);
     Ok(())
 }
 
 async fn dev(args: &DevArgs) -> Result<(), String> {
     let mut settings = settings()?;
-    let telemetry = shared::telemetry::init(&settings.log_level, "greenlang-orchestrator-dev");
+    let telemetry = runtime::telemetry::init(&settings.log_level, "greenlang-orchestrator-dev");
     let auth_asked = std::env::var("GL_ORCHESTRATOR_AUTH").is_ok_and(|v| v == "enabled");
     if auth_asked {
         settings.check_auth().map_err(|e| e.to_string())?;
@@ -171,16 +171,16 @@ async fn dev(args: &DevArgs) -> Result<(), String> {
         Storage::Memory => "memory".to_owned(),
     };
     tracing::info!(addr = %embedded.coordinator.addr, storage = %where_, "embedded orchestrator ready");
-    shared::telemetry::shutdown_signal().await;
+    runtime::telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     embedded.shutdown().await;
-    telemetry.shutdown_within(shared::telemetry::FLUSH_WITHIN);
+    telemetry.shutdown_within(shared::config::FLUSH_WITHIN);
     Ok(())
 }
 
 async fn migrate() -> Result<(), String> {
     let settings = settings()?;
-    shared::telemetry::init_logging(&settings.log_level);
+    runtime::telemetry::init_logging(&settings.log_level);
     let db = PgStore::connect(&settings).await.map_err(|e| e.to_string())?;
     db.migrate().await.map_err(|e| e.to_string())?;
     tracing::info!("migrations applied");
@@ -190,7 +190,7 @@ async fn migrate() -> Result<(), String> {
 fn healthcheck(err: &mut dyn Write) -> u8 {
     let result = settings().and_then(|s| {
         let port = s.http_addr.port();
-        shared::telemetry::http_ok(&format!("127.0.0.1:{port}"), "/api/v1/orchestrator/health")
+        runtime::telemetry::http_ok(&format!("127.0.0.1:{port}"), "/api/v1/orchestrator/health")
     });
     match result {
         Ok(()) => 0,

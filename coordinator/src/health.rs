@@ -1,12 +1,12 @@
 //! What the probes report: whether the outbox relay holds a live broker connection, and the
-//! progress of every long-running loop ([`shared::liveness`]). A leaf module: the components
+//! progress of every long-running loop ([`runtime::liveness`]). A leaf module: the components
 //! write it, the API reads it, and neither knows the other.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use shared::liveness::{Component, ComponentState, Liveness};
+use runtime::liveness::{Component, ComponentState, Liveness};
 
 /// The loops of a coordinator that report progress.
 pub const RELAY: &str = "relay";

@@ -8,10 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{FutureExt, StreamExt};
-use shared::liveness::Component;
+use runtime::liveness::Component;
+use runtime::queue::{Connector, Delivery, QueueError};
 use shared::messages::{Message, ResultMessage, WIRE_VERSION};
-use shared::queue::{Connector, Delivery, QueueError, Source};
 use shared::state::{NodeError, Outcome};
+use shared::topology::Source;
 use tokio::sync::watch;
 
 use crate::store::SharedStore;
@@ -29,7 +30,7 @@ pub async fn run(
     progress: Arc<Component>,
     stop: watch::Receiver<bool>,
 ) {
-    shared::queue::reconnecting("result consumer", stop.clone(), || {
+    runtime::queue::reconnecting("result consumer", stop.clone(), || {
         let (db, queue, name, mut stop) = (db.clone(), queue.clone(), name.clone(), stop.clone());
         let progress = progress.clone();
         async move {
@@ -46,7 +47,7 @@ pub async fn run(
 /// answered is a beat of `progress`.
 async fn session(
     db: &SharedStore,
-    broker: &dyn shared::queue::Queue,
+    broker: &dyn runtime::queue::Queue,
     name: &str,
     progress: &Component,
     stop: &mut watch::Receiver<bool>,

@@ -217,7 +217,7 @@ impl Metrics {
     }
 
     /// The liveness gauges, as the components are now (called on scrape and by `/ready`).
-    pub fn set_components(&self, components: &[shared::liveness::ComponentState]) {
+    pub fn set_components(&self, components: &[runtime::liveness::ComponentState]) {
         for c in components {
             self.component_stalled.with_label_values(&[&c.name]).set(i64::from(c.stalled));
             let silent = i64::try_from(c.silent_for.as_secs()).unwrap_or(i64::MAX);

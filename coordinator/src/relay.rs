@@ -16,7 +16,8 @@ use std::time::Duration;
 use std::sync::Arc;
 
 use futures_util::FutureExt;
-use shared::queue::{Connector, Outgoing, QueueError, Source};
+use runtime::queue::{Connector, Outgoing, QueueError};
+use shared::topology::Source;
 use tokio::sync::watch;
 
 use crate::health::{Health, RELAY};
@@ -36,7 +37,7 @@ pub async fn run(
     health: Arc<Health>,
     stop: watch::Receiver<bool>,
 ) {
-    shared::queue::reconnecting("outbox relay", stop.clone(), || {
+    runtime::queue::reconnecting("outbox relay", stop.clone(), || {
         let (db, queue, name) = (db.clone(), queue.clone(), name.clone());
         let (health, mut stop) = (health.clone(), stop.clone());
         async move {

@@ -15,8 +15,8 @@ use serde::de::DeserializeOwned;
 use shared::canonical::ContentHash;
 use shared::dag::{Dag, NodeIndex, compile_stored};
 use shared::provenance;
-use shared::queue::Topology;
 use shared::state::{Compensation, Execution, ExecutionStatus, NodeError, NodeState, NodeStatus, Snapshot};
+use shared::topology::Topology;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -49,7 +49,7 @@ pub struct SchedulerOptions {
 pub async fn run(
     db: SharedStore,
     options: SchedulerOptions,
-    progress: Arc<shared::liveness::Component>,
+    progress: Arc<runtime::liveness::Component>,
     mut stop: watch::Receiver<bool>,
 ) {
     let mut scheduler = Scheduler {
@@ -143,7 +143,7 @@ struct Scheduler {
     /// their leases go on being renewed, so without this they would wait for ever. The poll tick
     /// steps them again.
     unstepped: HashSet<Uuid>,
-    progress: Arc<shared::liveness::Component>,
+    progress: Arc<runtime::liveness::Component>,
 }
 
 impl Scheduler {

@@ -24,7 +24,7 @@ pub struct AttemptSpan {
 impl AttemptSpan {
     /// `None` when this process exports no spans: nothing is prepared per result then.
     pub fn of(result: &ResultMessage) -> Option<Self> {
-        shared::telemetry::exporting().then(|| Self {
+        runtime::telemetry::exporting().then(|| Self {
             context: TraceContext::for_attempt(&result.execution_id, &result.node_id, result.attempt, result.kind),
             execution_id: result.execution_id.clone(),
             node_id: result.node_id.clone(),
@@ -49,13 +49,13 @@ impl AttemptSpan {
             KeyValue::new("worker_id", self.worker_id.clone()),
         ];
         let times = (self.started, SystemTime::now());
-        shared::telemetry::record_span("node.attempt", &self.context, Some(&root.span_id), times, attributes);
+        runtime::telemetry::record_span("node.attempt", &self.context, Some(&root.span_id), times, attributes);
     }
 }
 
 /// The root span: the execution from when this replica began driving it until it ended.
 pub fn execution(execution_id: &str, dag_id: &str, status: &str, driven_for: Duration) {
-    if !shared::telemetry::exporting() {
+    if !runtime::telemetry::exporting() {
         return;
     }
     let now = SystemTime::now();
@@ -65,12 +65,12 @@ pub fn execution(execution_id: &str, dag_id: &str, status: &str, driven_for: Dur
         KeyValue::new("status", status.to_owned()),
     ];
     let root = TraceContext::for_execution(execution_id);
-    shared::telemetry::record_span("execution", &root, None, (now - driven_for, now), attributes);
+    runtime::telemetry::record_span("execution", &root, None, (now - driven_for, now), attributes);
 }
 
 /// The API request that created the execution.
 pub fn submitted(execution_id: &str, dag_id: &str, request_started: SystemTime) {
-    if !shared::telemetry::exporting() {
+    if !runtime::telemetry::exporting() {
         return;
     }
     let root = TraceContext::for_execution(execution_id);
@@ -78,7 +78,7 @@ pub fn submitted(execution_id: &str, dag_id: &str, request_started: SystemTime) 
     let attributes =
         vec![KeyValue::new("execution_id", execution_id.to_owned()), KeyValue::new("dag_id", dag_id.to_owned())];
     let times = (request_started, SystemTime::now());
-    shared::telemetry::record_span("execution.submit", &own, Some(&root.span_id), times, attributes);
+    runtime::telemetry::record_span("execution.submit", &own, Some(&root.span_id), times, attributes);
 }
 
 /// An RFC 3339 time from a worker (its clock); now when unreadable.

@@ -12,8 +12,8 @@ use shared::canonical::ContentHash;
 use shared::dag::{Dag, NodeIndex};
 use shared::messages::{CancelMessage, Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
 use shared::provenance::{self, Timing};
-use shared::queue::Topology;
 use shared::state::{Effect, Execution, ExecutionStatus, Halt, NodeStatus, TaskKind};
+use shared::topology::Topology;
 
 use crate::store::{Lease, NodeUpdate, OutboxMessage, StepWrite};
 

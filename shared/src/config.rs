@@ -13,6 +13,10 @@ use std::path::PathBuf;
 /// Prefix of every variable.
 pub const PREFIX: &str = "GL_ORCHESTRATOR_";
 
+/// How long a process's exit waits for its buffered spans to be exported (the exit reserve of
+/// [`Settings::component_grace`] is built on it).
+pub const FLUSH_WITHIN: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Every setting, as the suffix of its variable, with its default (`None`: no default).
 pub const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CONFIG_FILE", None),
@@ -297,7 +301,7 @@ impl Settings {
     /// the runtime's own shutdown), never more than half of it.
     pub fn component_grace(&self) -> std::time::Duration {
         let grace = self.shutdown_grace();
-        let exiting = crate::telemetry::FLUSH_WITHIN + std::time::Duration::from_millis(500);
+        let exiting = FLUSH_WITHIN + std::time::Duration::from_millis(500);
         grace.saturating_sub(exiting.min(grace / 2))
     }
 

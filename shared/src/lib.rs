@@ -1,10 +1,10 @@
 //! # shared: the pure core of GreenLang Orchestrator
 //!
-//! Everything in this crate except [`amqp`] is deterministic and free of I/O: no clock, no
-//! network, no disk, no randomness that is not derived from its inputs. The coordinator and the
-//! worker wire these pieces to PostgreSQL, RabbitMQ and Redis; tests exercise them directly.
-//!
-//! - [`amqp`]: the RabbitMQ adapter shared by coordinators and workers (the one module with I/O).
+//! Everything in this crate is deterministic and free of I/O: no clock, no network, no disk, no
+//! randomness that is not derived from its inputs. Its manifest proves it: no async runtime, no
+//! driver, no telemetry (`tests/purity.rs` fails if one appears). The `runtime` crate holds the
+//! queue port, the RabbitMQ adapter, telemetry and liveness; the coordinator and the worker wire
+//! these pieces to PostgreSQL, RabbitMQ and Redis; tests exercise them directly.
 //!
 //! - [`dag`]: the DAG document format ([`dag::DagSpec`]), its compilation into a valid
 //!   [`dag::Dag`] (validation that collects every error), planning (levels and the canonical
@@ -19,18 +19,16 @@
 //! - [`messages`]: the versioned wire envelopes between coordinators and workers.
 //! - [`config`]: typed, validated settings from defaults, a file and the environment.
 //! - [`ids`]: validated identifiers.
+//! - [`topology`]: the names of exchanges and queues, and the sources of deliveries.
 
 pub mod admission;
-pub mod amqp;
 pub mod canonical;
 pub mod condition;
 pub mod config;
 pub mod dag;
 pub mod ids;
-pub mod liveness;
 pub mod messages;
 pub mod provenance;
-pub mod queue;
 pub mod retry;
 pub mod state;
-pub mod telemetry;
+pub mod topology;

@@ -16,10 +16,11 @@ use std::time::{Duration, Instant};
 
 use coordinator::app::Coordinator;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use runtime::amqp::AmqpConnector;
+use runtime::queue::Queue;
 use serde_json::{Value, json};
-use shared::amqp::AmqpConnector;
 use shared::config::Settings;
-use shared::queue::{Queue, Source, Topology};
+use shared::topology::{Source, Topology};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use worker::WorkerOptions;
@@ -507,10 +508,10 @@ impl Stack {
 
     /// Messages ready in this stack's task and result queues (`u32::MAX` while the broker cannot
     /// be asked, so that the auditor keeps waiting). `broker` is kept between calls.
-    async fn queue_depths(&self, broker: &mut Option<shared::amqp::Broker>) -> u32 {
+    async fn queue_depths(&self, broker: &mut Option<runtime::amqp::Broker>) -> u32 {
         let topology = Topology::new(&self.prefix, 1);
         if broker.as_ref().is_none_or(|b| !b.is_connected()) {
-            *broker = shared::amqp::Broker::connect(AMQP, "auditor", topology.clone(), BROKER_CALL).await.ok();
+            *broker = runtime::amqp::Broker::connect(AMQP, "auditor", topology.clone(), BROKER_CALL).await.ok();
         }
         let Some(b) = broker.as_ref() else { return u32::MAX };
         let mut total = 0;

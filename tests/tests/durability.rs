@@ -28,22 +28,22 @@ async fn a_worker_killed_mid_node_loses_nothing() {
     let mut first = stack.spawn_worker(WORKER, "victim");
     stack.create_dag(sleep_chain("kill-worker", 2, 2500)).await;
     let id = stack.execute("kill-worker", json!({})).await;
-    let broker = shared::amqp::Broker::connect(
+    let broker = runtime::amqp::Broker::connect(
         tests::AMQP,
         "probe",
-        shared::queue::Topology::new(&stack.prefix, 5),
+        shared::topology::Topology::new(&stack.prefix, 5),
         tests::BROKER_CALL,
     )
     .await
     .expect("probe connects");
-    let queue = shared::queue::Source::Pool("default".to_owned());
+    let queue = shared::topology::Source::Pool("default".to_owned());
     let db = stack.database().await;
     // Published (the outbox is empty), and no longer ready in the queue: the only consumer has it.
     eventually(WITHIN, "the victim holds the task", || async {
         let running = stack.nodes(&id).await["s0"]["status"] == "running";
         let sent =
             sqlx::query_scalar::<_, i64>("SELECT count(*) FROM outbox").fetch_one(&db).await.is_ok_and(|n| n == 0);
-        running && sent && shared::queue::Queue::depth(&broker, &queue).await.is_ok_and(|d| d == 0)
+        running && sent && runtime::queue::Queue::depth(&broker, &queue).await.is_ok_and(|d| d == 0)
     })
     .await;
     first.kill().expect("kill -9 the worker");
@@ -55,7 +55,7 @@ async fn a_worker_killed_mid_node_loses_nothing() {
     assert_eq!(nodes["s0"]["worker_id"], "survivor");
     assert_eq!(nodes["s0"]["attempts"][0]["deliveries"], 2, "the broker redelivered the same attempt");
     assert_each_node_ran_once(&stack, &id).await;
-    shared::queue::Queue::close(&broker).await;
+    runtime::queue::Queue::close(&broker).await;
     second.kill().ok();
     let _ = second.wait();
     stack.shutdown().await;

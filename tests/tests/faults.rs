@@ -6,10 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use runtime::amqp::Broker;
+use runtime::queue::{Outgoing, Queue};
 use serde_json::{Value, json};
-use shared::amqp::Broker;
 use shared::messages::Message;
-use shared::queue::{Outgoing, Queue, Topology};
+use shared::topology::Topology;
 use tests::{AMQP, Stack, StackOptions, mixed_workload};
 
 const WITHIN: Duration = Duration::from_secs(90);

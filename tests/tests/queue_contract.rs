@@ -11,8 +11,9 @@ use std::time::Duration;
 use coordinator::embedded::EmbeddedQueue;
 use coordinator::store::{SqliteStore, Store};
 use futures_util::StreamExt;
-use shared::amqp::AmqpConnector;
-use shared::queue::{Connector, Consumer, Delivery, Outgoing, QueueError, Source, Topology};
+use runtime::amqp::AmqpConnector;
+use runtime::queue::{Connector, Consumer, Delivery, Outgoing, QueueError};
+use shared::topology::{Source, Topology};
 
 const WITHIN: Duration = Duration::from_secs(10);
 /// Deliveries before a task is dead-lettered, in these tests.

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use shared::amqp::AmqpConnector;
+use runtime::amqp::AmqpConnector;
 use shared::config::Settings;
-use shared::queue::Topology;
+use shared::topology::Topology;
 
 use crate::WorkerOptions;
 use crate::agents::Registry;
@@ -25,7 +25,7 @@ pub fn main() -> ExitCode {
         None => {}
         Some("healthcheck") => {
             let addr = format!("127.0.0.1:{}", settings.worker_metrics_addr.port());
-            return match shared::telemetry::http_ok(&addr, "/health") {
+            return match runtime::telemetry::http_ok(&addr, "/health") {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("unhealthy: {e}");
@@ -38,7 +38,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     }
-    let telemetry = shared::telemetry::init(&settings.log_level, "greenlang-orchestrator-worker");
+    let telemetry = runtime::telemetry::init(&settings.log_level, "greenlang-orchestrator-worker");
     let registry = match agents(&settings) {
         Ok(r) => r,
         Err(message) => {
@@ -75,9 +75,9 @@ pub fn main() -> ExitCode {
             Ok(addr) => tracing::info!(%addr, "worker metrics listening"),
             Err(e) => tracing::warn!(error = %e, addr = %metrics_addr, "cannot serve worker metrics"),
         }
-        crate::run(options, shared::telemetry::shutdown_signal()).await;
+        crate::run(options, runtime::telemetry::shutdown_signal()).await;
     });
-    telemetry.shutdown_within(shared::telemetry::FLUSH_WITHIN);
+    telemetry.shutdown_within(shared::config::FLUSH_WITHIN);
     runtime.shutdown_timeout(Duration::from_millis(100));
     ExitCode::SUCCESS
 }

@@ -20,9 +20,10 @@ use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
 use futures_util::StreamExt;
+use runtime::queue::{Connector, Delivery, Outgoing, Queue, QueueError};
 use shared::messages::{Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
-use shared::queue::{Connector, Delivery, Outgoing, Queue, QueueError, Source, Topology};
 use shared::state::{NodeError, Outcome};
+use shared::topology::{Source, Topology};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use agents::{Call, Registry};
@@ -41,7 +42,7 @@ pub struct WorkerOptions {
     pub registry: Registry,
     pub metrics: Arc<metrics::WorkerMetrics>,
     /// Each pool's consumer beats here (`consumer:<pool>`); `/health` reads it.
-    pub liveness: Arc<shared::liveness::Liveness>,
+    pub liveness: Arc<runtime::liveness::Liveness>,
 }
 
 type AttemptKey = (String, String, u32);
@@ -72,7 +73,7 @@ pub async fn run(options: WorkerOptions, shutdown: impl Future<Output = ()>) {
     let grace = options.grace;
     let options = Arc::new(options);
     let session_loop =
-        shared::queue::reconnecting("worker", stop_rx.clone(), || session(options.clone(), stop_rx.clone()));
+        runtime::queue::reconnecting("worker", stop_rx.clone(), || session(options.clone(), stop_rx.clone()));
     tokio::pin!(session_loop);
     tokio::select! {
         () = &mut session_loop => {}
@@ -164,7 +165,7 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
 /// consumer.
 async fn probe_pools(
     queue: &dyn Queue,
-    progress: &[(String, Arc<shared::liveness::Component>)],
+    progress: &[(String, Arc<runtime::liveness::Component>)],
 ) -> Result<(), QueueError> {
     for (pool, component) in progress {
         queue.depth(&Source::Pool(pool.clone())).await?;
@@ -206,7 +207,7 @@ async fn handle(queue: &dyn Queue, options: &WorkerOptions, running: &Running, d
         attempt = task.attempt, agent_id = %task.agent_id, trace_id = trace.as_ref().map_or("", |t| t.trace_id.as_str()));
     // Exported as a child of the coordinator's span of this attempt, in the execution's trace.
     if let Some(trace) = &trace {
-        shared::telemetry::set_remote_parent(&span, trace);
+        runtime::telemetry::set_remote_parent(&span, trace);
     }
     let result = tracing::Instrument::instrument(execute(options, running, &task, deliveries), span).await;
     let forward = delivery.headers.iter().filter(|(k, _)| *k == "traceparent" || *k == "tracestate");

@@ -65,7 +65,7 @@ impl WorkerMetrics {
     }
 
     /// Serves `/metrics` and `/health` on `addr` until the process ends. `/health` answers 503,
-    /// naming them, while consumers are stalled (see [`shared::liveness`]).
+    /// naming them, while consumers are stalled (see [`runtime::liveness`]).
     pub async fn serve(self: Arc<Self>, addr: SocketAddr, health: HealthView) -> std::io::Result<SocketAddr> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let bound = listener.local_addr()?;
@@ -85,7 +85,7 @@ impl WorkerMetrics {
 /// What the worker's `/health` reports: its consumers' progress.
 #[derive(Debug, Clone)]
 pub struct HealthView {
-    pub liveness: Arc<shared::liveness::Liveness>,
+    pub liveness: Arc<runtime::liveness::Liveness>,
     pub stall_after: std::time::Duration,
 }
 

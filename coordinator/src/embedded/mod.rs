@@ -12,8 +12,9 @@ pub mod queue;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use runtime::queue::Connector;
 use shared::config::Settings;
-use shared::queue::{Connector, Topology};
+use shared::topology::Topology;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -1,4 +1,4 @@
-//! The embedded queue: the [`shared::queue`] port on a table of the embedded SQLite database, for
+//! The embedded queue: the [`runtime::queue`] port on a table of the embedded SQLite database, for
 //! `coordinator dev`, with RabbitMQ's semantics where the engine relies on them:
 //!
 //! - publishing commits the messages before it returns (the publisher confirm), and a mandatory
@@ -14,9 +14,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use shared::queue::{
-    Acker, Connector, Consumer, Delivery, Outgoing, Queue, QueueError, Settle, Source, StopConsuming, Topology,
-};
+use runtime::queue::{Acker, Connector, Consumer, Delivery, Outgoing, Queue, QueueError, Settle, StopConsuming};
+use shared::topology::{Source, Topology};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 

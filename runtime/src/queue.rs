@@ -16,6 +16,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures_util::stream::BoxStream;
+use shared::topology::{Source, Topology};
 
 /// A queue operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -43,19 +44,6 @@ pub struct Outgoing {
     /// Refuse to count the message as sent unless a queue received it (tasks and results). A
     /// cancel is a best-effort signal: with no worker connected nothing needs it.
     pub mandatory: bool,
-}
-
-/// Where deliveries come from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Source {
-    /// The task queue of a worker pool (a node's `queue`).
-    Pool(String),
-    /// Attempt results, for the coordinators.
-    Results,
-    /// Tasks that exhausted their deliveries (poison).
-    Dead,
-    /// Cancel requests: every consumer gets every one (fan-out).
-    Cancels,
 }
 
 /// How a delivery is settled.
@@ -164,65 +152,6 @@ pub trait Connector: Send + Sync + std::fmt::Debug {
 
     /// The addresses messages are published to.
     fn topology(&self) -> &Topology;
-}
-
-/// Names of exchanges and queues under one prefix (which namespaces tests and tenants).
-#[derive(Debug, Clone)]
-pub struct Topology {
-    prefix: String,
-    delivery_limit: u32,
-}
-
-impl Topology {
-    pub fn new(prefix: &str, delivery_limit: u32) -> Self {
-        Self { prefix: prefix.to_owned(), delivery_limit }
-    }
-
-    /// Deliveries of a task before it is dead-lettered.
-    pub fn delivery_limit(&self) -> u32 {
-        self.delivery_limit
-    }
-
-    pub fn tasks_exchange(&self) -> String {
-        format!("{}.tasks", self.prefix)
-    }
-
-    pub fn task_queue(&self, pool: &str) -> String {
-        format!("{}.tasks.{pool}", self.prefix)
-    }
-
-    pub fn dead_exchange(&self) -> String {
-        format!("{}.dead", self.prefix)
-    }
-
-    pub fn dead_queue(&self) -> String {
-        format!("{}.dead", self.prefix)
-    }
-
-    pub fn results_exchange(&self) -> String {
-        format!("{}.results", self.prefix)
-    }
-
-    pub fn results_queue(&self) -> String {
-        format!("{}.results", self.prefix)
-    }
-
-    pub fn cancel_exchange(&self) -> String {
-        format!("{}.cancel", self.prefix)
-    }
-
-    /// The queue name behind a source (`None` for the per-consumer cancel queues).
-    pub fn queue_of(&self, source: &Source) -> Option<String> {
-        match source {
-            Source::Pool(pool) => Some(self.task_queue(pool)),
-            Source::Results => Some(self.results_queue()),
-            Source::Dead => Some(self.dead_queue()),
-            Source::Cancels => None,
-        }
-    }
-
-    /// Routing key of result messages.
-    pub const RESULT_KEY: &'static str = "result";
 }
 
 /// Runs `session` until it ends cleanly or `stop` turns true. After a failure it waits, with capped
