@@ -17,6 +17,7 @@ use shared::provenance;
 use uuid::Uuid;
 
 use crate::auth::Tenant;
+use crate::problem::ApiError;
 use crate::store::{Created, ExecutionFilter, NewExecution, SharedStore, StoreError};
 
 /// What handlers share.
@@ -55,7 +56,7 @@ pub fn router(state: AppState) -> Router {
         .route("/executions", get(list_executions))
         .route("/checkpoints/{execution_id}", get(list_checkpoints).delete(delete_checkpoints))
         .route("/openapi.json", get(openapi))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), crate::auth::authenticate))
+        .route_layer(axum::middleware::from_fn_with_state(state.verifier.clone(), crate::auth::authenticate))
         .with_state(state);
     Router::new()
         .nest("/api/v1/orchestrator", api)
@@ -63,96 +64,6 @@ pub fn router(state: AppState) -> Router {
         .with_state(metrics_state)
         .layer(DefaultBodyLimit::max(limit))
         .layer(axum::middleware::map_response(problem_for_framework_errors))
-}
-
-/// An API error: a status, a stable problem type and a sentence.
-#[derive(Debug)]
-pub enum ApiError {
-    BadRequest(String),
-    UnsupportedMediaType,
-    Invalid(ValidationReport),
-    NotFound(String),
-    Conflict(String),
-    Unauthorized(String),
-    Forbidden(String),
-    PreconditionFailed(String),
-    Unavailable(String),
-    Internal(String),
-}
-
-impl ApiError {
-    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
-        match self {
-            ApiError::BadRequest(_) => (StatusCode::BAD_REQUEST, "bad-request", "The request is malformed"),
-            ApiError::UnsupportedMediaType => {
-                (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported-media-type", "The body must be application/json")
-            }
-            ApiError::Invalid(_) => (StatusCode::UNPROCESSABLE_ENTITY, "validation-failed", "The DAG is not valid"),
-            ApiError::NotFound(_) => (StatusCode::NOT_FOUND, "not-found", "No such resource"),
-            ApiError::Conflict(_) => (StatusCode::CONFLICT, "conflict", "The request conflicts with the current state"),
-            ApiError::Unauthorized(_) => (StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required"),
-            ApiError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden", "The token lacks a permission"),
-            ApiError::PreconditionFailed(_) => {
-                (StatusCode::PRECONDITION_FAILED, "precondition-failed", "The resource changed since it was read")
-            }
-            ApiError::Unavailable(_) => {
-                (StatusCode::SERVICE_UNAVAILABLE, "service-unavailable", "A dependency is unavailable")
-            }
-            ApiError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal", "Internal error"),
-        }
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        match e {
-            StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
-            e if e.is_unavailable() => ApiError::Unavailable("the database is unavailable".into()),
-            e => ApiError::Internal(e.to_string()),
-        }
-    }
-}
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let (status, slug, title) = self.parts();
-        let mut body = json!({
-            "type": format!("urn:greenlang:orchestrator:problem:{slug}"),
-            "title": title,
-            "status": status.as_u16(),
-        });
-        match self {
-            ApiError::Invalid(report) => {
-                body["detail"] = json!(format!("{} validation error(s)", report.error_count));
-                body["errors"] = json!(report.errors);
-                body["warnings"] = json!(report.warnings);
-            }
-            ApiError::Internal(cause) => {
-                // Log the cause once, here; the client gets a generic sentence.
-                tracing::error!(cause = %cause, "internal error");
-                body["detail"] = json!("the server could not complete the request");
-            }
-            ApiError::BadRequest(d)
-            | ApiError::NotFound(d)
-            | ApiError::Conflict(d)
-            | ApiError::PreconditionFailed(d)
-            | ApiError::Unauthorized(d)
-            | ApiError::Forbidden(d)
-            | ApiError::Unavailable(d) => {
-                body["detail"] = json!(d);
-            }
-            ApiError::UnsupportedMediaType => body["detail"] = json!("send the body as application/json"),
-        }
-        let mut response = (status, Json(body)).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
-        crate::auth::challenge(&mut response);
-        if status == StatusCode::SERVICE_UNAVAILABLE {
-            response.headers_mut().insert(header::RETRY_AFTER, header::HeaderValue::from_static("5"));
-        }
-        response
-    }
 }
 
 type ApiResult<T> = Result<T, ApiError>;

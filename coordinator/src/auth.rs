@@ -10,16 +10,16 @@
 use std::sync::Arc;
 
 use axum::extract::{FromRequestParts, MatchedPath, Request, State};
+use axum::http::header;
 use axum::http::request::Parts;
-use axum::http::{StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use shared::config::{AuthMode, Settings};
 
-use crate::api::{ApiError, AppState};
 use crate::endpoints::{ADMIN_SCOPE, scope_for};
+use crate::problem::ApiError;
 
 /// Who is calling.
 #[derive(Debug, Clone)]
@@ -115,13 +115,13 @@ struct Claims {
 }
 
 /// Authenticates the request and checks the scope its operation needs.
-pub async fn authenticate(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+pub async fn authenticate(State(verifier): State<Verifier>, mut request: Request, next: Next) -> Response {
     let path = request.extensions().get::<MatchedPath>().map_or_else(String::new, |m| m.as_str().to_owned());
     let required = scope_for(request.method().as_str(), &path);
     let authorization = request.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
     let principal = match required {
         None => Principal { tenant: "default".into(), scopes: Vec::new() },
-        Some(scope) => match state.verifier.principal(authorization) {
+        Some(scope) => match verifier.principal(authorization) {
             Ok(p) if p.scopes.iter().any(|s| s == scope || s == ADMIN_SCOPE) => p,
             Ok(_) => return ApiError::Forbidden(format!("the token lacks the scope {scope}")).into_response(),
             Err(e) => return e.into_response(),
@@ -129,14 +129,4 @@ pub async fn authenticate(State(state): State<AppState>, mut request: Request, n
     };
     request.extensions_mut().insert(principal);
     next.run(request).await
-}
-
-/// The `WWW-Authenticate` challenge of a 401.
-pub fn challenge(response: &mut Response) {
-    if response.status() == StatusCode::UNAUTHORIZED {
-        response.headers_mut().insert(
-            header::WWW_AUTHENTICATE,
-            header::HeaderValue::from_static("Bearer realm=\"greenlang-orchestrator\", error=\"invalid_token\""),
-        );
-    }
 }

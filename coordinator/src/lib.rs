@@ -31,6 +31,7 @@ pub mod inbox;
 pub mod locks;
 pub mod metrics;
 pub mod openapi;
+pub mod problem;
 pub mod redis;
 pub mod relay;
 pub mod scheduler;

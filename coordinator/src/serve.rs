@@ -17,7 +17,7 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 
-use crate::api::ApiError;
+use crate::problem::ApiError;
 
 /// Serves `app` on `listener` until `shutdown` resolves, then drains for at most `limit`.
 pub async fn serve(listener: TcpListener, app: Router, limit: Duration, shutdown: impl Future<Output = ()>) {
