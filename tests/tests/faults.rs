@@ -148,9 +148,12 @@ async fn a_coordinator_with_a_skewed_clock_breaks_nothing() {
     // One replica an hour ahead, one on time, both driving the same executions. Leases and their
     // expiry come from the database clock, so the skewed one neither steals live leases nor
     // loses its own; its clock only stamps the executions it accepts.
-    let mut stack = Stack::start(StackOptions { coordinators: 1, ..StackOptions::default() }).await;
-    let wrapper = ["faketime", "-f", "+1h"];
-    let mut skewed = stack.coordinator_process(&wrapper, COORDINATOR).await;
+    // libfaketime preloaded into the coordinator itself, not the `faketime` wrapper: killing the
+    // wrapper left its child running after the test (an orphan per run, found in CI).
+    let process_env =
+        vec![("LD_PRELOAD", "/usr/$LIB/faketime/libfaketime.so.1".to_owned()), ("FAKETIME", "+1h".to_owned())];
+    let mut stack = Stack::start(StackOptions { coordinators: 1, process_env, ..StackOptions::default() }).await;
+    let mut skewed = tests::KillOnDrop(stack.coordinator_process(&[], COORDINATOR).await);
     let ids = mixed_workload(&stack, 20).await;
     for id in &ids {
         assert_eq!(stack.wait_finished(id, WITHIN).await["status"], "completed", "{id}");
