@@ -860,6 +860,11 @@ where
 /// Best-effort removal of a test's exchanges and queues, bounded by [`BROKER_CALL`] in all
 /// (a broker that does not answer leaves them to `scripts/sweep-test-leftovers.sh`).
 pub async fn delete_topology(prefix: &str) {
+    delete_topology_with_pools(prefix, &["default"]).await;
+}
+
+/// [`delete_topology`] for a test whose tasks went to other pools (their queues) too.
+pub async fn delete_topology_with_pools(prefix: &str, pools: &[&str]) {
     let _ = tokio::time::timeout(BROKER_CALL, async {
         let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await else {
             return;
@@ -868,7 +873,8 @@ pub async fn delete_topology(prefix: &str) {
             return;
         };
         let t = Topology::new(prefix, 1);
-        for queue in [t.task_queue("default"), t.dead_queue(), t.results_queue()] {
+        let queues = pools.iter().map(|p| t.task_queue(p)).chain([t.dead_queue(), t.results_queue()]);
+        for queue in queues {
             let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
         }
         for exchange in [t.tasks_exchange(), t.dead_exchange(), t.results_exchange(), t.cancel_exchange()] {

@@ -145,7 +145,7 @@ async fn contract(connector: Arc<dyn Connector>) {
 async fn rabbitmq_keeps_the_queue_contract() {
     let (connector, prefix) = rabbitmq().await;
     contract(connector).await;
-    tests::delete_topology(&prefix).await;
+    tests::delete_topology_with_pools(&prefix, &["p"]).await;
 }
 
 #[tokio::test]
