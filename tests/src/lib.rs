@@ -251,10 +251,11 @@ impl Stack {
     }
 
     /// Starts `gl-coordinator serve` (path `exe`: `env!("CARGO_BIN_EXE_gl-coordinator")` in a
-    /// test) as a separate process on a free port, through `wrapper` if not empty (e.g.
-    /// `faketime -f +1h`), sends API calls to it from now on and waits until it answers.
-    pub async fn coordinator_process(&mut self, wrapper: &[&str], exe: &str) -> std::process::Child {
-        let (child, base) = self.spawn_coordinator(wrapper, exe);
+    /// test) as a separate process on a free port, sends API calls to it from now on and waits
+    /// until it answers. (A process to run under libfaketime gets `LD_PRELOAD` and `FAKETIME`
+    /// through `StackOptions::process_env`, never a wrapper process, which a kill would orphan.)
+    pub async fn coordinator_process(&mut self, exe: &str) -> std::process::Child {
+        let (child, base) = self.spawn_coordinator(exe);
         self.use_api(&base);
         self.wait_api(Duration::from_secs(60)).await;
         child
@@ -262,14 +263,9 @@ impl Stack {
 
     /// Starts `gl-coordinator serve` as a separate process on a free port, without sending API
     /// calls to it: the process and its API base.
-    pub fn spawn_coordinator(&self, wrapper: &[&str], exe: &str) -> (std::process::Child, String) {
+    pub fn spawn_coordinator(&self, exe: &str) -> (std::process::Child, String) {
         let port = free_port();
-        let (program, args) = match wrapper.split_first() {
-            Some((program, rest)) => (*program, rest.iter().copied().chain([exe]).collect::<Vec<_>>()),
-            None => (exe, Vec::new()),
-        };
-        let child = std::process::Command::new(program)
-            .args(args)
+        let child = std::process::Command::new(exe)
             .arg("serve")
             .envs(self.env())
             .envs(self.options.process_env.iter().map(|(k, v)| (*k, v)))
@@ -584,7 +580,7 @@ async fn remove_leftovers(database: &str, prefix: &str) {
 #[derive(Debug)]
 pub struct OwnRedis {
     pub port: u16,
-    child: Option<std::process::Child>,
+    child: Option<KillOnDrop>,
 }
 
 impl OwnRedis {
@@ -600,7 +596,7 @@ impl OwnRedis {
 
     /// The server's process id (while it runs).
     pub fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(std::process::Child::id)
+        self.child.as_ref().map(|c| c.id())
     }
 
     /// Starts the server (again) on the same port, and waits until it answers.
@@ -610,7 +606,7 @@ impl OwnRedis {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("redis-server is installed");
-        self.child = Some(child);
+        self.child = Some(KillOnDrop(child));
         let deadline = Instant::now() + Duration::from_secs(10);
         while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
             assert!(Instant::now() < deadline, "redis-server did not start");
@@ -627,15 +623,6 @@ impl OwnRedis {
             .expect("redis-cli is installed");
         let _ = status;
         if let Some(mut child) = self.child.take() {
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for OwnRedis {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
             let _ = child.wait();
         }
     }
@@ -1034,7 +1021,7 @@ pub async fn pause_drill(drill: PauseDrill) -> DrillFigures {
     ];
     settings.extend(drill.settings);
     let stack = Stack::start(StackOptions { settings, ..StackOptions::default() }).await;
-    let (coordinator, process_api) = stack.spawn_coordinator(&[], drill.coordinator_exe);
+    let (coordinator, process_api) = stack.spawn_coordinator(drill.coordinator_exe);
     let mut coordinator = KillOnDrop(coordinator);
     let mut worker = KillOnDrop(stack.spawn_worker(drill.worker_exe, "drill-worker"));
     eventually(Duration::from_secs(60), "the coordinator process answers", || async {

@@ -64,13 +64,13 @@ async fn a_worker_killed_mid_node_loses_nothing() {
 #[tokio::test]
 async fn a_coordinator_killed_mid_execution_is_replaced_without_rework() {
     let mut stack = Stack::start(StackOptions { coordinators: 0, ..StackOptions::default() }).await;
-    let mut first = stack.coordinator_process(&[], COORDINATOR).await;
+    let mut first = stack.coordinator_process(COORDINATOR).await;
     stack.create_dag(sleep_chain("kill-coordinator", 5, 300)).await;
     let id = stack.execute("kill-coordinator", json!({})).await;
     stack.wait_for(&id, WITHIN, |e| e["completed_nodes"].as_i64().is_some_and(|n| n >= 2)).await;
     first.kill().expect("kill -9 the coordinator");
     let _ = first.wait();
-    let mut second = stack.coordinator_process(&[], COORDINATOR).await;
+    let mut second = stack.coordinator_process(COORDINATOR).await;
     let e = stack.wait_finished(&id, WITHIN).await;
     assert_eq!(e["status"], "completed", "{e}");
     assert_each_node_ran_once(&stack, &id).await;
@@ -82,7 +82,7 @@ async fn a_coordinator_killed_mid_execution_is_replaced_without_rework() {
 #[tokio::test]
 async fn a_running_replica_takes_over_only_when_the_lease_expires() {
     let mut stack = Stack::start(StackOptions { coordinators: 0, ..StackOptions::default() }).await;
-    let mut first = stack.coordinator_process(&[], COORDINATOR).await;
+    let mut first = stack.coordinator_process(COORDINATOR).await;
     stack.create_dag(sleep_chain("takeover", 6, 400)).await;
     let id = stack.execute("takeover", json!({})).await;
     stack.wait_for(&id, WITHIN, |e| e["completed_nodes"].as_i64().is_some_and(|n| n >= 1)).await;
@@ -255,7 +255,7 @@ async fn the_runbook_lists_running_executions() {
 #[tokio::test]
 async fn a_paused_coordinator_cannot_write_under_its_expired_lease() {
     let mut stack = Stack::start(StackOptions { coordinators: 0, ..StackOptions::default() }).await;
-    let mut paused = stack.coordinator_process(&[], COORDINATOR).await;
+    let mut paused = stack.coordinator_process(COORDINATOR).await;
     stack.create_dag(sleep_chain("paused", 4, 400)).await;
     let id = stack.execute("paused", json!({})).await;
     stack.wait_for(&id, WITHIN, |e| e["completed_nodes"].as_i64().is_some_and(|n| n >= 1)).await;

@@ -102,7 +102,7 @@ async fn a_worker_paused_past_its_heartbeat_loses_nothing() {
 #[tokio::test]
 async fn a_coordinator_killed_between_receiving_a_result_and_committing_it_loses_nothing() {
     let mut stack = Stack::start(StackOptions { coordinators: 0, ..StackOptions::default() }).await;
-    let mut first = stack.coordinator_process(&[], COORDINATOR).await;
+    let mut first = stack.coordinator_process(COORDINATOR).await;
     stack
         .create_dag(json!({"dag_id": "window", "name": "window", "nodes": {
             "first": {"agent_id": "sleep", "params": {"ms": 800}},
@@ -132,7 +132,7 @@ async fn a_coordinator_killed_between_receiving_a_result_and_committing_it_loses
     let _ = first.wait();
     hold.rollback().await.expect("release");
     // The unacknowledged result goes back to the queue; the next coordinator records it.
-    let mut second = stack.coordinator_process(&[], COORDINATOR).await;
+    let mut second = stack.coordinator_process(COORDINATOR).await;
     let e = stack.wait_finished(&id, WITHIN).await;
     assert_eq!(e["status"], "completed", "{e}");
     let nodes = stack.nodes(&id).await;
@@ -153,7 +153,7 @@ async fn a_coordinator_with_a_skewed_clock_breaks_nothing() {
     let process_env =
         vec![("LD_PRELOAD", "/usr/$LIB/faketime/libfaketime.so.1".to_owned()), ("FAKETIME", "+1h".to_owned())];
     let mut stack = Stack::start(StackOptions { coordinators: 1, process_env, ..StackOptions::default() }).await;
-    let mut skewed = tests::KillOnDrop(stack.coordinator_process(&[], COORDINATOR).await);
+    let mut skewed = tests::KillOnDrop(stack.coordinator_process(COORDINATOR).await);
     let ids = mixed_workload(&stack, 20).await;
     for id in &ids {
         assert_eq!(stack.wait_finished(id, WITHIN).await["status"], "completed", "{id}");

@@ -78,7 +78,7 @@ async fn one_execution_is_one_trace_from_submission_through_the_worker_and_back(
     let otel = vec![("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint), ("OTEL_BSP_SCHEDULE_DELAY", "100".to_owned())];
     let mut stack =
         Stack::start(StackOptions { coordinators: 0, workers: 0, process_env: otel, ..StackOptions::default() }).await;
-    let mut coordinator = stack.coordinator_process(&[], COORDINATOR).await;
+    let mut coordinator = stack.coordinator_process(COORDINATOR).await;
     let mut worker = stack.spawn_worker(WORKER, "traced");
     stack.create_dag(example("linear-3.yaml")).await;
     let id = stack.execute("dag-linear-3-node", json!({"x": 1})).await;
