@@ -713,6 +713,28 @@ async fn concurrent_claims_keep_the_limit(db: &dyn Store) {
     assert_eq!(db.backlog().await.expect("backlog"), (9, 0));
 }
 
+/// A session the server ended (an administrator's `pg_terminate_backend`, as in the fault matrix)
+/// is "unavailable", not a refusal: the inbox then returns the result to the queue instead of
+/// recording it as an `invalid_result` failure of its node.
+#[tokio::test]
+async fn postgres_a_terminated_session_is_unavailable_not_a_refusal() {
+    let stack = tests::Stack::start(tests::StackOptions { coordinators: 0, workers: 0, ..Default::default() }).await;
+    let store = coordinator::store::PgStore::connect(&stack.settings()).await.expect("connect");
+    let mut session = store.pool().acquire().await.expect("a connection");
+    let pid: i32 = sqlx::query_scalar("SELECT pg_backend_pid()").fetch_one(&mut *session).await.expect("pid");
+    let admin = sqlx::PgPool::connect(&format!("{}/postgres", tests::POSTGRES)).await.expect("admin");
+    let ended: bool =
+        sqlx::query_scalar("SELECT pg_terminate_backend($1)").bind(pid).fetch_one(&admin).await.expect("terminate");
+    assert!(ended, "the session was ended");
+    admin.close().await;
+    let error = sqlx::query("SELECT 1").execute(&mut *session).await.expect_err("the session is gone");
+    let error = StoreError::from(error);
+    assert!(error.is_unavailable(), "{error:?} must count as unavailable");
+    drop(session);
+    store.pool().close().await;
+    stack.shutdown().await;
+}
+
 /// The file mode: created with its folder, WAL, `synchronous = NORMAL`, foreign keys, and
 /// everything (leases too) still there after the store is closed and opened again.
 #[tokio::test]

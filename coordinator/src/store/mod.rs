@@ -50,20 +50,39 @@ pub enum StoreError {
 }
 
 impl StoreError {
-    /// The pool had no free connection in time, the server is unreachable, or (SQLite) another
-    /// process holds the database file (`SQLITE_BUSY`, `SQLITE_LOCKED`, with their extended codes):
-    /// worth retrying later.
+    /// Worth retrying later, because the fault is the database's state and not the request: the
+    /// pool had no free connection in time, the server is unreachable or ended the session (an
+    /// administrator's `pg_terminate_backend`, a shutdown or crash restart, a connection lost
+    /// mid-message), it is out of connections, a statement timed out, a serializable transaction
+    /// lost a race, or (SQLite) another process holds the database file (`SQLITE_BUSY`,
+    /// `SQLITE_LOCKED`, with their extended codes). Anything else is a refusal of this request.
     pub fn is_unavailable(&self) -> bool {
         match self {
-            StoreError::Sql(sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed) => true,
+            StoreError::Sql(
+                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_),
+            ) => true,
+            StoreError::Sql(sqlx::Error::WorkerCrashed) => true,
             StoreError::Timeout { .. } => true,
             StoreError::Sql(sqlx::Error::Database(e)) => {
-                let primary = e.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
-                e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() && matches!(primary, Some(5 | 6))
+                if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
+                    let primary = e.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
+                    matches!(primary, Some(5 | 6))
+                } else {
+                    e.code().is_some_and(|code| transient_sqlstate(&code))
+                }
             }
             _ => false,
         }
     }
+}
+
+/// PostgreSQL error codes (SQLSTATE) that describe the server's state, not the statement:
+/// class 08 (connection exception), 53 (insufficient resources, such as too many connections),
+/// 57 (operator intervention: admin or crash shutdown, cannot connect now, statement timeout
+/// `57014`), and 40001/40P01 (serialization failure, deadlock: the transaction may simply be
+/// run again).
+fn transient_sqlstate(code: &str) -> bool {
+    matches!(code.get(..2), Some("08" | "53" | "57")) || matches!(code, "40001" | "40P01")
 }
 
 /// What a subscription wakes up for.
@@ -418,4 +437,19 @@ pub struct NewExecution<'a> {
     pub clock: &'a str,
     /// (key, hash of the request body)
     pub idempotency: Option<(&'a str, &'a str)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::transient_sqlstate;
+
+    #[test]
+    fn server_state_codes_are_transient_and_statement_errors_are_not() {
+        for code in ["57P01", "57P02", "57P03", "57014", "08006", "08003", "53300", "40001", "40P01"] {
+            assert!(transient_sqlstate(code), "{code} is worth retrying");
+        }
+        for code in ["23505", "23503", "22P02", "42P01", "42703", "P0001", "XX000", "5", ""] {
+            assert!(!transient_sqlstate(code), "{code} is a refusal");
+        }
+    }
 }

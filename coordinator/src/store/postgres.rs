@@ -119,6 +119,11 @@ impl PgStore {
         Ok(Self { pool, options, pending: Default::default() })
     }
 
+    /// The pool itself, for tests that need one particular connection.
+    pub fn pool(&self) -> &sqlx::PgPool {
+        &self.pool
+    }
+
     /// A `LISTEN` on `channel` over a connection of its own: a listener holds its connection for
     /// ever, so taking it from the pool would shrink what `DB_POOL_SIZE` promises to requests.
     async fn listen(&self, channel: &str) -> Result<sqlx::postgres::PgListener, StoreError> {
