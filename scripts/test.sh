@@ -26,3 +26,5 @@ bash loadtest/peers/celery/run.sh all --nodes 200 --reps 2
 # the distributed deployment.
 scripts/readme-first-command.sh
 scripts/demo.sh
+# glctl as an API client only (feature `embedded` off); last, as it replaces target/debug/glctl.
+scripts/glctl-client-only.sh

@@ -10,10 +10,10 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
+use engine::config::Settings;
+use engine::dag::{DagSpec, Limits, ValidationReport, compile};
+use engine::provenance;
 use serde_json::{Value, json};
-use shared::config::Settings;
-use shared::dag::{DagSpec, Limits, ValidationReport, compile};
-use shared::provenance;
 use uuid::Uuid;
 
 use crate::auth::Tenant;
@@ -367,10 +367,10 @@ async fn cancel(State(state): State<AppState>, Tenant(tenant): Tenant, Path(id):
 }
 
 /// The definition an execution pinned, compiled.
-async fn pinned_dag(db: &SharedStore, dag_hash: &str) -> ApiResult<shared::dag::Dag> {
+async fn pinned_dag(db: &SharedStore, dag_hash: &str) -> ApiResult<engine::dag::Dag> {
     let definition =
         db.definition(dag_hash).await?.ok_or_else(|| ApiError::Internal("pinned definition missing".into()))?;
-    shared::dag::compile_stored(definition, Some(dag_hash)).map_err(ApiError::Internal)
+    engine::dag::compile_stored(definition, Some(dag_hash)).map_err(ApiError::Internal)
 }
 
 async fn provenance_of(
@@ -382,7 +382,7 @@ async fn provenance_of(
     let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
     let dag = pinned_dag(&state.db, &e.dag_hash).await?;
     let records: Vec<provenance::Record> = state.db.records(id).await?.into_iter().map(|(_, r)| r).collect();
-    let stored = e.provenance_chain_hash.as_deref().and_then(|h| shared::canonical::ContentHash::parse(h).ok());
+    let stored = e.provenance_chain_hash.as_deref().and_then(|h| engine::canonical::ContentHash::parse(h).ok());
     let verdict = provenance::verify(&dag, &id.to_string(), &e.input_data, &records, stored.as_ref());
     let result = if verdict.chain_valid { "valid" } else { "invalid" };
     state.metrics.provenance_verifications.with_label_values(&[result]).inc();
@@ -465,7 +465,7 @@ async fn resume(State(state): State<AppState>, Tenant(tenant): Tenant, Path(id):
     state.metrics.checkpoint_operations.with_label_values(&["verify", "failed"]).inc_by(rejected.len() as u64);
     let snapshot =
         crate::scheduler::snapshot(&dag, &e, rows.clone()).map_err(|err| ApiError::Internal(err.to_string()))?;
-    let resumed = shared::state::resume(&dag, &snapshot, trusted);
+    let resumed = engine::state::resume(&dag, &snapshot, trusted);
     let names = |list: &[u32]| -> Vec<String> { list.iter().map(|&v| dag.node_id(v).to_owned()).collect() };
     let (skipped, remaining) = (names(&resumed.skipped), names(&resumed.remaining));
     let counts = (i32::try_from(skipped.len()).unwrap_or(i32::MAX), 0, 0);
@@ -525,7 +525,7 @@ async fn list_executions(
     Query(query): Query<std::collections::HashMap<String, String>>,
 ) -> ApiResult<Json<Value>> {
     if let Some(dag_id) = query.get("dag_id") {
-        shared::ids::check_id(dag_id).map_err(|e| ApiError::BadRequest(format!("dag_id {e}")))?;
+        engine::ids::check_id(dag_id).map_err(|e| ApiError::BadRequest(format!("dag_id {e}")))?;
     }
     let status = query.get("status").cloned();
     if let Some(s) = &status
@@ -685,13 +685,13 @@ fn reject_nul(value: &Value, what: &str) -> ApiResult<()> {
 }
 
 /// Parses, checks and compiles a DAG document received by the API.
-fn accept_dag(state: &AppState, spec: Result<DagSpec, shared::dag::ParseError>) -> ApiResult<shared::dag::Dag> {
+fn accept_dag(state: &AppState, spec: Result<DagSpec, engine::dag::ParseError>) -> ApiResult<engine::dag::Dag> {
     let spec = spec.map_err(|e| ApiError::BadRequest(e.to_string()))?;
     reject_nul(&serde_json::to_value(&spec).unwrap_or_default(), "the DAG")?;
     compile(spec, &Limits { max_nodes: state.settings.max_dag_nodes }).map_err(|r| invalid(state, r))
 }
 
-async fn store_new(state: &AppState, tenant: &str, dag: shared::dag::Dag, message: &str) -> ApiResult<Response> {
+async fn store_new(state: &AppState, tenant: &str, dag: engine::dag::Dag, message: &str) -> ApiResult<Response> {
     let row = state.db.insert_dag(tenant, &dag).await?;
     forget_dag(state, tenant, &row.dag_id).await;
     let body = json!({"dag": dag_json(&row), "message": message, "warnings": dag.warnings()});
@@ -713,7 +713,7 @@ fn no_dag(dag_id: &str) -> ApiError {
 
 /// A stored DAG, from the Redis cache when it has it (and then cached).
 async fn stored_dag(state: &AppState, tenant: &str, dag_id: &str) -> ApiResult<crate::store::DagRow> {
-    if shared::ids::check_id(dag_id).is_err() {
+    if engine::ids::check_id(dag_id).is_err() {
         return Err(no_dag(dag_id));
     }
     if let Some(redis) = &state.redis
@@ -735,8 +735,8 @@ async fn forget_dag(state: &AppState, tenant: &str, dag_id: &str) {
     }
 }
 
-fn compiled(row: &crate::store::DagRow) -> ApiResult<shared::dag::Dag> {
-    shared::dag::compile_stored(row.definition.clone(), Some(&row.dag_hash)).map_err(ApiError::Internal)
+fn compiled(row: &crate::store::DagRow) -> ApiResult<engine::dag::Dag> {
+    engine::dag::compile_stored(row.definition.clone(), Some(&row.dag_hash)).map_err(ApiError::Internal)
 }
 
 async fn list_dags(
@@ -766,7 +766,7 @@ async fn list_dags(
 /// The DAG list's cursor: the id of the last item.
 fn decode_text_cursor(cursor: &str) -> ApiResult<String> {
     let text = decode_text(cursor)?;
-    shared::ids::check_id(&text).map_err(|_| bad_cursor())?;
+    engine::ids::check_id(&text).map_err(|_| bad_cursor())?;
     Ok(text)
 }
 
@@ -885,7 +885,7 @@ async fn delete_dag(
     Tenant(tenant): Tenant,
     Path(dag_id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    if shared::ids::check_id(&dag_id).is_err() || !state.db.delete_dag(&tenant, &dag_id).await? {
+    if engine::ids::check_id(&dag_id).is_err() || !state.db.delete_dag(&tenant, &dag_id).await? {
         return Err(no_dag(&dag_id));
     }
     forget_dag(&state, &tenant, &dag_id).await;

@@ -5,10 +5,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::config::Settings;
+use engine::topology::{Source, Topology};
 use runtime::amqp::AmqpConnector;
 use runtime::queue::{Connector, Queue};
-use shared::config::Settings;
-use shared::topology::{Source, Topology};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 

@@ -14,9 +14,9 @@ use axum::http::header;
 use axum::http::request::Parts;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use engine::config::{AuthMode, Settings};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
-use shared::config::{AuthMode, Settings};
 
 use crate::endpoints::{ADMIN_SCOPE, scope_for};
 use crate::problem::ApiError;
@@ -100,7 +100,7 @@ impl Verifier {
         let data = jsonwebtoken::decode::<Claims>(token.trim(), &key.0, &key.1)
             .map_err(|e| ApiError::Unauthorized(format!("the token is not valid: {e}")))?;
         let tenant = data.claims.tenant.unwrap_or_else(|| "default".into());
-        shared::ids::check_id(&tenant).map_err(|e| ApiError::Unauthorized(format!("tenant claim {e}")))?;
+        engine::ids::check_id(&tenant).map_err(|e| ApiError::Unauthorized(format!("tenant claim {e}")))?;
         let scopes = data.claims.scope.unwrap_or_default().split_whitespace().map(str::to_owned).collect();
         Ok(Principal { tenant, scopes })
     }

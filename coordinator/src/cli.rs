@@ -8,9 +8,9 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::{Parser, Subcommand};
+use engine::config::Settings;
+use engine::dag::{Dag, DagSpec, Limits, ValidationReport, compile};
 use serde_json::json;
-use shared::config::Settings;
-use shared::dag::{Dag, DagSpec, Limits, ValidationReport, compile};
 
 use crate::app::Coordinator;
 use crate::embedded::{Embedded, EmbeddedOptions, Storage};
@@ -140,7 +140,7 @@ fn settings() -> Result<Settings, String> {
 async fn serve() -> Result<(), String> {
     let settings = settings()?;
     let telemetry = runtime::telemetry::init(&settings.log_level, "greenlang-orchestrator-coordinator");
-    if settings.auth == shared::config::AuthMode::Enabled {
+    if settings.auth == engine::config::AuthMode::Enabled {
         settings.check_auth().map_err(|e| e.to_string())?;
     }
     let name = format!("coordinator-{}-{}", hostname(), std::process::id());
@@ -148,7 +148,7 @@ async fn serve() -> Result<(), String> {
     runtime::telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     coordinator.shutdown().await;
-    telemetry.shutdown_within(shared::config::FLUSH_WITHIN);
+    telemetry.shutdown_within(engine::config::FLUSH_WITHIN);
     Ok(())
 }
 
@@ -159,7 +159,7 @@ async fn dev(args: &DevArgs) -> Result<(), String> {
     if auth_asked {
         settings.check_auth().map_err(|e| e.to_string())?;
     } else {
-        settings.auth = shared::config::AuthMode::Disabled;
+        settings.auth = engine::config::AuthMode::Disabled;
         tracing::warn!("authentication is off (embedded mode); set GL_ORCHESTRATOR_AUTH=enabled to require tokens");
     }
     let storage = if args.memory { Storage::Memory } else { Storage::File(args.data.clone()) };
@@ -174,7 +174,7 @@ async fn dev(args: &DevArgs) -> Result<(), String> {
     runtime::telemetry::shutdown_signal().await;
     tracing::info!("shutting down");
     embedded.shutdown().await;
-    telemetry.shutdown_within(shared::config::FLUSH_WITHIN);
+    telemetry.shutdown_within(engine::config::FLUSH_WITHIN);
     Ok(())
 }
 

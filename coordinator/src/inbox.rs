@@ -7,12 +7,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::messages::{Message, ResultMessage, WIRE_VERSION};
+use engine::state::{NodeError, Outcome};
+use engine::topology::Source;
 use futures_util::{FutureExt, StreamExt};
 use runtime::liveness::Component;
 use runtime::queue::{Connector, Delivery, QueueError};
-use shared::messages::{Message, ResultMessage, WIRE_VERSION};
-use shared::state::{NodeError, Outcome};
-use shared::topology::Source;
 use tokio::sync::watch;
 
 use crate::store::SharedStore;

@@ -6,8 +6,8 @@
 use axum::Json;
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
+use engine::dag::ValidationReport;
 use serde_json::json;
-use shared::dag::ValidationReport;
 
 use crate::store::StoreError;
 

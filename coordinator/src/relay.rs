@@ -15,9 +15,9 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
+use engine::topology::Source;
 use futures_util::FutureExt;
 use runtime::queue::{Connector, Outgoing, QueueError};
-use shared::topology::Source;
 use tokio::sync::watch;
 
 use crate::health::{Health, RELAY};

@@ -11,12 +11,12 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::canonical::ContentHash;
+use engine::dag::{Dag, NodeIndex, compile_stored};
+use engine::provenance;
+use engine::state::{Compensation, Execution, ExecutionStatus, NodeError, NodeState, NodeStatus, Snapshot};
+use engine::topology::Topology;
 use serde::de::DeserializeOwned;
-use shared::canonical::ContentHash;
-use shared::dag::{Dag, NodeIndex, compile_stored};
-use shared::provenance;
-use shared::state::{Compensation, Execution, ExecutionStatus, NodeError, NodeState, NodeStatus, Snapshot};
-use shared::topology::Topology;
 use tokio::sync::watch;
 use uuid::Uuid;
 

@@ -5,9 +5,9 @@
 
 use std::time::{Duration, SystemTime};
 
+use engine::messages::{ResultMessage, TraceContext};
+use engine::state::Outcome;
 use opentelemetry::KeyValue;
-use shared::messages::{ResultMessage, TraceContext};
-use shared::state::Outcome;
 
 /// What an attempt span needs from a result, kept until its step is committed.
 #[derive(Debug, Clone)]

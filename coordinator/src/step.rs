@@ -7,13 +7,13 @@
 
 use std::collections::{HashMap, HashSet};
 
+use engine::canonical::ContentHash;
+use engine::dag::{Dag, NodeIndex};
+use engine::messages::{CancelMessage, Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
+use engine::provenance::{self, Timing};
+use engine::state::{Effect, Execution, ExecutionStatus, Halt, NodeStatus, TaskKind};
+use engine::topology::Topology;
 use serde::Serialize;
-use shared::canonical::ContentHash;
-use shared::dag::{Dag, NodeIndex};
-use shared::messages::{CancelMessage, Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
-use shared::provenance::{self, Timing};
-use shared::state::{Effect, Execution, ExecutionStatus, Halt, NodeStatus, TaskKind};
-use shared::topology::Topology;
 
 use crate::store::{Lease, NodeUpdate, OutboxMessage, StepWrite};
 
@@ -74,7 +74,7 @@ pub(crate) fn advance(
             effects.extend(fx);
             if r.kind == TaskKind::Run {
                 let timed_out =
-                    matches!(&r.outcome, shared::state::Outcome::Failed { error, .. } if error.error_type == "timeout");
+                    matches!(&r.outcome, engine::state::Outcome::Failed { error, .. } if error.error_type == "timeout");
                 observed.attempts.push((v, r.duration_ms, timed_out));
                 timing.insert(v, r);
             }

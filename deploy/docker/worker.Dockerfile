@@ -15,7 +15,7 @@ WORKDIR /src
 ENV CARGO_TERM_COLOR=never \
     CARGO_INCREMENTAL=0
 COPY . .
-# Same cache ids as coordinator.Dockerfile: the shared crate and common dependencies compile once.
+# Same cache ids as coordinator.Dockerfile: the engine crate and common dependencies compile once.
 RUN --mount=type=cache,id=gl-orchestrator-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=gl-orchestrator-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=gl-orchestrator-target,target=/src/target,sharing=locked \

@@ -12,6 +12,7 @@
 //! unreachable server.
 
 mod client;
+mod embedded;
 mod render;
 
 use std::io::Write;
@@ -19,8 +20,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use engine::dag::{Dag, DagSpec, Limits, compile};
 use serde_json::{Value, json};
-use shared::dag::{Dag, DagSpec, Limits, compile};
 
 pub use client::{Client, ClientError};
 
@@ -169,7 +170,7 @@ pub async fn run(args: Vec<std::ffi::OsString>, out: &mut dyn Write, err: &mut d
     let outcome = match cli.command {
         Command::Dag(c) => dag(&client, c, out).await,
         Command::Run(a) if cli.server.is_none() && a.wait && is_file(&a.dag) && !client.reachable().await => {
-            run_embedded(a, out, err).await
+            embedded::run(a, out, err).await
         }
         Command::Run(a) => run_dag(&client, a, out, err).await,
         Command::Executions(c) => executions(&client, c, out).await,
@@ -247,7 +248,7 @@ async fn stored(client: &Client, dag_id: &str) -> Result<Dag, Failure> {
             doc.remove(computed);
         }
     }
-    shared::dag::compile_stored(definition, hash.as_deref()).map_err(Failure::negative)
+    engine::dag::compile_stored(definition, hash.as_deref()).map_err(Failure::negative)
 }
 
 /// Creates the DAG of `path`, or replaces it when its id exists. Returns the API's answer.
@@ -298,35 +299,6 @@ async fn run_dag(client: &Client, args: RunArgs, out: &mut dyn Write, err: &mut 
             EXIT_NEGATIVE
         }),
     }
-}
-
-/// `run FILE --wait` on an orchestrator started in this process (no server was running).
-async fn run_embedded(args: RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
-    let data = coordinator::embedded::default_file();
-    let _ = writeln!(err, "no server at {DEFAULT_SERVER}; running embedded (state in {})", data.display());
-    let embedded = start_embedded(data).await.map_err(|e| Failure::usage(format!("embedded mode: {e}")))?;
-    let client = Client::new(&format!("http://{}", embedded.coordinator.addr), None);
-    let outcome = run_dag(&client, args, out, err).await;
-    embedded.shutdown().await;
-    outcome
-}
-
-/// The embedded orchestrator on a free local port, authentication off; the other settings come
-/// from the `GL_ORCHESTRATOR_*` environment as for `coordinator dev`.
-async fn start_embedded(data: PathBuf) -> Result<coordinator::embedded::Embedded, String> {
-    const FORCED: [(&str, &str); 2] =
-        [("GL_ORCHESTRATOR_HTTP_ADDR", "127.0.0.1:0"), ("GL_ORCHESTRATOR_AUTH", "disabled")];
-    let env = std::env::vars()
-        .filter(|(k, _)| !FORCED.iter().any(|(f, _)| f == k))
-        .chain(FORCED.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
-    let settings = shared::config::Settings::load(env, None).map_err(|e| e.to_string())?;
-    let registry = worker::cli::agents(&settings)?;
-    let options = coordinator::embedded::EmbeddedOptions {
-        storage: coordinator::embedded::Storage::File(data),
-        workers: 2,
-        registry,
-    };
-    coordinator::embedded::Embedded::start(settings, options).await.map_err(|e| e.to_string())
 }
 
 async fn executions(client: &Client, command: ExecCommand, out: &mut dyn Write) -> Outcome {

@@ -5,11 +5,11 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
+use engine::canonical::ContentHash;
+use engine::dag::{Dag, compile_stored};
+use engine::provenance::{self, Record};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
-use shared::canonical::ContentHash;
-use shared::dag::{Dag, compile_stored};
-use shared::provenance::{self, Record};
 
 use crate::{Client, Failure};
 

@@ -11,8 +11,8 @@ use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 use std::time::Duration;
 
+use engine::dag::{DagSpec, Limits, compile};
 use serde_json::{Map, Value, json};
-use shared::dag::{DagSpec, Limits, compile};
 
 use crate::{Client, LoadError, millis, time};
 

@@ -5,8 +5,8 @@
 
 use std::time::Instant;
 
+use engine::dag::synth;
 use serde_json::{Value, json};
-use shared::dag::synth;
 
 use crate::{Client, LoadError, percentile};
 

@@ -35,7 +35,7 @@ use lapin::options::{
 use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 
-use shared::topology::{Source, Topology};
+use engine::topology::{Source, Topology};
 
 use crate::queue::{Acker, Connector, Consumer, Delivery, Outgoing, Queue, QueueError, Settle, StopConsuming};
 
@@ -298,14 +298,14 @@ impl StopConsuming for AmqpStopper {
 /// Connects to RabbitMQ at one URL.
 #[derive(Debug, Clone)]
 pub struct AmqpConnector {
-    url: shared::config::Secret,
+    url: engine::config::Secret,
     topology: Topology,
     timeout: Duration,
 }
 
 impl AmqpConnector {
     /// `timeout` bounds every operation on the connections it opens.
-    pub fn new(url: shared::config::Secret, topology: Topology, timeout: Duration) -> Self {
+    pub fn new(url: engine::config::Secret, topology: Topology, timeout: Duration) -> Self {
         Self { url, topology, timeout }
     }
 }

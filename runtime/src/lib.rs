@@ -1,6 +1,6 @@
 //! # runtime: the plumbing beside the pure core
 //!
-//! What coordinators and workers share that does I/O or keeps time, kept out of `shared` so that
+//! What coordinators and workers share that does I/O or keeps time, kept out of `engine` so that
 //! the core's manifest carries no async runtime, driver or telemetry:
 //!
 //! - [`queue`]: the message-queue port (`Connector`, `Queue`, deliveries and their settling) and

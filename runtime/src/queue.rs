@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use engine::topology::{Source, Topology};
 use futures_util::stream::BoxStream;
-use shared::topology::{Source, Topology};
 
 /// A queue operation failed.
 #[derive(Debug, thiserror::Error)]

@@ -115,7 +115,7 @@ fn otlp_timeout() -> std::time::Duration {
 /// the worker's span hangs under. A no-op when tracing is off.
 pub fn record_span(
     name: &'static str,
-    context: &shared::messages::TraceContext,
+    context: &engine::messages::TraceContext,
     parent_span_id: Option<&str>,
     (start, end): (std::time::SystemTime, std::time::SystemTime),
     attributes: Vec<opentelemetry::KeyValue>,
@@ -141,14 +141,14 @@ pub fn record_span(
 
 /// The OpenTelemetry context of a W3C trace context received from another process, for
 /// `tracing_opentelemetry::OpenTelemetrySpanExt::set_parent`.
-pub fn remote_parent(context: &shared::messages::TraceContext) -> Option<opentelemetry::Context> {
+pub fn remote_parent(context: &engine::messages::TraceContext) -> Option<opentelemetry::Context> {
     use opentelemetry::trace::TraceContextExt;
     let (trace, span) = (trace_id(&context.trace_id)?, span_id(&context.span_id)?);
     Some(opentelemetry::Context::new().with_remote_span_context(remote(trace, span)))
 }
 
 /// Attaches the trace context received from another process as the parent of `span`.
-pub fn set_remote_parent(span: &tracing::Span, context: &shared::messages::TraceContext) {
+pub fn set_remote_parent(span: &tracing::Span, context: &engine::messages::TraceContext) {
     use tracing_opentelemetry::OpenTelemetrySpanExt;
     if let Some(parent) = remote_parent(context) {
         let _ = span.set_parent(parent);

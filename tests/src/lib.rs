@@ -15,12 +15,12 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::{Duration, Instant};
 
 use coordinator::app::Coordinator;
+use engine::config::Settings;
+use engine::topology::{Source, Topology};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use runtime::amqp::AmqpConnector;
 use runtime::queue::Queue;
 use serde_json::{Value, json};
-use shared::config::Settings;
-use shared::topology::{Source, Topology};
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use worker::WorkerOptions;
@@ -320,7 +320,7 @@ impl Stack {
         let settings = self.settings();
         let options = WorkerOptions {
             queue: Arc::new(AmqpConnector::new(
-                shared::config::Secret::new(AMQP),
+                engine::config::Secret::new(AMQP),
                 Topology::new(&self.prefix, settings.delivery_limit),
                 settings.amqp_timeout(),
             )),
@@ -875,7 +875,7 @@ pub async fn delete_topology_with_pools(prefix: &str, pools: &[&str]) {
 /// A DAG document from `examples/`, as JSON.
 pub fn example(name: &str) -> Value {
     let text = std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists");
-    let spec = shared::dag::DagSpec::from_yaml(&text).expect("example parses");
+    let spec = engine::dag::DagSpec::from_yaml(&text).expect("example parses");
     serde_json::to_value(spec).expect("as JSON")
 }
 

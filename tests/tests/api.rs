@@ -128,8 +128,8 @@ async fn dag_crud_and_rendering(backend: Backend) {
     let (status, body) = stack.call(Method::POST, "/dags/dag-complex-6-node/validate", None).await;
     assert_eq!((status, body["valid"].clone(), body["error_count"].clone()), (200, json!(true), json!(0)));
     let (_, body) = stack.call(Method::GET, "/dags/dag-complex-6-node/export", None).await;
-    let exported = shared::dag::DagSpec::from_yaml(body["yaml"].as_str().expect("yaml")).expect("parses");
-    let rehashed = shared::dag::compile(exported, &shared::dag::Limits::default()).expect("valid");
+    let exported = engine::dag::DagSpec::from_yaml(body["yaml"].as_str().expect("yaml")).expect("parses");
+    let rehashed = engine::dag::compile(exported, &engine::dag::Limits::default()).expect("valid");
     assert_eq!(json!(rehashed.hash()), body["dag_hash"], "the export round-trips to the same hash");
     let (_, body) = stack.call(Method::GET, "/dags/dag-complex-6-node/visualize", None).await;
     assert!(body["mermaid"].as_str().is_some_and(|m| m.starts_with("graph TD\n") && m.contains("-->")), "{body}");

@@ -3,8 +3,8 @@
 
 use std::collections::BTreeSet;
 
+use engine::config::{PREFIX, SETTINGS};
 use serde_json::Value;
-use shared::config::{PREFIX, SETTINGS};
 
 fn yaml(path: &str) -> Value {
     let text = std::fs::read_to_string(tests::repo_root().join(path)).unwrap_or_else(|e| panic!("{path}: {e}"));
@@ -36,7 +36,7 @@ fn the_configmap_keys_are_exactly_the_settings_the_binaries_read() {
     // The values are ones the binaries accept.
     let env = configmap["data"].as_object().expect("data").iter().filter(|(k, _)| k.starts_with(PREFIX));
     let env: Vec<(String, String)> = env.map(|(k, v)| (k.clone(), v.as_str().unwrap_or_default().to_owned())).collect();
-    shared::config::Settings::load(env, None).expect("the ConfigMap's values are valid settings");
+    engine::config::Settings::load(env, None).expect("the ConfigMap's values are valid settings");
 }
 
 #[test]

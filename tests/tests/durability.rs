@@ -31,12 +31,12 @@ async fn a_worker_killed_mid_node_loses_nothing() {
     let broker = runtime::amqp::Broker::connect(
         tests::AMQP,
         "probe",
-        shared::topology::Topology::new(&stack.prefix, 5),
+        engine::topology::Topology::new(&stack.prefix, 5),
         tests::BROKER_CALL,
     )
     .await
     .expect("probe connects");
-    let queue = shared::topology::Source::Pool("default".to_owned());
+    let queue = engine::topology::Source::Pool("default".to_owned());
     let db = stack.database().await;
     // Published (the outbox is empty), and no longer ready in the queue: the only consumer has it.
     eventually(WITHIN, "the victim holds the task", || async {

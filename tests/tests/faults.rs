@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use engine::messages::Message;
+use engine::topology::Topology;
 use runtime::amqp::Broker;
 use runtime::queue::{Outgoing, Queue};
 use serde_json::{Value, json};
-use shared::messages::Message;
-use shared::topology::Topology;
 use tests::{AMQP, Stack, StackOptions, mixed_workload};
 
 const WITHIN: Duration = Duration::from_secs(90);
@@ -40,10 +40,10 @@ async fn duplicate_and_late_results_change_nothing() {
     let broker = Broker::connect(AMQP, "fault-injector", topology.clone(), tests::BROKER_CALL).await.expect("broker");
     for id in &ids {
         for stored in stored_results(&stack, id).await {
-            let mut result: shared::messages::ResultMessage = serde_json::from_value(stored).expect("a result");
+            let mut result: engine::messages::ResultMessage = serde_json::from_value(stored).expect("a result");
             broker.publish(&[result_message(&topology, &result)]).await.expect("dup");
             if result.node_id == "flaky" && result.attempt == 1 {
-                result.outcome = shared::state::Outcome::Succeeded { outputs: json!({"late": true}) };
+                result.outcome = engine::state::Outcome::Succeeded { outputs: json!({"late": true}) };
                 broker.publish(&[result_message(&topology, &result)]).await.expect("late");
             }
         }
@@ -175,7 +175,7 @@ async fn a_coordinator_with_a_skewed_clock_breaks_nothing() {
 }
 
 /// A result as a worker publishes it.
-fn result_message(topology: &Topology, result: &shared::messages::ResultMessage) -> Outgoing {
+fn result_message(topology: &Topology, result: &engine::messages::ResultMessage) -> Outgoing {
     Outgoing {
         exchange: topology.results_exchange(),
         routing_key: Topology::RESULT_KEY.to_owned(),

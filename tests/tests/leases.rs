@@ -6,8 +6,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use coordinator::store::{Created, NewExecution, StepWrite, Store};
+use engine::dag::{DagSpec, Limits, compile};
 use serde_json::json;
-use shared::dag::{DagSpec, Limits, compile};
 use tests::eventually;
 
 tests::on_each_store!(a_stale_epoch_cannot_write, a_live_lease_is_renewed_only_by_its_holder);
@@ -24,7 +24,7 @@ async fn one_execution(db: &dyn Store, dag_id: &str) -> uuid::Uuid {
             dag_id,
             dag: &dag,
             input: &input,
-            input_hash: shared::provenance::hash_value(&input).as_str(),
+            input_hash: engine::provenance::hash_value(&input).as_str(),
             options: &json!({}),
             priority: 0,
             clock: "2026-01-01T00:00:00Z",

@@ -79,7 +79,7 @@ fn plan_prints_hash_levels_and_order() {
 
     let yaml = std::fs::read_to_string(Path::new(&file)).expect("read");
     let dag: serde_json::Value =
-        serde_json::to_value(shared::dag::DagSpec::from_yaml(&yaml).expect("yaml")).expect("json");
+        serde_json::to_value(engine::dag::DagSpec::from_yaml(&yaml).expect("yaml")).expect("json");
     let as_json = temp_file("diamond.json", serde_json::to_string(&dag).expect("json").as_bytes());
     assert_eq!(coordinator(&["plan", &as_json]).json()["dag_hash"], json!(hash), "JSON of the same DAG, same hash");
 }

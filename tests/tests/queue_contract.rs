@@ -10,10 +10,10 @@ use std::time::Duration;
 
 use coordinator::embedded::EmbeddedQueue;
 use coordinator::store::{SqliteStore, Store};
+use engine::topology::{Source, Topology};
 use futures_util::StreamExt;
 use runtime::amqp::AmqpConnector;
 use runtime::queue::{Connector, Consumer, Delivery, Outgoing, QueueError};
-use shared::topology::{Source, Topology};
 
 const WITHIN: Duration = Duration::from_secs(10);
 /// Deliveries before a task is dead-lettered, in these tests.
@@ -22,7 +22,7 @@ const LIMIT: u32 = 2;
 async fn rabbitmq() -> (Arc<dyn Connector>, String) {
     let prefix = format!("glqc.{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
     let topology = Topology::new(&prefix, LIMIT);
-    (Arc::new(AmqpConnector::new(shared::config::Secret::new(tests::AMQP), topology, tests::BROKER_CALL)), prefix)
+    (Arc::new(AmqpConnector::new(engine::config::Secret::new(tests::AMQP), topology, tests::BROKER_CALL)), prefix)
 }
 
 async fn embedded() -> Arc<dyn Connector> {

@@ -10,10 +10,10 @@ use coordinator::store::{
     Created, ExecutionFilter, Lease, NewExecution, NodeUpdate, OutboxMessage, SqliteStore, StepWrite, Store,
     StoreError, Subscription, Topic, UpdateOutcome,
 };
+use engine::dag::{Dag, DagSpec, Limits, compile};
+use engine::messages::ResultMessage;
+use engine::state::{Outcome, TaskKind};
 use serde_json::{Value, json};
-use shared::dag::{Dag, DagSpec, Limits, compile};
-use shared::messages::ResultMessage;
-use shared::state::{Outcome, TaskKind};
 use uuid::Uuid;
 
 tests::on_each_store!(

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use axum::routing::post;
+use engine::messages::TraceContext;
 use serde_json::{Value, json};
-use shared::messages::TraceContext;
 use tests::{Stack, StackOptions, eventually, example};
 
 const COORDINATOR: &str = env!("CARGO_BIN_EXE_gl-coordinator");

@@ -4,9 +4,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::config::Settings;
+use engine::topology::Topology;
 use runtime::amqp::AmqpConnector;
-use shared::config::Settings;
-use shared::topology::Topology;
 
 use crate::WorkerOptions;
 use crate::agents::Registry;
@@ -77,7 +77,7 @@ pub fn main() -> ExitCode {
         }
         crate::run(options, runtime::telemetry::shutdown_signal()).await;
     });
-    telemetry.shutdown_within(shared::config::FLUSH_WITHIN);
+    telemetry.shutdown_within(engine::config::FLUSH_WITHIN);
     runtime.shutdown_timeout(Duration::from_millis(100));
     ExitCode::SUCCESS
 }

@@ -19,11 +19,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
+use engine::messages::{Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
+use engine::state::{NodeError, Outcome};
+use engine::topology::{Source, Topology};
 use futures_util::StreamExt;
 use runtime::queue::{Connector, Delivery, Outgoing, Queue, QueueError};
-use shared::messages::{Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
-use shared::state::{NodeError, Outcome};
-use shared::topology::{Source, Topology};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use agents::{Call, Registry};

@@ -12,9 +12,9 @@ pub mod queue;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+use engine::config::Settings;
+use engine::topology::Topology;
 use runtime::queue::Connector;
-use shared::config::Settings;
-use shared::topology::Topology;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 

@@ -13,9 +13,9 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use engine::topology::{Source, Topology};
 use futures_util::StreamExt;
 use runtime::queue::{Acker, Connector, Consumer, Delivery, Outgoing, Queue, QueueError, Settle, StopConsuming};
-use shared::topology::{Source, Topology};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, broadcast, mpsc};
 

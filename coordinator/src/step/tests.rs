@@ -2,9 +2,9 @@
 
 use std::sync::Arc;
 
+use engine::dag::{DagSpec, Limits, compile};
+use engine::state::Outcome;
 use serde_json::json;
-use shared::dag::{DagSpec, Limits, compile};
-use shared::state::Outcome;
 use uuid::Uuid;
 
 use super::*;
@@ -145,8 +145,8 @@ fn the_last_result_finishes_with_the_execution_chain_hash() {
 mod properties {
     use std::collections::HashSet;
 
+    use engine::state::NodeError;
     use proptest::prelude::*;
-    use shared::state::NodeError;
 
     use super::*;
 

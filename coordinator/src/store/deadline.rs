@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::time::Duration;
 
+use engine::dag::Dag;
+use engine::messages::ResultMessage;
+use engine::provenance::Record;
 use serde_json::Value;
-use shared::dag::Dag;
-use shared::messages::ResultMessage;
-use shared::provenance::Record;
 use uuid::Uuid;
 
 use super::{

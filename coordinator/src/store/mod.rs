@@ -19,10 +19,10 @@ pub mod sqlite;
 use std::collections::HashMap;
 use std::time::Duration;
 
+use engine::dag::Dag;
+use engine::messages::ResultMessage;
+use engine::provenance::Record;
 use serde_json::Value;
-use shared::dag::Dag;
-use shared::messages::ResultMessage;
-use shared::provenance::Record;
 use uuid::Uuid;
 
 pub use deadline::Deadline;

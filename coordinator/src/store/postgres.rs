@@ -7,13 +7,13 @@ use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
+use engine::admission::{Candidate, InUse, Slots};
+use engine::canonical::ContentHash;
+use engine::config::Settings;
+use engine::dag::Dag;
+use engine::messages::ResultMessage;
+use engine::provenance::Record;
 use serde_json::Value;
-use shared::admission::{Candidate, InUse, Slots};
-use shared::canonical::ContentHash;
-use shared::config::Settings;
-use shared::dag::Dag;
-use shared::messages::ResultMessage;
-use shared::provenance::Record;
 use sqlx::postgres::{PgPoolOptions, PgRow};
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
@@ -522,7 +522,7 @@ impl Store for PgStore {
                     output_hash: hash(r, "output_hash")?,
                     parent_hashes,
                     chain_hash: hash(r, "chain_hash")?,
-                    timing: shared::provenance::Timing {
+                    timing: engine::provenance::Timing {
                         attempt_count: u32::try_from(r.try_get::<i32, _>("attempt_count")?).unwrap_or(0),
                         started_at: r.try_get("started_at")?,
                         completed_at: r.try_get("completed_at")?,
@@ -675,8 +675,8 @@ impl Store for PgStore {
                 continue;
             };
             let kind = match r.kind {
-                shared::state::TaskKind::Run => "run",
-                shared::state::TaskKind::Compensate => "compensate",
+                engine::state::TaskKind::Run => "run",
+                engine::state::TaskKind::Compensate => "compensate",
             };
             let body = serde_json::to_value(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(

@@ -31,12 +31,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
+use engine::admission::{Candidate, InUse, Slots};
+use engine::canonical::ContentHash;
+use engine::dag::Dag;
+use engine::messages::ResultMessage;
+use engine::provenance::Record;
 use serde_json::{Value, json};
-use shared::admission::{Candidate, InUse, Slots};
-use shared::canonical::ContentHash;
-use shared::dag::Dag;
-use shared::messages::ResultMessage;
-use shared::provenance::Record;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -757,8 +757,8 @@ impl Store for SqliteStore {
                 continue;
             };
             let kind = match r.kind {
-                shared::state::TaskKind::Run => "run",
-                shared::state::TaskKind::Compensate => "compensate",
+                engine::state::TaskKind::Run => "run",
+                engine::state::TaskKind::Compensate => "compensate",
             };
             let body = serde_json::to_value(r).map_err(corrupt)?;
             // The WHERE also keeps SQLite from reading `ON CONFLICT` as a join constraint.
@@ -1310,7 +1310,7 @@ fn record_row(r: &SqliteRow) -> Result<(i32, Record), StoreError> {
         output_hash: hash("output_hash")?,
         parent_hashes,
         chain_hash: hash("chain_hash")?,
-        timing: shared::provenance::Timing {
+        timing: engine::provenance::Timing {
             attempt_count: u32::try_from(r.try_get::<i32, _>("attempt_count")?).unwrap_or(0),
             started_at: r.try_get("started_at")?,
             completed_at: r.try_get("completed_at")?,

@@ -1,10 +1,10 @@
 //! Validate and plan a random 100,000-node, 200,000-edge DAG (target: under 100 ms), hash its
 //! definition, and parse-then-compile it from JSON.
 //!
-//! Run with `cargo bench -p shared --bench plan`; figures go to BENCHMARKS.md.
+//! Run with `cargo bench -p engine --bench plan`; figures go to BENCHMARKS.md.
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use shared::dag::{Limits, compile, synth};
+use engine::dag::{Limits, compile, synth};
 use std::hint::black_box;
 
 fn validate_and_plan(c: &mut Criterion) {
@@ -26,7 +26,7 @@ fn validate_and_plan(c: &mut Criterion) {
     let json = serde_json::to_string(&synth::to_json(&spec)).unwrap_or_default();
     group.bench_function("parse_json_then_compile_100k", |b| {
         b.iter(|| {
-            let parsed = shared::dag::DagSpec::from_json(black_box(&json));
+            let parsed = engine::dag::DagSpec::from_json(black_box(&json));
             black_box(parsed.map(|s| compile(s, &limits).is_ok()))
         })
     });

@@ -1,4 +1,4 @@
-//! # shared: the pure core of GreenLang Orchestrator
+//! # engine: the pure core of GreenLang Orchestrator
 //!
 //! Everything in this crate is deterministic and free of I/O: no clock, no network, no disk, no
 //! randomness that is not derived from its inputs. Its manifest proves it: no async runtime, no

@@ -7,10 +7,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
+use engine::condition::{Condition, Scope};
+use engine::dag::{DagSpec, Limits, compile};
 use proptest::prelude::*;
 use serde_json::{Value, json};
-use shared::condition::{Condition, Scope};
-use shared::dag::{DagSpec, Limits, compile};
 
 fn corpus() -> Vec<String> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");

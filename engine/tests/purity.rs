@@ -1,4 +1,4 @@
-//! The core's purity, proven from its manifest: nothing `shared` links (directly or through
+//! The core's purity, proven from its manifest: nothing `engine` links (directly or through
 //! another crate) may be an async runtime, a database or broker driver, an HTTP stack or
 //! telemetry. Read from `cargo metadata`'s resolved graph, following normal and build
 //! dependencies (not dev-dependencies, which only its tests link).
@@ -41,7 +41,7 @@ fn the_core_links_no_runtime_driver_http_or_telemetry() {
         .iter()
         .map(|n| (n["id"].as_str().expect("id"), n))
         .collect();
-    let root = names.iter().find(|(_, name)| **name == "shared").map(|(id, _)| *id).expect("the shared package");
+    let root = names.iter().find(|(_, name)| **name == "engine").map(|(id, _)| *id).expect("the engine package");
     let (mut linked, mut todo) = (BTreeSet::new(), vec![root]);
     while let Some(id) = todo.pop() {
         for dep in nodes[id]["deps"].as_array().expect("deps") {
