@@ -12,8 +12,8 @@ use runtime::queue::{Connector, Queue};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api::{self, AppState};
 use crate::health::{Health, INBOX, SCHEDULER};
+use crate::http::{self, AppState};
 use crate::locks::Locks;
 use crate::metrics::Metrics;
 use crate::scheduler::{self, SchedulerOptions};
@@ -119,7 +119,7 @@ impl Coordinator {
             verifier,
             redis,
         };
-        let app = api::router(state);
+        let app = http::router(state);
         let mut http_stop = stop_rx.clone();
         let tasks = vec![
             tokio::spawn(scheduler::run(db.clone(), options, health.component(SCHEDULER), stop_rx.clone())),

@@ -20,13 +20,13 @@
 //! - [`inbox`]: the result consumer.
 //! - [`metrics`]: the Prometheus metrics. [`spans`]: the execution's trace spans.
 
-pub mod api;
 pub mod app;
 pub mod auth;
 pub mod cli;
 pub mod embedded;
 pub mod endpoints;
 pub mod health;
+pub mod http;
 pub mod inbox;
 pub mod locks;
 pub mod metrics;
