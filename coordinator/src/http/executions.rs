@@ -8,13 +8,14 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::provenance;
 use serde_json::{Value, json};
+use uuid::Uuid;
 
 use super::dags::{compiled, forget_dag, no_dag, stored_dag};
 use super::pagination::{decode_cursor, encode_cursor, page_limit, parse_since};
 use super::{ApiResult, AppState, json_body, parse_uuid, reject_nul};
 use crate::auth::Tenant;
 use crate::problem::ApiError;
-use crate::store::{Created, ExecutionFilter, NewExecution, SharedStore, StoreError};
+use crate::store::{Created, ExecutionFilter, ExecutionRow, NewExecution, SharedStore, StoreError};
 
 /// A submission as the request gave it: checked, with its defaults filled in.
 struct Submission {
@@ -141,13 +142,19 @@ pub(super) fn execution_json(e: &crate::store::ExecutionRow) -> Value {
     })
 }
 
+/// The tenant's execution `id` (a UUID in the path), or 404: another tenant's is not found either.
+async fn tenant_execution(state: &AppState, tenant: &str, id: &str) -> ApiResult<(Uuid, ExecutionRow)> {
+    let id = parse_uuid(id)?;
+    let row = state.db.execution(tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    Ok((id, row))
+}
+
 pub(super) async fn get_execution(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_uuid(&id)?;
-    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let (_, e) = tenant_execution(&state, &tenant, &id).await?;
     Ok(Json(json!({"execution": execution_json(&e)})))
 }
 
@@ -156,8 +163,7 @@ pub(super) async fn trace(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_uuid(&id)?;
-    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let (id, e) = tenant_execution(&state, &tenant, &id).await?;
     let mut attempts = state.db.attempts(id).await?;
     let nodes: Vec<Value> = state
         .db
@@ -197,8 +203,7 @@ pub(super) async fn cancel(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let id = parse_uuid(&id)?;
-    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let (id, e) = tenant_execution(&state, &tenant, &id).await?;
     if !state.db.request_cancel(&tenant, id).await? {
         return Err(ApiError::Conflict(format!("execution {id} already finished as {}", e.status)));
     }
@@ -218,8 +223,7 @@ pub(super) async fn provenance_of(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_uuid(&id)?;
-    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let (id, e) = tenant_execution(&state, &tenant, &id).await?;
     let dag = pinned_dag(&state.db, &e.dag_hash).await?;
     let records: Vec<provenance::Record> = state.db.records(id).await?.into_iter().map(|(_, r)| r).collect();
     let stored = e.provenance_chain_hash.as_deref().and_then(|h| engine::canonical::ContentHash::parse(h).ok());
@@ -264,8 +268,7 @@ pub(super) async fn resume(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let id = parse_uuid(&id)?;
-    let e = state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let (id, e) = tenant_execution(&state, &tenant, &id).await?;
     let rows = state.db.nodes(id).await?;
     let listed = |keep: &dyn Fn(&crate::store::NodeRow) -> bool| -> Vec<String> {
         rows.iter().filter(|r| keep(r)).map(|r| r.node_id.clone()).collect()
@@ -328,8 +331,7 @@ pub(super) async fn list_checkpoints(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_uuid(&id)?;
-    state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let (id, _) = tenant_execution(&state, &tenant, &id).await?;
     let items: Vec<Value> = state
         .db
         .checkpoints(id)
@@ -350,8 +352,7 @@ pub(super) async fn delete_checkpoints(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
-    let id = parse_uuid(&id)?;
-    state.db.execution(&tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
+    let (id, _) = tenant_execution(&state, &tenant, &id).await?;
     match state.db.delete_checkpoints(&tenant, id).await? {
         Some(deleted) => {
             state.metrics.checkpoint_operations.with_label_values(&["delete", "ok"]).inc_by(deleted);
