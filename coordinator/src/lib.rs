@@ -37,5 +37,4 @@ pub mod relay;
 pub mod scheduler;
 pub mod serve;
 pub mod spans;
-pub mod step;
 pub mod store;

@@ -23,8 +23,19 @@ use uuid::Uuid;
 use crate::locks::{Fence, Locks};
 use crate::metrics::Metrics;
 use crate::spans::AttemptSpan;
-use crate::step::{Observed, Owned, advance, text};
-use crate::store::{self as db, ExecutionRow, Lease, SharedStore, StepWrite, StoreError, Subscription, Topic};
+use engine::step::{Held, Observed, advance};
+
+use crate::store::{self as db, ExecutionRow, Lease, SharedStore, StepWrite, StoreError, Subscription, Topic, text};
+
+/// An execution this replica holds the lease of: the core's state and what only the I/O around
+/// it needs.
+struct Owned {
+    lease: Lease,
+    dag_id: String,
+    /// When this replica first saw the execution running (for the duration metric).
+    started: std::time::Instant,
+    held: Held,
+}
 
 /// How a scheduler is set up.
 #[derive(Debug, Clone)]
@@ -148,7 +159,7 @@ struct Scheduler {
 
 impl Scheduler {
     fn next_wake(&self) -> Option<u64> {
-        self.owned.values().filter_map(|o| o.exec.next_wake_ms()).min()
+        self.owned.values().filter_map(|o| o.held.exec.next_wake_ms()).min()
     }
 
     async fn claim(&mut self) {
@@ -277,7 +288,7 @@ impl Scheduler {
         let due: Vec<Uuid> = self
             .owned
             .iter()
-            .filter(|(_, o)| o.exec.next_wake_ms().is_some_and(|at| at <= now))
+            .filter(|(_, o)| o.held.exec.next_wake_ms().is_some_and(|at| at <= now))
             .map(|(id, _)| *id)
             .collect();
         for id in due {
@@ -286,7 +297,7 @@ impl Scheduler {
     }
 
     fn count_active(&self) {
-        let running = self.owned.values().filter(|o| o.exec.status() == ExecutionStatus::Running).count();
+        let running = self.owned.values().filter(|o| o.held.exec.status() == ExecutionStatus::Running).count();
         self.options.metrics.active_executions.set(i64::try_from(running).unwrap_or(i64::MAX));
     }
 
@@ -319,17 +330,16 @@ impl Scheduler {
             (0..exec.dag().len() as NodeIndex).filter(|&v| exec.node_state(v).status == NodeStatus::Completed).count()
                 as u64,
         );
-        Ok(Owned {
-            lease,
-            dag_id: row.dag_id.clone(),
-            started: std::time::Instant::now(),
+        let held = Held {
+            execution_id: row.execution_id.to_string(),
             exec,
             clock: row.clock,
             input_hash,
             chain,
             last_record,
             seq: records.last().map_or(0, |(s, _)| *s),
-        })
+        };
+        Ok(Owned { lease, dag_id: row.dag_id.clone(), started: std::time::Instant::now(), held })
     }
 
     async fn dag(&mut self, hash: &str) -> Result<Arc<Dag>, StoreError> {
@@ -359,16 +369,17 @@ impl Scheduler {
             return;
         };
         let attempt_spans: Vec<AttemptSpan> = results.iter().filter_map(AttemptSpan::of).collect();
-        let (write, observed) = advance(owned, results, cancel, &self.options.topology, now_ms());
+        let (write, observed) = advance(&mut owned.held, results, cancel, &self.options.topology, now_ms());
         let Some(write) = write else { return };
         let lease = owned.lease;
         match self.db.commit_step(&self.options.owner, lease, &write).await {
             Ok(true) => {
-                observed.record(&self.options.metrics, owned, &write);
+                record(&observed, &self.options.metrics, owned, &write);
                 attempt_spans.iter().for_each(AttemptSpan::record);
                 if observed.finished {
-                    crate::spans::execution(&id.to_string(), &owned.dag_id, &write.status, owned.started.elapsed());
-                    tracing::info!(execution_id = %id, status = %write.status, "execution finished");
+                    let status = text(&write.status);
+                    crate::spans::execution(&id.to_string(), &owned.dag_id, &status, owned.started.elapsed());
+                    tracing::info!(execution_id = %id, %status, "execution finished");
                     self.forget(id);
                 }
                 self.count_active();
@@ -391,37 +402,36 @@ impl Scheduler {
     }
 }
 
-impl Observed {
-    fn record(&self, m: &Metrics, owned: &Owned, write: &StepWrite) {
-        let dag = owned.exec.dag();
-        let dag_id = owned.dag_id.as_str();
-        if self.started {
-            for level in dag.levels() {
-                m.parallel_nodes_per_level.with_label_values(&[dag_id]).observe(level.len() as f64);
-            }
+/// The metrics of a committed step.
+fn record(observed: &Observed, m: &Metrics, owned: &Owned, write: &StepWrite) {
+    let dag = owned.held.exec.dag();
+    let dag_id = owned.dag_id.as_str();
+    if observed.started {
+        for level in dag.levels() {
+            m.parallel_nodes_per_level.with_label_values(&[dag_id]).observe(level.len() as f64);
         }
-        for &(v, ms, timed_out) in &self.attempts {
-            let labels = [dag_id, dag.node_id(v)];
-            m.node_execution_duration.with_label_values(&labels).observe(ms as f64 / 1000.0);
-            if timed_out {
-                m.node_timeouts.with_label_values(&labels).inc();
-            }
+    }
+    for a in &observed.attempts {
+        let labels = [dag_id, dag.node_id(a.node)];
+        m.node_execution_duration.with_label_values(&labels).observe(a.duration_ms as f64 / 1000.0);
+        if a.timed_out {
+            m.node_timeouts.with_label_values(&labels).inc();
         }
-        for &v in &self.retries {
-            m.node_retries.with_label_values(&[dag_id, dag.node_id(v)]).inc();
-        }
-        for &(v, status) in &self.settled {
-            m.node_executions.with_label_values(&[dag_id, dag.node_id(v), &text(&status)]).inc();
-        }
-        for (_, outputs, _, _) in &write.checkpoints {
-            m.checkpoint_operations.with_label_values(&["save", "ok"]).inc();
-            m.checkpoint_size.with_label_values::<&str>(&[]).observe(outputs.to_string().len() as f64);
-        }
-        if self.finished {
-            m.dag_executions.with_label_values(&[dag_id, &write.status]).inc();
-            m.dag_execution_duration.with_label_values(&[dag_id]).observe(owned.started.elapsed().as_secs_f64());
-            m.provenance_chain_length.with_label_values(&[dag_id]).observe(f64::from(owned.seq.max(0)));
-        }
+    }
+    for &v in &observed.retries {
+        m.node_retries.with_label_values(&[dag_id, dag.node_id(v)]).inc();
+    }
+    for &(v, status) in &observed.settled {
+        m.node_executions.with_label_values(&[dag_id, dag.node_id(v), &text(&status)]).inc();
+    }
+    for checkpoint in &write.checkpoints {
+        m.checkpoint_operations.with_label_values(&["save", "ok"]).inc();
+        m.checkpoint_size.with_label_values::<&str>(&[]).observe(checkpoint.outputs.to_string().len() as f64);
+    }
+    if observed.finished {
+        m.dag_executions.with_label_values(&[dag_id, &text(&write.status)]).inc();
+        m.dag_execution_duration.with_label_values(&[dag_id]).observe(owned.started.elapsed().as_secs_f64());
+        m.provenance_chain_length.with_label_values(&[dag_id]).observe(f64::from(owned.held.seq.max(0)));
     }
 }
 

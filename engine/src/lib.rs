@@ -16,6 +16,7 @@
 //! - [`canonical`]: RFC 8785 canonical JSON and the SHA-256 content hashes built on it.
 //! - [`admission`]: which waiting executions start now (the cluster's and each DAG's limit).
 //! - [`state`]: the execution state machine (outcomes in, state changes and effects out).
+//! - [`step`]: one step of an execution planned from its inputs: what to write and publish.
 //! - [`messages`]: the versioned wire envelopes between coordinators and workers.
 //! - [`config`]: typed, validated settings from defaults, a file and the environment.
 //! - [`ids`]: validated identifiers.
@@ -31,4 +32,5 @@ pub mod messages;
 pub mod provenance;
 pub mod retry;
 pub mod state;
+pub mod step;
 pub mod topology;

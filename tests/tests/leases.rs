@@ -59,7 +59,7 @@ async fn a_stale_epoch_cannot_write(db: &dyn Store) {
     assert_eq!(second[0].execution_id, id);
     assert_eq!(second[0].epoch, first[0].epoch + 1, "each claim bumps the fencing epoch");
 
-    let step = StepWrite { status: "running".into(), ..StepWrite::default() };
+    let step = StepWrite { status: engine::state::ExecutionStatus::Running, ..StepWrite::default() };
     assert!(!db.commit_step("replica-a", first[0], &step).await.expect("write"), "the stale epoch writes nothing");
     let row = db.execution("default", id).await.expect("read").expect("exists");
     assert_eq!(row.status, "pending", "the refused step changed nothing");

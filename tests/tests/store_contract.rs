@@ -7,12 +7,12 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use coordinator::store::{
-    Created, ExecutionFilter, Lease, NewExecution, NodeUpdate, OutboxMessage, SqliteStore, StepWrite, Store,
-    StoreError, Subscription, Topic, UpdateOutcome,
+    Checkpoint, Created, ExecutionFilter, Lease, NewExecution, NodeUpdate, OutboxMessage, Processed, SqliteStore,
+    StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome,
 };
 use engine::dag::{Dag, DagSpec, Limits, compile};
 use engine::messages::ResultMessage;
-use engine::state::{Outcome, TaskKind};
+use engine::state::{Compensation, ExecutionStatus, Halt, NodeStatus, Outcome, TaskKind};
 use serde_json::{Value, json};
 use uuid::Uuid;
 
@@ -119,12 +119,20 @@ fn message(n: u8) -> OutboxMessage {
     }
 }
 
+fn processed(node: &str, attempt: i32) -> Processed {
+    Processed { node_id: node.into(), attempt, kind: TaskKind::Run }
+}
+
+fn checkpoint(node: &str, outputs: Value, output_hash: &str, attempt_count: i32) -> Checkpoint {
+    Checkpoint { node_id: node.into(), outputs, output_hash: output_hash.into(), attempt_count }
+}
+
 fn running(node: &str, attempt: i32) -> NodeUpdate {
     NodeUpdate {
         node_id: node.into(),
-        status: "running".into(),
+        status: NodeStatus::Running,
         attempt,
-        compensation: "none".into(),
+        compensation: Compensation::None,
         dispatched: true,
         trace_id: Some("0af7651916cd43dd8448eb211c80319c".into()),
         ..NodeUpdate::default()
@@ -280,7 +288,7 @@ async fn claims_respect_room_and_limits(db: &dyn Store) {
 async fn started_executions_are_taken_over_first(db: &dyn Store) {
     let first = chain_execution(db, "started").await;
     let lease = claim_one(db, "replica-a", Duration::from_millis(200), first).await;
-    let step = StepWrite { status: "running".into(), nodes: vec![running("a", 1)], ..StepWrite::default() };
+    let step = StepWrite { status: ExecutionStatus::Running, nodes: vec![running("a", 1)], ..StepWrite::default() };
     assert!(db.commit_step("replica-a", lease, &step).await.expect("step"));
     let waiting = submit_new(db, "started", &chain("started", "noop")).await;
     tokio::time::sleep(Duration::from_millis(400)).await;
@@ -299,7 +307,7 @@ async fn steps_are_fenced(db: &dyn Store) {
     let id = chain_execution(db, "fenced").await;
     let lease = claim_one(db, "replica-a", TTL, id).await;
     let step = StepWrite {
-        status: "running".into(),
+        status: ExecutionStatus::Running,
         completed_nodes: 1,
         nodes: vec![running("b", 1)],
         outbox: vec![message(1)],
@@ -328,7 +336,7 @@ async fn steps_are_fenced(db: &dyn Store) {
 
     // Worker timing is stored as the instant it names; `finished` sets completed_at.
     let done = NodeUpdate {
-        status: "completed".into(),
+        status: NodeStatus::Completed,
         dispatched: false,
         started_at: Some("2026-01-01T10:00:00.123456+02:00".into()),
         completed_at: Some("2026-01-01T08:00:01.5Z".into()),
@@ -339,7 +347,7 @@ async fn steps_are_fenced(db: &dyn Store) {
         ..running("b", 1)
     };
     let last = StepWrite {
-        status: "completed".into(),
+        status: ExecutionStatus::Completed,
         finished: true,
         completed_nodes: 2,
         error: Some("kept".into()),
@@ -398,15 +406,15 @@ async fn results_are_recorded_once(db: &dyn Store) {
 
     let owned = leases[0];
     let step = StepWrite {
-        status: "running".into(),
-        processed: vec![("a".into(), 1, "run".into()), ("b".into(), 2, "run".into())],
+        status: ExecutionStatus::Running,
+        processed: vec![processed("a", 1), processed("b", 2)],
         ..StepWrite::default()
     };
     assert!(db.commit_step("replica-a", owned, &step).await.expect("step"));
     assert_eq!(db.inbox(id).await.expect("inbox").0, [result(id, "a", 3)], "processed entries leave the inbox");
     assert_eq!(db.attempts(id).await.expect("attempts")["a"].len(), 2, "the history keeps them");
     let step =
-        StepWrite { status: "running".into(), processed: vec![("a".into(), 3, "run".into())], ..StepWrite::default() };
+        StepWrite { status: ExecutionStatus::Running, processed: vec![processed("a", 3)], ..StepWrite::default() };
     assert!(db.commit_step("replica-a", owned, &step).await.expect("step"));
     assert!(db.with_pending_inbox(&[id, idle]).await.expect("pending").is_empty());
 }
@@ -415,7 +423,7 @@ async fn outbox_claims_expire(db: &dyn Store) {
     let id = chain_execution(db, "relay").await;
     let lease = claim_one(db, "replica-a", TTL, id).await;
     let step = StepWrite {
-        status: "running".into(),
+        status: ExecutionStatus::Running,
         outbox: vec![message(1), message(2), message(3)],
         ..StepWrite::default()
     };
@@ -461,10 +469,10 @@ async fn cancel_requests(db: &dyn Store) {
     assert_eq!(db.with_pending_inbox(&[id]).await.expect("pending"), [id], "a cancel to apply");
 
     let lease = claim_one(db, "replica-a", TTL, id).await;
-    let halting = StepWrite { status: "running".into(), halt: Some("cancel".into()), ..StepWrite::default() };
+    let halting = StepWrite { status: ExecutionStatus::Running, halt: Some(Halt::Cancel), ..StepWrite::default() };
     assert!(db.commit_step("replica-a", lease, &halting).await.expect("step"));
     assert!(db.with_pending_inbox(&[id]).await.expect("pending").is_empty(), "the cancel is being applied");
-    let done = StepWrite { status: "cancelled".into(), finished: true, ..StepWrite::default() };
+    let done = StepWrite { status: ExecutionStatus::Cancelled, finished: true, ..StepWrite::default() };
     assert!(db.commit_step("replica-a", lease, &done).await.expect("step"));
     assert!(!db.request_cancel(TENANT, id).await.expect("cancel"), "a finished execution is not cancelled");
 }
@@ -474,20 +482,20 @@ async fn failed_execution(db: &dyn Store, dag_id: &str) -> Uuid {
     let id = chain_execution(db, dag_id).await;
     let lease = claim_one(db, "replica-a", TTL, id).await;
     let failed = NodeUpdate {
-        status: "failed".into(),
+        status: NodeStatus::Failed,
         dispatched: false,
         error_type: Some("Boom".into()),
         error: Some("it broke".into()),
         ..running("a", 2)
     };
     let step = StepWrite {
-        status: "failed".into(),
+        status: ExecutionStatus::Failed,
         finished: true,
         failed_nodes: 1,
         error: Some("node a failed".into()),
         provenance_chain_hash: Some("chain".into()),
         nodes: vec![failed],
-        checkpoints: vec![("b".into(), json!({"x": 1}), "hash-b".into(), 1)],
+        checkpoints: vec![checkpoint("b", json!({"x": 1}), "hash-b", 1)],
         ..StepWrite::default()
     };
     assert!(db.commit_step("replica-a", lease, &step).await.expect("step"));
@@ -524,10 +532,10 @@ async fn checkpoints_are_kept_while_running(db: &dyn Store) {
     assert_eq!(db.delete_checkpoints(TENANT, id).await.expect("delete"), None, "pending");
     let lease = claim_one(db, "replica-a", TTL, id).await;
     let step = StepWrite {
-        status: "running".into(),
+        status: ExecutionStatus::Running,
         checkpoints: vec![
-            ("b".into(), json!({"v": [1, 2]}), "hash-b".into(), 2),
-            ("a".into(), json!("text"), "hash-a".into(), 1),
+            checkpoint("b", json!({"v": [1, 2]}), "hash-b", 2),
+            checkpoint("a", json!("text"), "hash-a", 1),
         ],
         ..StepWrite::default()
     };
@@ -545,7 +553,8 @@ async fn checkpoints_are_kept_while_running(db: &dyn Store) {
     assert_eq!(db.delete_checkpoints(TENANT, id).await.expect("delete"), None, "running");
     assert_eq!(db.checkpoints(id).await.expect("checkpoints").len(), 2);
 
-    let done = StepWrite { status: "completed".into(), finished: true, completed_nodes: 2, ..StepWrite::default() };
+    let done =
+        StepWrite { status: ExecutionStatus::Completed, finished: true, completed_nodes: 2, ..StepWrite::default() };
     assert!(db.commit_step("replica-a", lease, &done).await.expect("step"));
     assert_eq!(db.delete_checkpoints(TENANT, id).await.expect("delete"), Some(2));
     assert!(db.checkpoints(id).await.expect("checkpoints").is_empty());
@@ -629,9 +638,9 @@ async fn subscriptions_wake_after_commit(db: &dyn Store) {
     assert_eq!(wake(&mut inbox).await, id.to_string());
 
     let lease = claim_one(db, "replica-a", TTL, id).await;
-    let quiet = StepWrite { status: "running".into(), ..StepWrite::default() };
+    let quiet = StepWrite { status: ExecutionStatus::Running, ..StepWrite::default() };
     assert!(db.commit_step("replica-a", lease, &quiet).await.expect("step"));
-    let loud = StepWrite { status: "running".into(), outbox: vec![message(1)], ..StepWrite::default() };
+    let loud = StepWrite { status: ExecutionStatus::Running, outbox: vec![message(1)], ..StepWrite::default() };
     assert!(db.commit_step("replica-a", lease, &loud).await.expect("step"));
     assert_eq!(wake(&mut outbox).await, "", "an outbox wake-up carries no payload");
     let nothing = tokio::time::timeout(Duration::from_millis(300), outbox.next()).await;
@@ -643,20 +652,25 @@ async fn subscriptions_wake_after_commit(db: &dyn Store) {
 /// Finishes execution `id` of the `timed` DAG through two steps, with node durations in ms.
 async fn timed_run(db: &dyn Store, id: Uuid, durations: &[(&str, i64)]) {
     let lease = claim_one(db, "replica-a", TTL, id).await;
-    let start = StepWrite { status: "running".into(), nodes: vec![running("a", 1)], ..StepWrite::default() };
+    let start = StepWrite { status: ExecutionStatus::Running, nodes: vec![running("a", 1)], ..StepWrite::default() };
     assert!(db.commit_step("replica-a", lease, &start).await.expect("step"));
     tokio::time::sleep(Duration::from_millis(20)).await;
     let nodes = durations
         .iter()
         .map(|(node, ms)| NodeUpdate {
-            status: "completed".into(),
+            status: NodeStatus::Completed,
             dispatched: false,
             duration_ms: Some(*ms),
             ..running(node, 1)
         })
         .collect();
-    let done =
-        StepWrite { status: "completed".into(), finished: true, completed_nodes: 2, nodes, ..StepWrite::default() };
+    let done = StepWrite {
+        status: ExecutionStatus::Completed,
+        finished: true,
+        completed_nodes: 2,
+        nodes,
+        ..StepWrite::default()
+    };
     assert!(db.commit_step("replica-a", lease, &done).await.expect("step"));
 }
 

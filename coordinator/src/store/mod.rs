@@ -26,6 +26,8 @@ use serde_json::Value;
 use uuid::Uuid;
 
 pub use deadline::Deadline;
+/// What a step writes is planned by the core; the store commits it as given.
+pub use engine::step::{Checkpoint, NodeUpdate, OutboxMessage, Processed, SequencedRecord, StepWrite};
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
@@ -294,31 +296,6 @@ pub struct NodeRow {
     pub outputs: Option<Value>,
 }
 
-/// One node's new state, written by a step.
-#[derive(Debug, Clone, Default)]
-pub struct NodeUpdate {
-    pub node_id: String,
-    pub status: String,
-    pub attempt: i32,
-    pub attempt_base: i32,
-    pub retry_at_ms: Option<i64>,
-    pub skip_reason: Option<String>,
-    pub error_type: Option<String>,
-    pub error: Option<String>,
-    pub compensation: String,
-    /// Set `started_at` to the database's now (the node was just dispatched).
-    pub dispatched: bool,
-    /// Timing reported by the worker, RFC 3339.
-    pub started_at: Option<String>,
-    pub completed_at: Option<String>,
-    pub duration_ms: Option<i64>,
-    pub worker_id: Option<String>,
-    pub input_hash: Option<String>,
-    pub output_hash: Option<String>,
-    /// W3C trace id of the execution (set when the node is dispatched).
-    pub trace_id: Option<String>,
-}
-
 /// One line of the DAG list.
 #[derive(Debug, Clone)]
 pub struct DagSummary {
@@ -362,38 +339,6 @@ pub struct ExecutionFilter {
     /// Continue after this (submitted_at, execution_id).
     pub after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
     pub limit: i64,
-}
-
-/// A message to publish.
-#[derive(Debug, Clone)]
-pub struct OutboxMessage {
-    pub exchange: String,
-    pub routing_key: String,
-    pub body: Vec<u8>,
-    /// AMQP headers (W3C `traceparent`).
-    pub headers: std::collections::BTreeMap<String, String>,
-}
-
-/// Everything one step of an execution writes, atomically.
-#[derive(Debug, Default)]
-pub struct StepWrite {
-    pub status: String,
-    pub halt: Option<String>,
-    pub finished: bool,
-    pub completed_nodes: i32,
-    pub failed_nodes: i32,
-    pub skipped_nodes: i32,
-    pub provenance_chain_hash: Option<String>,
-    pub last_record_hash: Option<String>,
-    pub error: Option<String>,
-    pub nodes: Vec<NodeUpdate>,
-    /// (node id, outputs, output hash, attempt count)
-    pub checkpoints: Vec<(String, Value, String, i32)>,
-    /// (sequence number, record)
-    pub records: Vec<(i32, Record)>,
-    pub outbox: Vec<OutboxMessage>,
-    /// Inbox entries consumed: (node id, attempt, kind).
-    pub processed: Vec<(String, i32, String)>,
 }
 
 /// The lease a coordinator holds on an execution.
@@ -452,4 +397,10 @@ mod tests {
             assert!(!transient_sqlstate(code), "{code} is a refusal");
         }
     }
+}
+
+/// The stored name of a status-like enum of the core: its serde (snake_case) name, the one
+/// spelling the API and the database share.
+pub fn text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }

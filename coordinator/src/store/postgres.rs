@@ -20,7 +20,7 @@ use uuid::Uuid;
 
 use super::{
     CheckpointRow, Created, DagRow, DagSummary, ExecutionFilter, ExecutionRow, Lease, NewExecution, NodeRow,
-    NodeUpdate, OutboxRow, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome,
+    NodeUpdate, OutboxRow, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome, text,
 };
 
 /// Migrations embedded from the workspace's `migrations/` folder.
@@ -712,8 +712,8 @@ impl Store for PgStore {
         .bind(lease.execution_id)
         .bind(owner)
         .bind(lease.epoch)
-        .bind(&step.status)
-        .bind(&step.halt)
+        .bind(text(&step.status))
+        .bind(step.halt.as_ref().map(text))
         .bind(step.finished)
         .bind(step.completed_nodes)
         .bind(step.failed_nodes)
@@ -731,7 +731,7 @@ impl Store for PgStore {
         if !step.nodes.is_empty() {
             update_nodes(&mut tx, id, &step.nodes).await?;
         }
-        for (node_id, outputs, hash, attempts) in &step.checkpoints {
+        for checkpoint in &step.checkpoints {
             sqlx::query(
                 "INSERT INTO dag_checkpoints (execution_id, node_id, status, outputs, output_hash, attempt_count)
                  VALUES ($1, $2, 'completed', $3, $4, $5)
@@ -740,15 +740,15 @@ impl Store for PgStore {
                      attempt_count = EXCLUDED.attempt_count, created_at = now()",
             )
             .bind(id)
-            .bind(node_id)
-            .bind(outputs)
-            .bind(hash)
-            .bind(attempts)
+            .bind(&checkpoint.node_id)
+            .bind(&checkpoint.outputs)
+            .bind(&checkpoint.output_hash)
+            .bind(checkpoint.attempt_count)
             .execute(&mut *tx)
             .await?;
         }
-        for (seq, r) in &step.records {
-            insert_record(&mut tx, id, *seq, r).await?;
+        for r in &step.records {
+            insert_record(&mut tx, id, r.seq, &r.record).await?;
         }
         if !step.outbox.is_empty() {
             let exchanges: Vec<&str> = step.outbox.iter().map(|m| m.exchange.as_str()).collect();
@@ -768,9 +768,9 @@ impl Store for PgStore {
             sqlx::query("SELECT pg_notify($1, '')").bind(OUTBOX_CHANNEL).execute(&mut *tx).await?;
         }
         if !step.processed.is_empty() {
-            let nodes: Vec<&str> = step.processed.iter().map(|p| p.0.as_str()).collect();
-            let attempts: Vec<i32> = step.processed.iter().map(|p| p.1).collect();
-            let kinds: Vec<&str> = step.processed.iter().map(|p| p.2.as_str()).collect();
+            let nodes: Vec<&str> = step.processed.iter().map(|p| p.node_id.as_str()).collect();
+            let attempts: Vec<i32> = step.processed.iter().map(|p| p.attempt).collect();
+            let kinds: Vec<String> = step.processed.iter().map(|p| text(&p.kind)).collect();
             sqlx::query(
                 "UPDATE node_attempts a SET processed_at = now()
                  FROM UNNEST($2::text[], $3::int[], $4::text[]) AS p(node_id, attempt, kind)
@@ -989,11 +989,11 @@ impl Store for PgStore {
 async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate]) -> Result<(), StoreError> {
     let col = |f: fn(&NodeUpdate) -> Option<String>| nodes.iter().map(f).collect::<Vec<Option<String>>>();
     let ids: Vec<&str> = nodes.iter().map(|n| n.node_id.as_str()).collect();
-    let statuses: Vec<&str> = nodes.iter().map(|n| n.status.as_str()).collect();
+    let statuses: Vec<String> = nodes.iter().map(|n| text(&n.status)).collect();
     let attempts: Vec<i32> = nodes.iter().map(|n| n.attempt).collect();
     let bases: Vec<i32> = nodes.iter().map(|n| n.attempt_base).collect();
     let retry_at: Vec<Option<i64>> = nodes.iter().map(|n| n.retry_at_ms).collect();
-    let compensation: Vec<&str> = nodes.iter().map(|n| n.compensation.as_str()).collect();
+    let compensation: Vec<String> = nodes.iter().map(|n| text(&n.compensation)).collect();
     let dispatched: Vec<bool> = nodes.iter().map(|n| n.dispatched).collect();
     let durations: Vec<Option<i64>> = nodes.iter().map(|n| n.duration_ms).collect();
     sqlx::query(
@@ -1022,7 +1022,7 @@ async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate
     .bind(&statuses)
     .bind(&attempts)
     .bind(&retry_at)
-    .bind(col(|n| n.skip_reason.clone()))
+    .bind(col(|n| n.skip_reason.as_ref().map(text)))
     .bind(col(|n| n.error_type.clone()))
     .bind(col(|n| n.error.clone()))
     .bind(&compensation)

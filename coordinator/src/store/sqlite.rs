@@ -47,7 +47,7 @@ use uuid::fmt::Hyphenated;
 
 use super::{
     CheckpointRow, Created, DagRow, DagSummary, ExecutionFilter, ExecutionRow, Lease, NewExecution, NodeRow,
-    NodeUpdate, OutboxRow, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome,
+    NodeUpdate, OutboxRow, Processed, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome, text,
 };
 
 /// Migrations embedded from `migrations/sqlite/` (the PostgreSQL migrator reads only the files
@@ -804,8 +804,8 @@ impl Store for SqliteStore {
         .bind(uid(lease.execution_id))
         .bind(owner)
         .bind(lease.epoch)
-        .bind(&step.status)
-        .bind(&step.halt)
+        .bind(text(&step.status))
+        .bind(step.halt.as_ref().map(text))
         .bind(step.finished)
         .bind(step.completed_nodes)
         .bind(step.failed_nodes)
@@ -1117,7 +1117,7 @@ async fn write_step(tx: &mut sqlx::SqliteConnection, id: Uuid, step: &StepWrite,
     if !step.nodes.is_empty() {
         update_nodes(tx, id, &step.nodes, at).await?;
     }
-    for (node_id, outputs, hash, attempts) in &step.checkpoints {
+    for checkpoint in &step.checkpoints {
         sqlx::query(
             "INSERT INTO dag_checkpoints (execution_id, node_id, status, outputs, output_hash, attempt_count, created_at)
              VALUES (?1, ?2, 'completed', ?3, ?4, ?5, ?6)
@@ -1126,16 +1126,16 @@ async fn write_step(tx: &mut sqlx::SqliteConnection, id: Uuid, step: &StepWrite,
                  attempt_count = excluded.attempt_count, created_at = excluded.created_at",
         )
         .bind(uid(id))
-        .bind(node_id)
-        .bind(outputs)
-        .bind(hash)
-        .bind(attempts)
+        .bind(&checkpoint.node_id)
+        .bind(&checkpoint.outputs)
+        .bind(&checkpoint.output_hash)
+        .bind(checkpoint.attempt_count)
         .bind(at)
         .execute(&mut *tx)
         .await?;
     }
-    for (seq, r) in &step.records {
-        insert_record(tx, id, *seq, r).await?;
+    for r in &step.records {
+        insert_record(tx, id, r.seq, &r.record).await?;
     }
     for m in &step.outbox {
         sqlx::query(
@@ -1159,20 +1159,20 @@ async fn write_step(tx: &mut sqlx::SqliteConnection, id: Uuid, step: &StepWrite,
 async fn mark_processed(
     tx: &mut sqlx::SqliteConnection,
     id: Uuid,
-    processed: &[(String, i32, String)],
+    processed: &[Processed],
     at: &str,
 ) -> Result<(), StoreError> {
     // One primary-key update per entry (see `update_nodes` for why not one UPDATE ... FROM).
-    for (node, attempt, kind) in processed {
+    for p in processed {
         sqlx::query(
             "UPDATE node_attempts SET processed_at = ?2
              WHERE execution_id = ?1 AND node_id = ?3 AND attempt = ?4 AND kind = ?5",
         )
         .bind(uid(id))
         .bind(at)
-        .bind(node)
-        .bind(attempt)
-        .bind(kind)
+        .bind(&p.node_id)
+        .bind(p.attempt)
+        .bind(text(&p.kind))
         .execute(&mut *tx)
         .await?;
     }

@@ -2,29 +2,27 @@
 
 use std::sync::Arc;
 
-use engine::dag::{DagSpec, Limits, compile};
-use engine::state::Outcome;
 use serde_json::json;
-use uuid::Uuid;
+
+use crate::dag::{DagSpec, Limits, compile};
 
 use super::*;
 
 const NOW: u64 = 1_767_225_600_000;
 
-fn owned() -> Owned {
+const EXECUTION_ID: &str = "00000000-0000-0000-0000-000000000007";
+
+fn owned() -> Held {
     let spec = DagSpec::from_yaml(include_str!("../../../examples/linear-3.yaml")).expect("parses");
     let dag = Arc::new(compile(spec, &Limits::default()).expect("valid"));
-    let execution_id = Uuid::from_u128(7);
     let input = json!({"a": 1});
-    Owned {
-        lease: Lease { execution_id, epoch: 1 },
-        dag_id: "dag-linear-3-node".into(),
-        started: std::time::Instant::now(),
-        exec: Execution::new(dag, &execution_id.to_string(), input.clone()),
+    Held {
+        execution_id: EXECUTION_ID.into(),
+        exec: Execution::new(dag, EXECUTION_ID, input.clone()),
         clock: "2026-01-01T00:00:00Z".into(),
         input_hash: provenance::hash_value(&input),
         chain: HashMap::new(),
-        last_record: provenance::genesis_record_hash(&execution_id.to_string()),
+        last_record: provenance::genesis_record_hash(EXECUTION_ID),
         seq: 0,
     }
 }
@@ -36,7 +34,7 @@ fn topology() -> Topology {
 fn succeeded(node: &str, attempt: u32, outputs: serde_json::Value) -> ResultMessage {
     ResultMessage {
         v: WIRE_VERSION,
-        execution_id: Uuid::from_u128(7).to_string(),
+        execution_id: EXECUTION_ID.into(),
         node_id: node.into(),
         attempt,
         kind: TaskKind::Run,
@@ -55,7 +53,7 @@ fn the_first_step_starts_the_execution_and_dispatches_the_root() {
     let (write, observed) = advance(&mut o, vec![], false, &topology(), NOW);
     let write = write.expect("starting is a change");
     assert!(observed.started && !observed.finished);
-    assert_eq!(write.status, "running");
+    assert_eq!(write.status, ExecutionStatus::Running);
     assert_eq!(write.outbox.len(), 1, "only the root is ready");
     let task = match Message::from_bytes(&write.outbox[0].body).expect("a wire message") {
         Message::Task(t) => t,
@@ -83,12 +81,12 @@ fn a_result_checkpoints_the_node_chains_a_record_and_dispatches_the_next() {
     let _ = advance(&mut o, vec![], false, &topology(), NOW);
     let (write, observed) = advance(&mut o, vec![succeeded("intake", 1, json!({"x": 2}))], false, &topology(), NOW + 5);
     let write = write.expect("a result is a change");
-    assert_eq!(write.processed, vec![("intake".to_owned(), 1, "run".to_owned())]);
+    assert_eq!(write.processed, vec![Processed { node_id: "intake".into(), attempt: 1, kind: TaskKind::Run }]);
     assert_eq!(write.completed_nodes, 1);
     assert_eq!(write.checkpoints.len(), 1);
-    assert_eq!(write.checkpoints[0].0, "intake");
+    assert_eq!(write.checkpoints[0].node_id, "intake");
     assert_eq!(write.records.len(), 1);
-    assert_eq!(write.records[0].0, 1, "the first record of the chain");
+    assert_eq!(write.records[0].seq, 1, "the first record of the chain");
     assert_eq!(write.last_record_hash.as_deref(), Some(o.last_record.as_str()));
     assert_eq!(observed.attempts.len(), 1);
     let next: Vec<String> = write
@@ -110,7 +108,11 @@ fn the_same_inputs_give_the_same_write_whatever_the_time() {
         let _ = advance(&mut o, vec![], false, &topology(), now);
         let (write, _) = advance(&mut o, vec![succeeded("intake", 1, json!({"x": 2}))], false, &topology(), now);
         let write = write.expect("a change");
-        (write.records[0].1.record_hash.clone(), write.checkpoints[0].2.clone(), write.outbox[0].body.clone())
+        (
+            write.records[0].record.record_hash.clone(),
+            write.checkpoints[0].output_hash.clone(),
+            write.outbox[0].body.clone(),
+        )
     };
     assert_eq!(run(NOW), run(NOW + 86_400_000));
 }
@@ -123,7 +125,7 @@ fn a_cancel_before_the_start_dispatches_nothing_and_finishes() {
     assert!(!observed.started);
     assert!(write.outbox.is_empty(), "nothing was dispatched");
     assert!(write.finished && observed.finished);
-    assert_eq!(write.status, "cancelled");
+    assert_eq!(write.status, ExecutionStatus::Cancelled);
 }
 
 #[test]
@@ -137,7 +139,7 @@ fn the_last_result_finishes_with_the_execution_chain_hash() {
     }
     let write = last.expect("the last result is a change");
     assert!(write.finished);
-    assert_eq!(write.status, "completed");
+    assert_eq!(write.status, ExecutionStatus::Completed);
     assert_eq!(write.completed_nodes, 3);
     assert!(write.provenance_chain_hash.is_some() && write.error.is_none());
 }
@@ -145,7 +147,7 @@ fn the_last_result_finishes_with_the_execution_chain_hash() {
 mod properties {
     use std::collections::HashSet;
 
-    use engine::state::NodeError;
+    use crate::state::NodeError;
     use proptest::prelude::*;
 
     use super::*;
@@ -172,11 +174,11 @@ mod properties {
         ]
     }
 
-    fn diamond() -> Owned {
+    fn diamond() -> Held {
         let spec = DagSpec::from_yaml(include_str!("../../../examples/diamond-4.yaml")).expect("parses");
         let mut o = owned();
         let dag = Arc::new(compile(spec, &Limits::default()).expect("valid"));
-        o.exec = Execution::new(dag, &o.lease.execution_id.to_string(), json!({"a": 1}));
+        o.exec = Execution::new(dag, EXECUTION_ID, json!({"a": 1}));
         o
     }
 
@@ -199,7 +201,7 @@ mod properties {
             let mut dispatched: Vec<TaskMessage> = Vec::new();
             let mut seen: HashSet<(String, u32)> = HashSet::new();
             let mut finished = false;
-            let mut step = |o: &mut Owned, results: Vec<ResultMessage>, cancel: bool, now: u64,
+            let mut step = |o: &mut Held, results: Vec<ResultMessage>, cancel: bool, now: u64,
                             dispatched: &mut Vec<TaskMessage>| -> Result<(), TestCaseError> {
                 let (write, _) = advance(o, results, cancel, &topology(), now);
                 let Some(write) = write else { return Ok(()) };
