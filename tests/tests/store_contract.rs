@@ -7,8 +7,8 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use coordinator::store::{
-    Checkpoint, Created, ExecutionFilter, Lease, NewExecution, NodeUpdate, OutboxMessage, Processed, SqliteStore,
-    StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome,
+    Checkpoint, Created, ExecutionFilter, ExecutionStore, Lease, LeaseStore, NewExecution, NodeUpdate, OutboxMessage,
+    Processed, SqliteStore, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome,
 };
 use engine::dag::{Dag, DagSpec, Limits, compile};
 use engine::messages::ResultMessage;

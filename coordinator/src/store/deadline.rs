@@ -20,8 +20,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    CheckpointRow, Created, DagRow, DagSummary, ExecutionFilter, ExecutionRow, Lease, NewExecution, NodeRow, OutboxRow,
-    SharedStore, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome,
+    CheckpointRow, Created, DagRow, DagStore, DagSummary, ExecutionFilter, ExecutionRow, ExecutionStore, Lease,
+    LeaseStore, MessageStore, NewExecution, NodeRow, OutboxRow, SharedStore, StepWrite, Store, StoreError,
+    Subscription, Topic, UpdateOutcome,
 };
 
 /// A store whose every call ends within `limit`.
@@ -50,12 +51,6 @@ impl Deadline {
 
 #[async_trait::async_trait]
 impl Store for Deadline {
-    async fn subscribe(&self, topic: Topic) -> Result<Box<dyn Subscription>, StoreError> {
-        // Only opening the subscription is bounded: waiting for the next notification is what a
-        // subscription is for, and a silent one costs a poll interval, never correctness.
-        self.run("subscribe", self.inner.subscribe(topic)).await
-    }
-
     fn pool_usage(&self) -> (u32, u32, i64) {
         self.inner.pool_usage()
     }
@@ -67,7 +62,10 @@ impl Store for Deadline {
     async fn ping(&self) -> Result<(), StoreError> {
         self.run("ping", self.inner.ping()).await
     }
+}
 
+#[async_trait::async_trait]
+impl DagStore for Deadline {
     async fn insert_dag(&self, tenant: &str, dag: &Dag) -> Result<DagRow, StoreError> {
         self.run("insert_dag", self.inner.insert_dag(tenant, dag)).await
     }
@@ -88,12 +86,15 @@ impl Store for Deadline {
         self.run("delete_dag", self.inner.delete_dag(tenant, dag_id)).await
     }
 
-    async fn summary(&self, tenant: &str) -> Result<Value, StoreError> {
-        self.run("summary", self.inner.summary(tenant)).await
-    }
-
     async fn definition(&self, dag_hash: &str) -> Result<Option<Value>, StoreError> {
         self.run("definition", self.inner.definition(dag_hash)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl ExecutionStore for Deadline {
+    async fn summary(&self, tenant: &str) -> Result<Value, StoreError> {
+        self.run("summary", self.inner.summary(tenant)).await
     }
 
     async fn create_execution(&self, new: NewExecution<'_>) -> Result<Created, StoreError> {
@@ -116,6 +117,42 @@ impl Store for Deadline {
         self.run("records", self.inner.records(id)).await
     }
 
+    async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<bool, StoreError> {
+        self.run("request_cancel", self.inner.request_cancel(tenant, id)).await
+    }
+
+    async fn resume(
+        &self,
+        execution: &ExecutionRow,
+        remaining: &[String],
+        counts: (i32, i32, i32),
+    ) -> Result<bool, StoreError> {
+        self.run("resume", self.inner.resume(execution, remaining, counts)).await
+    }
+
+    async fn checkpoints(&self, id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
+        self.run("checkpoints", self.inner.checkpoints(id)).await
+    }
+
+    async fn delete_checkpoints(&self, tenant: &str, id: Uuid) -> Result<Option<u64>, StoreError> {
+        self.run("delete_checkpoints", self.inner.delete_checkpoints(tenant, id)).await
+    }
+
+    async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>, StoreError> {
+        self.run("list_executions", self.inner.list_executions(filter)).await
+    }
+
+    async fn backlog(&self) -> Result<(i64, i64), StoreError> {
+        self.run("backlog", self.inner.backlog()).await
+    }
+
+    async fn status_counts(&self) -> Result<HashMap<String, i64>, StoreError> {
+        self.run("status_counts", self.inner.status_counts()).await
+    }
+}
+
+#[async_trait::async_trait]
+impl LeaseStore for Deadline {
     async fn claim(
         &self,
         owner: &str,
@@ -138,20 +175,29 @@ impl Store for Deadline {
         self.run("leased_execution", self.inner.leased_execution(lease)).await
     }
 
+    async fn commit_step(&self, owner: &str, lease: Lease, step: &StepWrite) -> Result<bool, StoreError> {
+        self.run("commit_step", self.inner.commit_step(owner, lease, step)).await
+    }
+
+    async fn lease_live(&self, id: Uuid) -> Result<bool, StoreError> {
+        self.run("lease_live", self.inner.lease_live(id)).await
+    }
+}
+
+#[async_trait::async_trait]
+impl MessageStore for Deadline {
+    async fn subscribe(&self, topic: Topic) -> Result<Box<dyn Subscription>, StoreError> {
+        // Only opening the subscription is bounded: waiting for the next notification is what a
+        // subscription is for, and a silent one costs a poll interval, never correctness.
+        self.run("subscribe", self.inner.subscribe(topic)).await
+    }
+
     async fn inbox(&self, id: Uuid) -> Result<(Vec<ResultMessage>, bool), StoreError> {
         self.run("inbox", self.inner.inbox(id)).await
     }
 
     async fn record_results(&self, results: &[ResultMessage]) -> Result<(), StoreError> {
         self.run("record_results", self.inner.record_results(results)).await
-    }
-
-    async fn commit_step(&self, owner: &str, lease: Lease, step: &StepWrite) -> Result<bool, StoreError> {
-        self.run("commit_step", self.inner.commit_step(owner, lease, step)).await
-    }
-
-    async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<bool, StoreError> {
-        self.run("request_cancel", self.inner.request_cancel(tenant, id)).await
     }
 
     async fn claim_outbox(&self, limit: i64, claim: Duration) -> Result<Vec<OutboxRow>, StoreError> {
@@ -164,38 +210,5 @@ impl Store for Deadline {
 
     async fn with_pending_inbox(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError> {
         self.run("with_pending_inbox", self.inner.with_pending_inbox(ids)).await
-    }
-
-    async fn resume(
-        &self,
-        execution: &ExecutionRow,
-        remaining: &[String],
-        counts: (i32, i32, i32),
-    ) -> Result<bool, StoreError> {
-        self.run("resume", self.inner.resume(execution, remaining, counts)).await
-    }
-
-    async fn lease_live(&self, id: Uuid) -> Result<bool, StoreError> {
-        self.run("lease_live", self.inner.lease_live(id)).await
-    }
-
-    async fn checkpoints(&self, id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
-        self.run("checkpoints", self.inner.checkpoints(id)).await
-    }
-
-    async fn delete_checkpoints(&self, tenant: &str, id: Uuid) -> Result<Option<u64>, StoreError> {
-        self.run("delete_checkpoints", self.inner.delete_checkpoints(tenant, id)).await
-    }
-
-    async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>, StoreError> {
-        self.run("list_executions", self.inner.list_executions(filter)).await
-    }
-
-    async fn backlog(&self) -> Result<(i64, i64), StoreError> {
-        self.run("backlog", self.inner.backlog()).await
-    }
-
-    async fn status_counts(&self) -> Result<HashMap<String, i64>, StoreError> {
-        self.run("status_counts", self.inner.status_counts()).await
     }
 }

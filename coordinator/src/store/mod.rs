@@ -104,13 +104,11 @@ pub trait Subscription: Send {
     async fn next(&mut self) -> Result<String, StoreError>;
 }
 
-/// Everything the coordinator stores. Implementations must keep the compare-and-set semantics
-/// documented on each method; `tests/tests/leases.rs` checks them.
+/// Everything the coordinator stores: the four roles below, plus the backend's own upkeep.
+/// Implementations must keep the compare-and-set semantics documented on each method;
+/// `tests/tests/leases.rs` and `tests/tests/store_contract.rs` check them on both stores.
 #[async_trait::async_trait]
-pub trait Store: Send + Sync + std::fmt::Debug {
-    /// Wake-ups for `topic`, on a connection of their own (never one a request could use).
-    async fn subscribe(&self, topic: Topic) -> Result<Box<dyn Subscription>, StoreError>;
-
+pub trait Store: DagStore + ExecutionStore + LeaseStore + MessageStore + Send + Sync + std::fmt::Debug {
     /// (connections open, idle, callers waiting for one).
     fn pool_usage(&self) -> (u32, u32, i64);
 
@@ -119,7 +117,11 @@ pub trait Store: Send + Sync + std::fmt::Debug {
 
     /// One round trip (readiness).
     async fn ping(&self) -> Result<(), StoreError>;
+}
 
+/// DAG definitions: by name per tenant, and pinned by content hash.
+#[async_trait::async_trait]
+pub trait DagStore: Send + Sync {
     /// Stores a new DAG; `Conflict` when the id is taken.
     async fn insert_dag(&self, tenant: &str, dag: &Dag) -> Result<DagRow, StoreError>;
 
@@ -135,11 +137,16 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Deletes a DAG; its executions keep their pinned definitions.
     async fn delete_dag(&self, tenant: &str, dag_id: &str) -> Result<bool, StoreError>;
 
-    /// The figures of the JSON `/metrics` summary.
-    async fn summary(&self, tenant: &str) -> Result<Value, StoreError>;
-
     /// A pinned definition by its hash.
     async fn definition(&self, dag_hash: &str) -> Result<Option<Value>, StoreError>;
+}
+
+/// Executions and what they recorded: node rows, attempts, checkpoints, provenance records;
+/// resume and cancel requests; the figures of the summary and the health checks.
+#[async_trait::async_trait]
+pub trait ExecutionStore: Send + Sync {
+    /// The figures of the JSON `/metrics` summary.
+    async fn summary(&self, tenant: &str) -> Result<Value, StoreError>;
 
     /// Creates an execution and its node rows; with an idempotency key seen before, returns the
     /// earlier execution (same body) or `Conflict` (another body).
@@ -157,6 +164,40 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Provenance records of an execution, in commit order.
     async fn records(&self, id: Uuid) -> Result<Vec<(i32, Record)>, StoreError>;
 
+    /// Marks an execution for cancellation and wakes its driver; false when it is already
+    /// finished or unknown.
+    async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<bool, StoreError>;
+
+    /// Puts a resumed execution back in line: `remaining` nodes return to `pending` with a fresh
+    /// retry budget, their checkpoints go, and the execution becomes `pending` with no lease.
+    /// A compare-and-set on (status, lease epoch): false when the execution changed meanwhile.
+    async fn resume(
+        &self,
+        execution: &ExecutionRow,
+        remaining: &[String],
+        counts: (i32, i32, i32),
+    ) -> Result<bool, StoreError>;
+
+    /// Checkpoints of an execution: (node id, status, outputs, output hash, attempts, created).
+    async fn checkpoints(&self, id: Uuid) -> Result<Vec<CheckpointRow>, StoreError>;
+
+    /// Deletes an execution's checkpoints unless it is running; `None` when it is.
+    async fn delete_checkpoints(&self, tenant: &str, id: Uuid) -> Result<Option<u64>, StoreError>;
+
+    /// Executions, newest first, filtered; keyset pagination after `(submitted_at, id)`.
+    async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>, StoreError>;
+
+    /// Executions waiting for a slot, and outbox rows not yet confirmed (cluster-wide).
+    async fn backlog(&self) -> Result<(i64, i64), StoreError>;
+
+    /// Per-status counts (for health and tests).
+    async fn status_counts(&self) -> Result<HashMap<String, i64>, StoreError>;
+}
+
+/// Leases and steps: claiming executions (with admission), renewing and releasing leases, and
+/// the fenced commit of a step. Every write here is a compare-and-set on (owner, epoch, expiry).
+#[async_trait::async_trait]
+pub trait LeaseStore: Send + Sync {
     /// Takes over up to `room` executions that no live lease holds, bumping each lease epoch
     /// (the fencing token that makes the previous holder's writes fail).
     ///
@@ -178,6 +219,20 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// The execution row behind a lease, if the lease is still ours.
     async fn leased_execution(&self, lease: Lease) -> Result<Option<ExecutionRow>, StoreError>;
 
+    /// Writes one step of an execution if `lease` is still held; returns false (and writes
+    /// nothing) when it is not.
+    async fn commit_step(&self, owner: &str, lease: Lease, step: &StepWrite) -> Result<bool, StoreError>;
+
+    /// Whether the execution's lease is held by a live owner right now (database clock).
+    async fn lease_live(&self, id: Uuid) -> Result<bool, StoreError>;
+}
+
+/// The inbox of results, the outbox of messages to publish, and wake-ups on both.
+#[async_trait::async_trait]
+pub trait MessageStore: Send + Sync {
+    /// Wake-ups for `topic`, on a connection of their own (never one a request could use).
+    async fn subscribe(&self, topic: Topic) -> Result<Box<dyn Subscription>, StoreError>;
+
     /// Unprocessed attempt results of an execution, in arrival order, and whether a cancel was
     /// requested.
     async fn inbox(&self, id: Uuid) -> Result<(Vec<ResultMessage>, bool), StoreError>;
@@ -185,14 +240,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Records attempt results (duplicates are ignored by the primary key) and wakes the
     /// coordinators; results for unknown executions are dropped.
     async fn record_results(&self, results: &[ResultMessage]) -> Result<(), StoreError>;
-
-    /// Writes one step of an execution if `lease` is still held; returns false (and writes
-    /// nothing) when it is not.
-    async fn commit_step(&self, owner: &str, lease: Lease, step: &StepWrite) -> Result<bool, StoreError>;
-
-    /// Marks an execution for cancellation and wakes its driver; false when it is already
-    /// finished or unknown.
-    async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<bool, StoreError>;
 
     /// Claims up to `limit` unsent outbox rows for `claim` (a relay that dies leaves them to be
     /// claimed again when the claim expires).
@@ -204,34 +251,6 @@ pub trait Store: Send + Sync + std::fmt::Debug {
     /// Ids of executions with unprocessed results among `ids` (the fallback when a
     /// notification was missed).
     async fn with_pending_inbox(&self, ids: &[Uuid]) -> Result<Vec<Uuid>, StoreError>;
-
-    /// Puts a resumed execution back in line: `remaining` nodes return to `pending` with a fresh
-    /// retry budget, their checkpoints go, and the execution becomes `pending` with no lease.
-    /// A compare-and-set on (status, lease epoch): false when the execution changed meanwhile.
-    async fn resume(
-        &self,
-        execution: &ExecutionRow,
-        remaining: &[String],
-        counts: (i32, i32, i32),
-    ) -> Result<bool, StoreError>;
-
-    /// Whether the execution's lease is held by a live owner right now (database clock).
-    async fn lease_live(&self, id: Uuid) -> Result<bool, StoreError>;
-
-    /// Checkpoints of an execution: (node id, status, outputs, output hash, attempts, created).
-    async fn checkpoints(&self, id: Uuid) -> Result<Vec<CheckpointRow>, StoreError>;
-
-    /// Deletes an execution's checkpoints unless it is running; `None` when it is.
-    async fn delete_checkpoints(&self, tenant: &str, id: Uuid) -> Result<Option<u64>, StoreError>;
-
-    /// Executions, newest first, filtered; keyset pagination after `(submitted_at, id)`.
-    async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>, StoreError>;
-
-    /// Executions waiting for a slot, and outbox rows not yet confirmed (cluster-wide).
-    async fn backlog(&self) -> Result<(i64, i64), StoreError>;
-
-    /// Per-status counts (for health and tests).
-    async fn status_counts(&self) -> Result<HashMap<String, i64>, StoreError>;
 }
 
 /// A stored DAG.
@@ -384,6 +403,12 @@ pub struct NewExecution<'a> {
     pub idempotency: Option<(&'a str, &'a str)>,
 }
 
+/// The stored name of a status-like enum of the core: its serde (snake_case) name, the one
+/// spelling the API and the database share.
+pub fn text<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
 #[cfg(test)]
 mod tests {
     use super::transient_sqlstate;
@@ -397,10 +422,4 @@ mod tests {
             assert!(!transient_sqlstate(code), "{code} is a refusal");
         }
     }
-}
-
-/// The stored name of a status-like enum of the core: its serde (snake_case) name, the one
-/// spelling the API and the database share.
-pub fn text<T: serde::Serialize>(value: &T) -> String {
-    serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
