@@ -91,7 +91,7 @@ impl Locks for MemoryLocks {
 }
 
 /// The behaviour every [`Locks`] implementation must show; run against the in-memory twin here
-/// and against real Redis in `tests/tests/redis.rs`.
+/// and against real Redis in `tests/tests/suite/redis.rs`.
 pub async fn check_contract(locks: &dyn Locks) {
     let id = Uuid::new_v4();
     let ttl = Duration::from_secs(30);

@@ -106,7 +106,7 @@ pub trait Subscription: Send {
 
 /// Everything the coordinator stores: the four roles below, plus the backend's own upkeep.
 /// Implementations must keep the compare-and-set semantics documented on each method;
-/// `tests/tests/leases.rs` and `tests/tests/store_contract.rs` check them on both stores.
+/// `tests/tests/suite/leases.rs` and `tests/tests/suite/store_contract.rs` check them on both stores.
 #[async_trait::async_trait]
 pub trait Store: DagStore + ExecutionStore + LeaseStore + MessageStore + Send + Sync + std::fmt::Debug {
     /// (connections open, idle, callers waiting for one).

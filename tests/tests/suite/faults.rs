@@ -150,6 +150,11 @@ async fn a_coordinator_with_a_skewed_clock_breaks_nothing() {
     // loses its own; its clock only stamps the executions it accepts.
     // libfaketime preloaded into the coordinator itself, not the `faketime` wrapper: killing the
     // wrapper left its child running after the test (an orphan per run, found in CI).
+    assert!(
+        std::path::Path::new("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1").exists()
+            || std::path::Path::new("/usr/lib/faketime/libfaketime.so.1").exists(),
+        "libfaketime is not installed (Debian package `faketime`; scripts/services.sh installs it)"
+    );
     let process_env =
         vec![("LD_PRELOAD", "/usr/$LIB/faketime/libfaketime.so.1".to_owned()), ("FAKETIME", "+1h".to_owned())];
     let mut stack = Stack::start(StackOptions { coordinators: 1, process_env, ..StackOptions::default() }).await;
