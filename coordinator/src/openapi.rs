@@ -1,11 +1,20 @@
 //! The OpenAPI 3.1 document, generated from [`crate::endpoints::ENDPOINTS`] and served at
 //! `GET /api/v1/orchestrator/openapi.json`.
+//!
+//! Every limit in it is the constant the code enforces (the core's for DAGs and ids, the API's
+//! for pages), never a number written again.
 
+use engine::dag::{MAX_NAME_LEN, MAX_PARALLEL_NODES, MAX_RETRIES, MAX_SECONDS, MAX_VERSION_LEN};
+use engine::ids::MAX_ID_LEN;
 use serde_json::{Map, Value, json};
 
 use crate::endpoints::ENDPOINTS;
+use crate::http::pagination::MAX_PAGE_LIMIT;
 
-const ID_PATTERN: &str = "^[A-Za-z0-9_.:-]{1,128}$";
+/// What `engine::ids` accepts as an id.
+fn id_pattern() -> String {
+    format!("^[A-Za-z0-9_.:-]{{1,{MAX_ID_LEN}}}$")
+}
 
 fn reason(status: u16) -> &'static str {
     match status {
@@ -35,7 +44,7 @@ fn parameters(path: &str) -> Vec<Value> {
     let query = |name: &str, schema: Value| json!({"name": name, "in": "query", "required": false, "schema": schema});
     match path {
         "/executions" => {
-            out.push(query("dag_id", json!({"type": "string", "pattern": ID_PATTERN})));
+            out.push(query("dag_id", json!({"type": "string", "pattern": id_pattern()})));
             out.push(query(
                 "status",
                 json!({"type": "string", "enum": ["pending", "queued", "running", "completed", "failed", "cancelled"]}),
@@ -45,11 +54,11 @@ fn parameters(path: &str) -> Vec<Value> {
                 json!({"type": "string", "description": "24h-style duration or RFC 3339",
                        "pattern": "^([0-9]{1,7}[smhd]|[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9:.]+(Z|[+-][0-9]{2}:[0-9]{2}))$"}),
             ));
-            out.push(query("limit", json!({"type": "integer", "minimum": 1, "maximum": 500})));
+            out.push(query("limit", json!({"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT})));
             out.push(query("cursor", json!({"type": "string", "pattern": "^[0-9a-f]+$"})));
         }
         "/dags" => {
-            out.push(query("limit", json!({"type": "integer", "minimum": 1, "maximum": 500})));
+            out.push(query("limit", json!({"type": "integer", "minimum": 1, "maximum": MAX_PAGE_LIMIT})));
             out.push(query("cursor", json!({"type": "string", "pattern": "^[0-9a-f]+$"})));
         }
         _ => {}
@@ -111,17 +120,17 @@ pub fn document() -> Value {
 }
 
 fn schemas() -> Value {
-    let id = json!({"type": "string", "pattern": ID_PATTERN});
+    let id = json!({"type": "string", "pattern": id_pattern()});
     let retry = json!({"type": "object", "additionalProperties": false, "properties": {
-        "max_retries": {"type": "integer", "minimum": 0, "maximum": 20},
+        "max_retries": {"type": "integer", "minimum": 0, "maximum": MAX_RETRIES},
         "strategy": {"type": "string", "enum": ["exponential", "linear", "constant", "fibonacci"]},
-        "base_delay": {"type": "number", "minimum": 0, "maximum": 86400},
-        "max_delay": {"type": "number", "minimum": 0, "maximum": 86400},
+        "base_delay": {"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
+        "max_delay": {"type": "number", "minimum": 0, "maximum": MAX_SECONDS},
         "jitter": {"type": "boolean"},
         "jitter_range": {"type": "number", "minimum": 0, "maximum": 1},
         "retryable_exceptions": {"type": "array", "items": {"type": "string"}}}});
     let timeout = json!({"type": "object", "additionalProperties": false, "properties": {
-        "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": 86400},
+        "timeout_seconds": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_SECONDS},
         "on_timeout": {"type": "string", "enum": ["fail", "skip", "compensate"]}}});
     let node = json!({"type": "object", "additionalProperties": false, "required": ["agent_id"], "properties": {
         "agent_id": id, "depends_on": {"type": "array", "items": id},
@@ -132,12 +141,12 @@ fn schemas() -> Value {
         "compensation_handler": id, "priority": {"type": "integer"},
         "metadata": {"type": "object"}, "params": {"type": "object"}, "queue": id}});
     let dag_properties = json!({
-        "dag_id": id, "name": {"type": "string", "minLength": 1, "maxLength": 256},
-        "description": {"type": "string"}, "version": {"type": "string", "minLength": 1, "maxLength": 32},
+        "dag_id": id, "name": {"type": "string", "minLength": 1, "maxLength": MAX_NAME_LEN},
+        "description": {"type": "string"}, "version": {"type": "string", "minLength": 1, "maxLength": MAX_VERSION_LEN},
         "nodes": {"type": "object", "additionalProperties": node},
         "default_retry_policy": retry, "default_timeout_policy": timeout,
         "on_failure": {"type": "string", "enum": ["fail_fast", "continue", "compensate"]},
-        "max_parallel_nodes": {"type": "integer", "minimum": 1, "maximum": 500},
+        "max_parallel_nodes": {"type": "integer", "minimum": 1, "maximum": MAX_PARALLEL_NODES},
         "max_concurrent_executions": {"type": "integer", "minimum": 1},
         "scheduling": {"type": "string", "enum": ["dependency", "level_barrier"]},
         "metadata": {"type": "object"}});

@@ -6,7 +6,7 @@
 
 mod dags;
 mod executions;
-mod pagination;
+pub(crate) mod pagination;
 mod probes;
 
 use std::sync::Arc;

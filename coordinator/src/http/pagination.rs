@@ -29,16 +29,20 @@ pub(super) fn parse_since(text: &str) -> ApiResult<chrono::DateTime<chrono::Utc>
     chrono::Utc::now().checked_sub_signed(delta).ok_or_else(bad)
 }
 
-/// An opaque cursor: hex of `<microseconds>:<uuid>`.
-/// `limit` of a list: 1 to 500, 50 when absent.
+/// Most items in one page of a list.
+pub const MAX_PAGE_LIMIT: i64 = 500;
+/// Items in a page when `limit` is absent.
+pub const DEFAULT_PAGE_LIMIT: i64 = 50;
+
+/// `limit` of a list: 1 to [`MAX_PAGE_LIMIT`], [`DEFAULT_PAGE_LIMIT`] when absent.
 pub(super) fn page_limit(query: &std::collections::HashMap<String, String>) -> ApiResult<i64> {
     match query.get("limit") {
-        None => Ok(50),
+        None => Ok(DEFAULT_PAGE_LIMIT),
         Some(l) => l
             .parse::<i64>()
             .ok()
-            .filter(|l| (1..=500).contains(l))
-            .ok_or_else(|| ApiError::BadRequest("limit must be 1 to 500".into())),
+            .filter(|l| (1..=MAX_PAGE_LIMIT).contains(l))
+            .ok_or_else(|| ApiError::BadRequest(format!("limit must be 1 to {MAX_PAGE_LIMIT}"))),
     }
 }
 

@@ -30,8 +30,10 @@ impl Default for Limits {
 }
 
 /// Longest accepted DAG `name` and `version`, as in the earlier schema.
-const MAX_NAME_LEN: usize = 256;
-const MAX_VERSION_LEN: usize = 32;
+/// Most characters in a DAG's `name`.
+pub const MAX_NAME_LEN: usize = 256;
+/// Most bytes in a DAG's `version`.
+pub const MAX_VERSION_LEN: usize = 32;
 /// Largest accepted per-DAG `max_concurrent_executions`.
 const MAX_CONCURRENT_EXECUTIONS: u64 = 100_000;
 

@@ -16,7 +16,7 @@ mod tests;
 
 use std::sync::OnceLock;
 
-pub use compile::{Limits, compile, compile_stored};
+pub use compile::{Limits, MAX_NAME_LEN, MAX_VERSION_LEN, compile, compile_stored};
 pub use policy::{MAX_RETRIES, MAX_SECONDS, RetryPolicy, TimeoutPolicy};
 pub use report::{ErrorType, Issue, ValidationError, ValidationReport, ValidationWarning, WarningType};
 pub use spec::{
