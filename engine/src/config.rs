@@ -191,6 +191,7 @@ impl Settings {
     fn from_values(v: &BTreeMap<String, String>) -> Result<Self, ConfigError> {
         let get = |key: &str| v.get(key).map(String::as_str).filter(|s| !s.is_empty());
         let required = |key: &str| get(key).ok_or_else(|| error(key, "must be set"));
+        let number = |key: &str, min: u32, max: u32| ranged(required(key)?, key, min, max);
         let settings = Self {
             database_url: Secret::new(url(required("DATABASE_URL")?, "DATABASE_URL", &["postgres", "postgresql"])?),
             amqp_url: Secret::new(url(required("AMQP_URL")?, "AMQP_URL", &["amqp", "amqps"])?),
@@ -203,78 +204,43 @@ impl Settings {
                 .split(',')
                 .map(|q| name(q.trim(), "WORKER_QUEUES"))
                 .collect::<Result<_, _>>()?,
-            worker_concurrency: ranged(required("WORKER_CONCURRENCY")?, "WORKER_CONCURRENCY", 1, 1024)?,
+            worker_concurrency: number("WORKER_CONCURRENCY", 1, 1024)?,
             worker_id: get("WORKER_ID").map(|w| name(w, "WORKER_ID")).transpose()?,
             agents_file: get("AGENTS_FILE").map(PathBuf::from),
-            max_parallel_nodes: ranged(required("MAX_PARALLEL_NODES")?, "MAX_PARALLEL_NODES", 1, 500)?,
-            max_dag_nodes: ranged(required("MAX_DAG_NODES")?, "MAX_DAG_NODES", 1, 10_000_000)? as usize,
-            max_concurrent_executions: ranged(
-                required("MAX_CONCURRENT_EXECUTIONS")?,
-                "MAX_CONCURRENT_EXECUTIONS",
-                1,
-                1_000_000,
-            )?,
+            max_parallel_nodes: number("MAX_PARALLEL_NODES", 1, 500)?,
+            max_dag_nodes: number("MAX_DAG_NODES", 1, 10_000_000)? as usize,
+            max_concurrent_executions: number("MAX_CONCURRENT_EXECUTIONS", 1, 1_000_000)?,
             accept_new_executions: boolean(required("ACCEPT_NEW_EXECUTIONS")?, "ACCEPT_NEW_EXECUTIONS")?,
-            max_body_bytes: ranged(required("MAX_BODY_BYTES")?, "MAX_BODY_BYTES", 1024, 1 << 30)? as usize,
-            db_pool_size: ranged(required("DB_POOL_SIZE")?, "DB_POOL_SIZE", 1, 1000)?,
-            db_pool_max_overflow: ranged(required("DB_POOL_MAX_OVERFLOW")?, "DB_POOL_MAX_OVERFLOW", 0, 1000)?,
-            lease_ttl_seconds: ranged(required("LEASE_TTL_SECONDS")?, "LEASE_TTL_SECONDS", 1, 3600)?,
-            delivery_limit: ranged(required("DELIVERY_LIMIT")?, "DELIVERY_LIMIT", 1, 1000)?,
-            shutdown_grace_seconds: ranged(required("SHUTDOWN_GRACE_SECONDS")?, "SHUTDOWN_GRACE_SECONDS", 0, 86_400)?,
-            amqp_timeout_seconds: ranged(required("AMQP_TIMEOUT_SECONDS")?, "AMQP_TIMEOUT_SECONDS", 1, 3600)?,
-            db_statement_timeout_seconds: ranged(
-                required("DB_STATEMENT_TIMEOUT_SECONDS")?,
-                "DB_STATEMENT_TIMEOUT_SECONDS",
-                1,
-                3600,
-            )?,
-            db_call_timeout_seconds: ranged(required("DB_CALL_TIMEOUT_SECONDS")?, "DB_CALL_TIMEOUT_SECONDS", 1, 3600)?,
-            redis_timeout_ms: ranged(required("REDIS_TIMEOUT_MS")?, "REDIS_TIMEOUT_MS", 10, 60_000)?,
-            http_request_timeout_seconds: ranged(
-                required("HTTP_REQUEST_TIMEOUT_SECONDS")?,
-                "HTTP_REQUEST_TIMEOUT_SECONDS",
-                1,
-                3600,
-            )?,
-            agent_connect_timeout_seconds: ranged(
-                required("AGENT_CONNECT_TIMEOUT_SECONDS")?,
-                "AGENT_CONNECT_TIMEOUT_SECONDS",
-                1,
-                3600,
-            )?,
-            stall_seconds: ranged(required("STALL_SECONDS")?, "STALL_SECONDS", 1, 86_400)?,
-            checkpoint_retention_hours: ranged(
-                required("CHECKPOINT_RETENTION_HOURS")?,
-                "CHECKPOINT_RETENTION_HOURS",
-                1,
-                1_000_000,
-            )?,
-            auth: match required("AUTH")? {
+            max_body_bytes: number("MAX_BODY_BYTES", 1024, 1 << 30)? as usize,
+            db_pool_size: number("DB_POOL_SIZE", 1, 1000)?,
+            db_pool_max_overflow: number("DB_POOL_MAX_OVERFLOW", 0, 1000)?,
+            lease_ttl_seconds: number("LEASE_TTL_SECONDS", 1, 3600)?,
+            delivery_limit: number("DELIVERY_LIMIT", 1, 1000)?,
+            shutdown_grace_seconds: number("SHUTDOWN_GRACE_SECONDS", 0, 86_400)?,
+            amqp_timeout_seconds: number("AMQP_TIMEOUT_SECONDS", 1, 3600)?,
+            db_statement_timeout_seconds: number("DB_STATEMENT_TIMEOUT_SECONDS", 1, 3600)?,
+            db_call_timeout_seconds: number("DB_CALL_TIMEOUT_SECONDS", 1, 3600)?,
+            redis_timeout_ms: number("REDIS_TIMEOUT_MS", 10, 60_000)?,
+            http_request_timeout_seconds: number("HTTP_REQUEST_TIMEOUT_SECONDS", 1, 3600)?,
+            agent_connect_timeout_seconds: number("AGENT_CONNECT_TIMEOUT_SECONDS", 1, 3600)?,
+            stall_seconds: number("STALL_SECONDS", 1, 86_400)?,
+            checkpoint_retention_hours: number("CHECKPOINT_RETENTION_HOURS", 1, 1_000_000)?,
+            auth: match one_of(required("AUTH")?, "AUTH", &["enabled", "disabled"])? {
                 "enabled" => AuthMode::Enabled,
-                "disabled" => AuthMode::Disabled,
-                other => {
-                    return Err(error("AUTH", format!("must be enabled or disabled, not {other:?}")));
-                }
+                _ => AuthMode::Disabled,
             },
             jwt_secret: get("JWT_SECRET").map(Secret::new),
             jwt_public_key: get("JWT_PUBLIC_KEY").map(Secret::new),
-            jwt_algorithm: match required("JWT_ALGORITHM")? {
-                a @ ("HS256" | "RS256" | "EdDSA") => a.to_owned(),
-                other => {
-                    return Err(error("JWT_ALGORITHM", format!("must be HS256, RS256 or EdDSA, not {other:?}")));
-                }
-            },
+            jwt_algorithm: one_of(required("JWT_ALGORITHM")?, "JWT_ALGORITHM", &["HS256", "RS256", "EdDSA"])?
+                .to_owned(),
             jwt_issuer: get("JWT_ISSUER").map(str::to_owned),
             jwt_audience: get("JWT_AUDIENCE").map(str::to_owned),
-            log_level: match required("LOG_LEVEL")?.to_ascii_lowercase().as_str() {
-                l @ ("trace" | "debug" | "info" | "warn" | "error") => l.to_owned(),
-                other => {
-                    return Err(error(
-                        "LOG_LEVEL",
-                        format!("must be trace, debug, info, warn or error, not {other:?}"),
-                    ));
-                }
-            },
+            log_level: one_of(
+                &required("LOG_LEVEL")?.to_ascii_lowercase(),
+                "LOG_LEVEL",
+                &["trace", "debug", "info", "warn", "error"],
+            )?
+            .to_owned(),
         };
         Ok(settings)
     }
@@ -337,6 +303,19 @@ fn ranged(text: &str, key: &str, min: u32, max: u32) -> Result<u32, ConfigError>
         .ok()
         .filter(|v| (min..=max).contains(v))
         .ok_or_else(|| error(key, format!("must be from {min} to {max}, not {value}")))
+}
+
+/// `text` if it is one of `allowed` (the message lists them: "a, b or c").
+fn one_of<'a>(text: &'a str, key: &str, allowed: &[&str]) -> Result<&'a str, ConfigError> {
+    if allowed.contains(&text) {
+        return Ok(text);
+    }
+    let listed = match allowed.split_last() {
+        Some((last, [])) => (*last).to_owned(),
+        Some((last, rest)) => format!("{} or {last}", rest.join(", ")),
+        None => String::new(),
+    };
+    Err(error(key, format!("must be {listed}, not {text:?}")))
 }
 
 fn boolean(text: &str, key: &str) -> Result<bool, ConfigError> {
@@ -405,6 +384,21 @@ mod tests {
         }
         let e = Settings::load(Vec::new(), Some("bogus: 1\n")).expect_err("unknown key in file");
         assert_eq!(e.variable, "GL_ORCHESTRATOR_CONFIG_FILE");
+    }
+
+    #[test]
+    fn a_choice_lists_what_it_accepts() {
+        let cases = [
+            ("AUTH", "off", "must be enabled or disabled, not \"off\""),
+            ("JWT_ALGORITHM", "none", "must be HS256, RS256 or EdDSA, not \"none\""),
+            ("LOG_LEVEL", "LOUD", "must be trace, debug, info, warn or error, not \"loud\""),
+        ];
+        for (key, value, message) in cases {
+            let e = Settings::load(env(&[(key, value)]), None).expect_err(key);
+            assert_eq!((e.variable.as_str(), e.message.as_str()), (format!("{PREFIX}{key}").as_str(), message));
+        }
+        let s = Settings::load(env(&[("LOG_LEVEL", "WARN"), ("JWT_ALGORITHM", "EdDSA")]), None).expect("valid");
+        assert_eq!((s.log_level.as_str(), s.jwt_algorithm.as_str(), s.auth), ("warn", "EdDSA", AuthMode::Enabled));
     }
 
     #[test]
