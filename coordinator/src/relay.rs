@@ -15,13 +15,13 @@ use std::time::Duration;
 
 use std::sync::Arc;
 
-use engine::topology::Source;
+use engine::topology::{Source, Topology};
 use futures_util::FutureExt;
-use runtime::queue::{Connector, Outgoing, QueueError};
+use runtime::queue::{Connector, Outgoing, Queue, QueueError};
 use tokio::sync::watch;
 
 use crate::health::{Health, RELAY};
-use crate::store::{SharedStore, Subscription, Topic};
+use crate::store::{OutboxRow, SharedStore, Subscription, Topic};
 
 const BATCH: i64 = 500;
 /// How long a relay may hold outbox rows before another one sends them (publishing takes ms).
@@ -49,6 +49,7 @@ pub async fn run(
     .await;
 }
 
+/// One connection's life: relays until `stop` or a broker error, then closes the connection.
 async fn session(
     db: &SharedStore,
     connector: &dyn Connector,
@@ -57,24 +58,29 @@ async fn session(
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), QueueError> {
     let broker = connector.connect(&format!("{name}-relay")).await?;
-    let topology = connector.topology();
     health.set_broker_connected(true);
+    let result = relay(db, broker.as_ref(), connector.topology(), health, stop).await;
+    broker.close().await;
+    result
+}
+
+/// Claims, publishes and deletes outbox rows in rounds; returns on `stop` or a broker error.
+async fn relay(
+    db: &SharedStore,
+    broker: &dyn Queue,
+    topology: &Topology,
+    health: &Health,
+    stop: &mut watch::Receiver<bool>,
+) -> Result<(), QueueError> {
     let progress = health.component(RELAY);
     progress.beat();
     let mut pools: HashSet<String> = HashSet::new();
     let mut listener = None;
     let mut probed = std::time::Instant::now();
-    loop {
-        if *stop.borrow() {
-            broker.close().await;
-            return Ok(());
-        }
+    while !*stop.borrow() {
         if probed.elapsed() >= PROBE {
-            if let Err(e) = broker.depth(&Source::Results).await {
-                broker.close().await;
-                return Err(e);
-            }
             // No beat: an answering broker is not progress while the database may not answer.
+            broker.depth(&Source::Results).await?;
             probed = std::time::Instant::now();
         }
         if listener.is_none() {
@@ -94,29 +100,7 @@ async fn session(
             progress.beat();
             continue;
         }
-        // A task for a pool no worker has declared yet would be unroutable: declare it first.
-        for row in rows.iter().filter(|r| r.exchange == topology.tasks_exchange()) {
-            if pools.insert(row.routing_key.clone())
-                && let Err(e) = broker.declare_pool(&row.routing_key).await
-            {
-                broker.close().await;
-                return Err(e);
-            }
-        }
-        let batch: Vec<Outgoing> = rows
-            .iter()
-            .map(|r| Outgoing {
-                exchange: r.exchange.clone(),
-                routing_key: r.routing_key.clone(),
-                body: r.body.clone(),
-                headers: r.headers.clone(),
-                mandatory: r.exchange != topology.cancel_exchange(),
-            })
-            .collect();
-        if let Err(e) = broker.publish(&batch).await {
-            broker.close().await;
-            return Err(e);
-        }
+        publish(broker, topology, &mut pools, &rows).await?;
         let ids: Vec<i64> = rows.iter().map(|r| r.id).collect();
         match db.delete_outbox(&ids).await {
             Ok(()) => progress.beat(),
@@ -124,6 +108,34 @@ async fn session(
             Err(e) => tracing::warn!(error = %e, "deleting sent outbox rows failed"),
         }
     }
+    Ok(())
+}
+
+/// Publishes claimed rows with confirms. A task for a pool no worker has declared yet would be
+/// unroutable, so each pool is declared before its first task; cancels fan out to whoever
+/// listens, so only they go without `mandatory`.
+async fn publish(
+    broker: &dyn Queue,
+    topology: &Topology,
+    pools: &mut HashSet<String>,
+    rows: &[OutboxRow],
+) -> Result<(), QueueError> {
+    for row in rows.iter().filter(|r| r.exchange == topology.tasks_exchange()) {
+        if pools.insert(row.routing_key.clone()) {
+            broker.declare_pool(&row.routing_key).await?;
+        }
+    }
+    let batch: Vec<Outgoing> = rows
+        .iter()
+        .map(|r| Outgoing {
+            exchange: r.exchange.clone(),
+            routing_key: r.routing_key.clone(),
+            body: r.body.clone(),
+            headers: r.headers.clone(),
+            mandatory: r.exchange != topology.cancel_exchange(),
+        })
+        .collect();
+    broker.publish(&batch).await
 }
 
 /// Waits for a notification, a stop, or a short poll interval; drains queued notifications.

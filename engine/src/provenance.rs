@@ -183,54 +183,13 @@ pub fn verify(
     let mut verdicts = Vec::with_capacity(records.len());
     let mut prev = genesis_record_hash(execution_id);
     for record in records {
-        let mut issues = Vec::new();
-        let input_hash = value_hash(&record.input);
-        let output_hash = value_hash(&record.outputs);
-        if input_hash != record.input_hash {
-            issues.push("input_hash does not match the stored input".to_owned());
-        }
-        if output_hash != record.output_hash {
-            issues.push("output_hash does not match the stored outputs".to_owned());
-        }
-        let expected_parents = match dag.index_of(&record.node_id) {
-            Some(v) => dag.node(v).deps.iter().filter_map(|&d| stored_chain.get(dag.node_id(d)).cloned()).collect(),
-            None => {
-                issues.push("the node is not in the pinned DAG definition".to_owned());
-                Vec::new()
-            }
-        };
-        if expected_parents != record.parent_hashes {
-            issues.push("parent_hashes differ from the chain hashes of its completed dependencies".to_owned());
-        }
-        if let Some(v) = dag.index_of(&record.node_id)
-            && dag.node_spec(v).agent_id != record.agent_id
-        {
-            issues.push("agent_id differs from the pinned definition".to_owned());
-        }
-        let chain =
-            node_chain_hash(&record.node_id, &record.agent_id, &input_hash, &output_hash, &record.parent_hashes);
-        if chain != record.chain_hash {
-            issues.push("chain_hash does not match its recomputed value".to_owned());
-        }
-        if record.prev_record_hash != prev {
-            issues.push("prev_record_hash does not link to the previous record".to_owned());
-        }
-        let recomputed_record = record_hash(&prev, execution_id, &record.node_id, &record.chain_hash, &record.timing);
-        if recomputed_record != record.record_hash {
-            issues.push("record_hash does not match its recomputed value (timing or order altered)".to_owned());
-        }
+        let (verdict, chain) = check_record(dag, execution_id, record, &prev, &stored_chain);
         // A node re-run by a resume (its checkpoint failed verification) has a later record,
         // which supersedes the earlier one for its dependents and the execution hash.
         stored_chain.insert(&record.node_id, record.chain_hash.clone());
         recomputed_chain.insert(&record.node_id, chain);
         prev = record.record_hash.clone();
-        verdicts.push(NodeVerdict {
-            node_id: record.node_id.clone(),
-            valid: issues.is_empty(),
-            problems: issues,
-            expected_parent_hashes: expected_parents,
-            actual_parent_hashes: record.parent_hashes.clone(),
-        });
+        verdicts.push(verdict);
     }
     let in_order: Vec<ContentHash> =
         dag.order().iter().filter_map(|&v: &NodeIndex| recomputed_chain.get(dag.node_id(v)).cloned()).collect();
@@ -242,6 +201,60 @@ pub fn verify(
     }
     let chain_valid = problems.is_empty() && verdicts.iter().all(|v| v.valid);
     Verification { chain_valid, recomputed_chain_hash: recomputed, nodes: verdicts, problems }
+}
+
+/// One record checked against the pinned DAG, the previous record and the stored chain hashes
+/// of the nodes recorded before it; returns the verdict and the record's recomputed chain hash.
+fn check_record(
+    dag: &Dag,
+    execution_id: &str,
+    record: &Record,
+    prev: &ContentHash,
+    stored_chain: &BTreeMap<&str, ContentHash>,
+) -> (NodeVerdict, ContentHash) {
+    let mut issues = Vec::new();
+    let input_hash = value_hash(&record.input);
+    let output_hash = value_hash(&record.outputs);
+    if input_hash != record.input_hash {
+        issues.push("input_hash does not match the stored input".to_owned());
+    }
+    if output_hash != record.output_hash {
+        issues.push("output_hash does not match the stored outputs".to_owned());
+    }
+    let expected_parents = match dag.index_of(&record.node_id) {
+        Some(v) => dag.node(v).deps.iter().filter_map(|&d| stored_chain.get(dag.node_id(d)).cloned()).collect(),
+        None => {
+            issues.push("the node is not in the pinned DAG definition".to_owned());
+            Vec::new()
+        }
+    };
+    if expected_parents != record.parent_hashes {
+        issues.push("parent_hashes differ from the chain hashes of its completed dependencies".to_owned());
+    }
+    if let Some(v) = dag.index_of(&record.node_id)
+        && dag.node_spec(v).agent_id != record.agent_id
+    {
+        issues.push("agent_id differs from the pinned definition".to_owned());
+    }
+    let chain = node_chain_hash(&record.node_id, &record.agent_id, &input_hash, &output_hash, &record.parent_hashes);
+    if chain != record.chain_hash {
+        issues.push("chain_hash does not match its recomputed value".to_owned());
+    }
+    if record.prev_record_hash != *prev {
+        issues.push("prev_record_hash does not link to the previous record".to_owned());
+    }
+    let recomputed_record = record_hash(prev, execution_id, &record.node_id, &record.chain_hash, &record.timing);
+    if recomputed_record != record.record_hash {
+        issues.push("record_hash does not match its recomputed value (timing or order altered)".to_owned());
+    }
+    let verdict = NodeVerdict {
+        node_id: record.node_id.clone(),
+        valid: issues.is_empty(),
+        problems: issues,
+        expected_parent_hashes: expected_parents,
+        actual_parent_hashes: record.parent_hashes.clone(),
+    };
+    (verdict, chain)
 }
 
 #[cfg(test)]
