@@ -39,6 +39,11 @@ const CHECKPOINTS_READ: Option<&str> = Some("orchestrator:checkpoints:read");
 const CHECKPOINTS_DELETE: Option<&str> = Some("orchestrator:checkpoints:delete");
 const PROVENANCE_READ: Option<&str> = Some("orchestrator:provenance:read");
 
+/// Most items in one page of a list (`limit`).
+pub const MAX_PAGE_LIMIT: i64 = 500;
+/// Items in a page when `limit` is absent.
+pub const DEFAULT_PAGE_LIMIT: i64 = 50;
+
 /// Granted every scope.
 pub const ADMIN_SCOPE: &str = "orchestrator:admin";
 

@@ -7,13 +7,15 @@
 //!
 //! - [`cli`]: the command line (`serve`, `migrate`, `dev`, `validate`, `plan`).
 //! - [`app`]: startup wiring; [`app::Coordinator::start`] is what `serve` and the tests run.
-//! - [`api`]: the REST API and its problem+json errors.
+//! - [`http`]: the REST adapter (router, one file per resource); [`problem`]: its problem+json
+//!   errors. It parses, calls a use case of [`service`] or the store, and renders.
+//! - [`service`]: use cases with typed input and outcomes, no HTTP in them (resume so far).
 //! - [`endpoints`]: the table of operations (scopes, answers); [`auth`] and [`openapi`] read it.
-//! - [`store`]: the `Store` trait; [`store::postgres`] (production) and [`store::sqlite`]
-//!   (embedded) hold every SQL statement.
+//! - [`store`]: the store port (four role traits under `Store`); [`store::postgres`]
+//!   (production) and [`store::sqlite`] (embedded) hold every SQL statement.
 //! - [`embedded`]: `coordinator dev`: the engine in one process on SQLite, the embedded queue
 //!   and in-process locks and workers.
-//! - [`scheduler`]: leases and the per-execution driver.
+//! - [`scheduler`]: leases and the per-execution driver around `engine::step::advance`.
 //! - [`locks`]: the execution-lock trait and its in-process twin; [`redis`]: the Redis adapter
 //!   (locks and the DAG cache).
 //! - [`relay`]: the outbox relay (confirmed publishing).
@@ -36,5 +38,6 @@ pub mod redis;
 pub mod relay;
 pub mod scheduler;
 pub mod serve;
+pub mod service;
 pub mod spans;
 pub mod store;

@@ -8,8 +8,7 @@ use engine::dag::{MAX_NAME_LEN, MAX_PARALLEL_NODES, MAX_RETRIES, MAX_SECONDS, MA
 use engine::ids::MAX_ID_LEN;
 use serde_json::{Map, Value, json};
 
-use crate::endpoints::ENDPOINTS;
-use crate::http::pagination::MAX_PAGE_LIMIT;
+use crate::endpoints::{ENDPOINTS, MAX_PAGE_LIMIT};
 
 /// What `engine::ids` accepts as an id.
 fn id_pattern() -> String {

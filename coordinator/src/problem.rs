@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use engine::dag::ValidationReport;
 use serde_json::json;
 
+use crate::service::ServiceError;
 use crate::store::StoreError;
 
 /// An API error: a status, a stable problem type and a sentence.
@@ -55,6 +56,16 @@ impl From<StoreError> for ApiError {
             StoreError::Conflict(what) => ApiError::Conflict(format!("{what} already exists")),
             e if e.is_unavailable() => ApiError::Unavailable("the database is unavailable".into()),
             e => ApiError::Internal(e.to_string()),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Conflict(message) => ApiError::Conflict(message),
+            ServiceError::Corrupt(message) => ApiError::Internal(message),
+            ServiceError::Store(e) => e.into(),
         }
     }
 }

@@ -23,16 +23,7 @@ pub fn main() -> ExitCode {
     };
     match std::env::args().nth(1).as_deref() {
         None => {}
-        Some("healthcheck") => {
-            let addr = format!("127.0.0.1:{}", settings.worker_metrics_addr.port());
-            return match runtime::telemetry::http_ok(&addr, "/health") {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("unhealthy: {e}");
-                    ExitCode::FAILURE
-                }
-            };
-        }
+        Some("healthcheck") => return healthcheck(&settings),
         Some(other) => {
             eprintln!("worker: unknown argument {other:?}; usage: worker [healthcheck]");
             return ExitCode::from(2);
@@ -46,20 +37,7 @@ pub fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let options = WorkerOptions {
-        queue: Arc::new(AmqpConnector::new(
-            settings.amqp_url.clone(),
-            Topology::new(&settings.queue_prefix, settings.delivery_limit),
-            settings.amqp_timeout(),
-        )),
-        pools: settings.worker_queues.clone(),
-        concurrency: settings.worker_concurrency,
-        worker_id: settings.worker_id.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
-        grace: settings.component_grace(),
-        registry,
-        metrics: Default::default(),
-        liveness: Default::default(),
-    };
+    let options = options(&settings, registry);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -80,6 +58,36 @@ pub fn main() -> ExitCode {
     telemetry.shutdown_within(engine::config::FLUSH_WITHIN);
     runtime.shutdown_timeout(Duration::from_millis(100));
     ExitCode::SUCCESS
+}
+
+/// `worker healthcheck`: exit 0 when the running worker's health endpoint answers.
+fn healthcheck(settings: &Settings) -> ExitCode {
+    let addr = format!("127.0.0.1:{}", settings.worker_metrics_addr.port());
+    match runtime::telemetry::http_ok(&addr, "/health") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("unhealthy: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The worker as the settings describe it: RabbitMQ, its pools, concurrency, id and grace.
+fn options(settings: &Settings, registry: Registry) -> WorkerOptions {
+    WorkerOptions {
+        queue: Arc::new(AmqpConnector::new(
+            settings.amqp_url.clone(),
+            Topology::new(&settings.queue_prefix, settings.delivery_limit),
+            settings.amqp_timeout(),
+        )),
+        pools: settings.worker_queues.clone(),
+        concurrency: settings.worker_concurrency,
+        worker_id: settings.worker_id.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
+        grace: settings.component_grace(),
+        registry,
+        metrics: Default::default(),
+        liveness: Default::default(),
+    }
 }
 
 fn load() -> Result<Settings, String> {

@@ -23,7 +23,7 @@ use engine::messages::{Message, ResultMessage, TaskMessage, TraceContext, WIRE_V
 use engine::state::{NodeError, Outcome};
 use engine::topology::{Source, Topology};
 use futures_util::StreamExt;
-use runtime::queue::{Connector, Delivery, Outgoing, Queue, QueueError};
+use runtime::queue::{Connector, Consumer, Delivery, Outgoing, Queue, QueueError};
 use tokio::sync::{Notify, Semaphore, watch};
 
 use agents::{Call, Registry};
@@ -91,14 +91,7 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
     let queue = options.queue.connect(&options.worker_id).await?;
     let permits = Arc::new(Semaphore::new(options.concurrency as usize));
     let running: Running = Arc::default();
-    let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
-    let mut consumers = Vec::new();
-    for pool in &options.pools {
-        queue.declare_pool(pool).await?;
-        let tag = format!("{}-{pool}", options.worker_id);
-        consumers.push(queue.consume(&Source::Pool(pool.clone()), &tag, prefetch).await?);
-    }
-    let mut cancels = queue.consume(&Source::Cancels, &format!("{}-cancel", options.worker_id), 64).await?;
+    let (mut consumers, mut cancels) = subscribe(queue.as_ref(), &options).await?;
     let mut streams = futures_util::stream::select_all(consumers.iter_mut().map(|c| &mut c.deliveries));
     let progress: Vec<_> = options
         .pools
@@ -146,19 +139,35 @@ async fn session(options: Arc<WorkerOptions>, mut stop: watch::Receiver<bool>) -
         }
     };
     drop(streams);
-    // Stop taking work, but keep the connection open: closing it would hand the unacknowledged
-    // tasks back to the queue at once and another worker would run them again. In-flight
-    // attempts finish within the grace period (counted from here, so that a broker that does
-    // not answer the consumer cancels cannot stretch it); whatever is still unacknowledged when
-    // the connection closes goes back to the queue.
-    let drained = tokio::time::Instant::now() + options.grace;
-    for consumer in &mut consumers {
-        let _ = tokio::time::timeout_at(drained, consumer.stop()).await;
-    }
-    let all = options.concurrency;
-    let _ = tokio::time::timeout_at(drained, permits.acquire_many(all)).await;
+    drain(&options, &mut consumers, &permits).await;
     queue.close().await;
     outcome
+}
+
+/// Declares the worker's pools and consumes them (prefetch = concurrency), and the cancels.
+async fn subscribe(queue: &dyn Queue, options: &WorkerOptions) -> Result<(Vec<Consumer>, Consumer), QueueError> {
+    let prefetch = u16::try_from(options.concurrency).unwrap_or(u16::MAX);
+    let mut consumers = Vec::new();
+    for pool in &options.pools {
+        queue.declare_pool(pool).await?;
+        let tag = format!("{}-{pool}", options.worker_id);
+        consumers.push(queue.consume(&Source::Pool(pool.clone()), &tag, prefetch).await?);
+    }
+    let cancels = queue.consume(&Source::Cancels, &format!("{}-cancel", options.worker_id), 64).await?;
+    Ok((consumers, cancels))
+}
+
+/// Stops taking work, but keeps the connection open: closing it would hand the unacknowledged
+/// tasks back to the queue at once and another worker would run them again. In-flight attempts
+/// finish within the grace period (counted from here, so that a broker that does not answer the
+/// consumer cancels cannot stretch it); whatever is still unacknowledged when the connection
+/// closes goes back to the queue.
+async fn drain(options: &WorkerOptions, consumers: &mut [Consumer], permits: &Semaphore) {
+    let drained = tokio::time::Instant::now() + options.grace;
+    for consumer in consumers {
+        let _ = tokio::time::timeout_at(drained, consumer.stop()).await;
+    }
+    let _ = tokio::time::timeout_at(drained, permits.acquire_many(options.concurrency)).await;
 }
 
 /// Reads each pool's depth (a round trip to the broker); each answer is a beat of that pool's
@@ -252,36 +261,15 @@ async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage,
         params: task.params.clone(),
         input: task.input.clone(),
     };
-    let timeout = Duration::from_millis(task.timeout_ms);
     options.metrics.in_flight.inc();
     tracing::debug!(execution_id = %task.execution_id, node_id = %task.node_id, attempt = task.attempt, "running attempt");
-    // Dropping the agent's future (on timeout or cancel) stops it; a command's process is killed.
-    let outcome = tokio::select! {
-        result = options.registry.run(&task.agent_id, &call) => match result {
-            Ok(outputs) => Outcome::Succeeded { outputs: serde_json::Value::Object(outputs) },
-            Err(e) => Outcome::Failed { error: NodeError::new(&e.error_type, e.message), retryable: e.retryable },
-        },
-        () = tokio::time::sleep(timeout) => Outcome::Failed {
-            error: NodeError::new("timeout", format!("the attempt ran longer than {} ms", task.timeout_ms)),
-            retryable: true,
-        },
-        () = cancel.notified() => Outcome::Failed {
-            error: NodeError::new("cancelled", "the execution was cancelled"),
-            retryable: false,
-        },
-    };
+    let outcome = run_bounded(options, task, &call, &cancel).await;
     if let Ok(mut attempts) = running.lock() {
         attempts.running.remove(&key);
     }
     let outcome = storable(outcome);
     options.metrics.in_flight.dec();
-    let label = match &outcome {
-        Outcome::Succeeded { .. } => "succeeded",
-        Outcome::Failed { error, .. } if error.error_type == "timeout" => "timeout",
-        Outcome::Failed { error, .. } if error.error_type == "cancelled" => "cancelled",
-        Outcome::Failed { .. } => "failed",
-    };
-    options.metrics.attempts.with_label_values(&[label]).inc();
+    options.metrics.attempts.with_label_values(&[outcome_label(&outcome)]).inc();
     options.metrics.attempt_duration.observe(clock.elapsed().as_secs_f64());
     ResultMessage {
         v: WIRE_VERSION,
@@ -295,6 +283,35 @@ async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage,
         duration_ms: u64::try_from(clock.elapsed().as_millis()).unwrap_or(u64::MAX),
         deliveries,
         outcome,
+    }
+}
+
+/// The agent's call, ended by the task's timeout or a cancel. Dropping the agent's future (on
+/// timeout or cancel) stops it; a command's process is killed.
+async fn run_bounded(options: &WorkerOptions, task: &TaskMessage, call: &Call, cancel: &Notify) -> Outcome {
+    tokio::select! {
+        result = options.registry.run(&task.agent_id, call) => match result {
+            Ok(outputs) => Outcome::Succeeded { outputs: serde_json::Value::Object(outputs) },
+            Err(e) => Outcome::Failed { error: NodeError::new(&e.error_type, e.message), retryable: e.retryable },
+        },
+        () = tokio::time::sleep(Duration::from_millis(task.timeout_ms)) => Outcome::Failed {
+            error: NodeError::new("timeout", format!("the attempt ran longer than {} ms", task.timeout_ms)),
+            retryable: true,
+        },
+        () = cancel.notified() => Outcome::Failed {
+            error: NodeError::new("cancelled", "the execution was cancelled"),
+            retryable: false,
+        },
+    }
+}
+
+/// The `outcome` label of the attempts metric.
+fn outcome_label(outcome: &Outcome) -> &'static str {
+    match outcome {
+        Outcome::Succeeded { .. } => "succeeded",
+        Outcome::Failed { error, .. } if error.error_type == "timeout" => "timeout",
+        Outcome::Failed { error, .. } if error.error_type == "cancelled" => "cancelled",
+        Outcome::Failed { .. } => "failed",
     }
 }
 

@@ -213,9 +213,7 @@ pub(super) async fn cancel(
 
 /// The definition an execution pinned, compiled.
 pub(super) async fn pinned_dag(db: &SharedStore, dag_hash: &str) -> ApiResult<engine::dag::Dag> {
-    let definition =
-        db.definition(dag_hash).await?.ok_or_else(|| ApiError::Internal("pinned definition missing".into()))?;
-    engine::dag::compile_stored(definition, Some(dag_hash)).map_err(ApiError::Internal)
+    Ok(crate::service::pinned_dag(db.as_ref(), dag_hash).await?)
 }
 
 pub(super) async fn provenance_of(
@@ -268,62 +266,9 @@ pub(super) async fn resume(
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
-    let (id, e) = tenant_execution(&state, &tenant, &id).await?;
-    let rows = state.db.nodes(id).await?;
-    let listed = |keep: &dyn Fn(&crate::store::NodeRow) -> bool| -> Vec<String> {
-        rows.iter().filter(|r| keep(r)).map(|r| r.node_id.clone()).collect()
-    };
-    let resumable = match e.status.as_str() {
-        "completed" => {
-            return Err(ApiError::Conflict(format!("execution {id} already completed")));
-        }
-        "failed" | "cancelled" => true,
-        _ if state.db.lease_live(id).await? => {
-            return Err(ApiError::Conflict(format!("execution {id} is running under a live lease")));
-        }
-        _ => false,
-    };
-    if !resumable {
-        // Interrupted: no live owner. Any coordinator takes it over from its checkpoints.
-        let body = json!({
-            "execution_id": id, "status": e.status,
-            "nodes_skipped": listed(&|r| r.status == "completed"),
-            "nodes_remaining": listed(&|r| r.status != "completed"),
-            "checkpoints_rejected": [],
-            "message": "Execution had no live owner; a coordinator resumes it from its checkpoints",
-        });
-        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
-    }
-    let dag = pinned_dag(&state.db, &e.dag_hash).await?;
-    let checkpoints: std::collections::HashMap<String, crate::store::CheckpointRow> =
-        state.db.checkpoints(id).await?.into_iter().map(|c| (c.node_id.clone(), c)).collect();
-    let trusted = |v: u32| {
-        checkpoints.get(dag.node_id(v)).is_some_and(|c| provenance::hash_value(&c.outputs).as_str() == c.output_hash)
-    };
-    let rejected: Vec<&str> = (0..dag.len() as u32)
-        .filter(|&v| rows.iter().any(|r| r.node_id == dag.node_id(v) && r.status == "completed") && !trusted(v))
-        .map(|v| dag.node_id(v))
-        .collect();
-    for node in &rejected {
-        tracing::warn!(execution_id = %id, node_id = node, "checkpoint failed verification; the node runs again");
-    }
-    let verified = checkpoints.len() as u64 - rejected.len().min(checkpoints.len()) as u64;
-    state.metrics.checkpoint_operations.with_label_values(&["verify", "ok"]).inc_by(verified);
-    state.metrics.checkpoint_operations.with_label_values(&["verify", "failed"]).inc_by(rejected.len() as u64);
-    let snapshot =
-        crate::scheduler::snapshot(&dag, &e, rows.clone()).map_err(|err| ApiError::Internal(err.to_string()))?;
-    let resumed = engine::state::resume(&dag, &snapshot, trusted);
-    let names = |list: &[u32]| -> Vec<String> { list.iter().map(|&v| dag.node_id(v).to_owned()).collect() };
-    let (skipped, remaining) = (names(&resumed.skipped), names(&resumed.remaining));
-    let counts = (i32::try_from(skipped.len()).unwrap_or(i32::MAX), 0, 0);
-    if !state.db.resume(&e, &remaining, counts).await? {
-        return Err(ApiError::Conflict(format!("execution {id} changed while resuming; try again")));
-    }
-    let body = json!({
-        "execution_id": id, "status": "pending", "nodes_skipped": skipped, "nodes_remaining": remaining,
-        "checkpoints_rejected": rejected, "message": "Execution resumed",
-    });
-    Ok((StatusCode::ACCEPTED, Json(body)).into_response())
+    let (_, execution) = tenant_execution(&state, &tenant, &id).await?;
+    let resumed = crate::service::resume::resume(state.db.as_ref(), &state.metrics, &execution).await?;
+    Ok((StatusCode::ACCEPTED, Json(resumed)).into_response())
 }
 
 pub(super) async fn list_checkpoints(

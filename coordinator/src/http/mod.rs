@@ -6,7 +6,7 @@
 
 mod dags;
 mod executions;
-pub(crate) mod pagination;
+mod pagination;
 mod probes;
 
 use std::sync::Arc;

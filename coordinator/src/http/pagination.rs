@@ -3,6 +3,7 @@
 use uuid::Uuid;
 
 use super::ApiResult;
+use crate::endpoints::{DEFAULT_PAGE_LIMIT, MAX_PAGE_LIMIT};
 use crate::problem::ApiError;
 
 /// `24h`, `30m`, `7d`, `90s` before now, or an RFC 3339 time.
@@ -28,11 +29,6 @@ pub(super) fn parse_since(text: &str) -> ApiResult<chrono::DateTime<chrono::Utc>
         chrono::Duration::try_seconds(seconds).filter(|_| (0..=36_500 * 86_400).contains(&seconds)).ok_or_else(bad)?;
     chrono::Utc::now().checked_sub_signed(delta).ok_or_else(bad)
 }
-
-/// Most items in one page of a list.
-pub const MAX_PAGE_LIMIT: i64 = 500;
-/// Items in a page when `limit` is absent.
-pub const DEFAULT_PAGE_LIMIT: i64 = 50;
 
 /// `limit` of a list: 1 to [`MAX_PAGE_LIMIT`], [`DEFAULT_PAGE_LIMIT`] when absent.
 pub(super) fn page_limit(query: &std::collections::HashMap<String, String>) -> ApiResult<i64> {
