@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use engine::dag::{DagSpec, Limits, ValidationReport, compile};
 use serde_json::{Value, json};
 
+use super::bodies::{ImportRequest, read};
 use super::pagination::{decode_text_cursor, encode_text_cursor, page_limit};
 use super::{ApiResult, AppState, json_body, reject_nul};
 use crate::auth::Tenant;
@@ -152,15 +153,8 @@ pub(super) async fn import_dag(
     body: Bytes,
 ) -> ApiResult<Response> {
     let text = json_body(&headers, &body)?;
-    let request: Value = serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?;
-    let yaml = request
-        .get("yaml_content")
-        .and_then(Value::as_str)
-        .ok_or_else(|| ApiError::BadRequest("yaml_content must be a string holding the DAG as YAML".into()))?;
-    if request.as_object().is_some_and(|o| o.len() != 1) {
-        return Err(ApiError::BadRequest("the only field is yaml_content".into()));
-    }
-    let dag = accept_dag(&state, DagSpec::from_yaml(yaml))?;
+    let ImportRequest { yaml_content } = read(&text, "the import request (yaml_content: the DAG as YAML)")?;
+    let dag = accept_dag(&state, DagSpec::from_yaml(&yaml_content))?;
     store_new(&state, &tenant, dag, "DAG imported").await
 }
 

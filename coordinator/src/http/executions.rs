@@ -10,6 +10,7 @@ use engine::provenance;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::bodies::{ExecuteRequest, read};
 use super::dags::{compiled, forget_dag, no_dag, stored_dag};
 use super::pagination::{decode_cursor, encode_cursor, page_limit, parse_since};
 use super::{ApiResult, AppState, json_body, parse_uuid, reject_nul};
@@ -31,23 +32,14 @@ struct Submission {
 /// what is wrong.
 fn submission(headers: &HeaderMap, body: &Bytes) -> ApiResult<Submission> {
     let text = json_body(headers, body)?;
-    let request: Value = if text.trim().is_empty() {
-        json!({})
-    } else {
-        serde_json::from_str(&text).map_err(|e| ApiError::BadRequest(format!("invalid JSON: {e}")))?
-    };
-    let Some(fields) = request.as_object() else {
-        return Err(ApiError::BadRequest("the body must be a JSON object".into()));
-    };
-    if let Some(unknown) = fields.keys().find(|k| !matches!(k.as_str(), "input_data" | "execution_options")) {
-        return Err(ApiError::BadRequest(format!("unknown field {unknown:?}")));
-    }
-    let input = fields.get("input_data").cloned().unwrap_or_else(|| json!({}));
+    let request: ExecuteRequest =
+        if text.trim().is_empty() { ExecuteRequest::default() } else { read(&text, "the execute request")? };
+    let ExecuteRequest { input_data: input, execution_options: options } = request;
     if !input.is_object() {
         return Err(ApiError::BadRequest("input_data must be a JSON object".into()));
     }
-    reject_nul(&request, "the request")?;
-    let options = fields.get("execution_options").cloned().unwrap_or_else(|| json!({}));
+    reject_nul(&input, "the request")?;
+    reject_nul(&options, "the request")?;
     let priority = options.get("priority").and_then(Value::as_i64).and_then(|p| i32::try_from(p).ok()).unwrap_or(0);
     let clock = match options.get("clock") {
         Some(Value::String(c)) => chrono::DateTime::parse_from_rfc3339(c)

@@ -4,6 +4,7 @@
 //! ([`pagination`]). Every error is an RFC 9457 `application/problem+json` body with a stable
 //! `type` ([`crate::problem`]); the routes' scopes and answers are in [`crate::endpoints`].
 
+mod bodies;
 mod dags;
 mod executions;
 mod pagination;

@@ -44,15 +44,7 @@ const MAX_CONCURRENT_EXECUTIONS: u64 = 100_000;
 pub fn compile(mut spec: DagSpec, limits: &Limits) -> Result<Dag, ValidationReport> {
     let mut f = Findings::default();
     let dag_level = check_dag_fields(&spec, &mut f);
-    let count = spec.nodes.0.len();
-    if count == 0 {
-        f.error(ErrorType::EmptyDag, &[], "the DAG has no nodes".into());
-    }
-    if count > limits.max_nodes {
-        let msg = format!("the DAG has {count} nodes; the limit is {}", limits.max_nodes);
-        f.error(ErrorType::TooManyNodes, &[], msg);
-    }
-
+    check_size(spec.nodes.0.len(), limits, &mut f);
     let entries = &spec.nodes.0;
     let ids = IdIndex::new(entries, &mut f);
     let position = |id: &str| ids.position.get(id).copied();
@@ -74,11 +66,7 @@ pub fn compile(mut spec: DagSpec, limits: &Limits) -> Result<Dag, ValidationRepo
     let priority: Vec<i32> = nodes.iter().map(|n| n.priority).collect();
     let order = graph::canonical_order(&children, &in_degree, &priority, &ids.rank);
     if order.is_none() {
-        for cycle in graph::cycles(&children, &ids.rank) {
-            let names: Vec<&str> = cycle.iter().map(|&i| entries[i as usize].0.as_str()).collect();
-            let path = names.iter().chain(names.first()).copied().collect::<Vec<_>>().join(" -> ");
-            f.error(ErrorType::Cycle, &names, format!("dependency cycle: {path}"));
-        }
+        report_cycles(&children, &ids.rank, entries, &mut f);
     }
     let is_node = |id: &str| ids.position.contains_key(id);
     let mut reach = Reach::new(nodes.len());
@@ -102,6 +90,26 @@ pub fn compile(mut spec: DagSpec, limits: &Limits) -> Result<Dag, ValidationRepo
             finish(spec, by_rank, nodes, children, order, dag_level, f)
         }
         _ => Err(ValidationReport::new(f.errors, f.warnings)),
+    }
+}
+
+/// A DAG has at least one node and at most the limit.
+fn check_size(count: usize, limits: &Limits, f: &mut Findings) {
+    if count == 0 {
+        f.error(ErrorType::EmptyDag, &[], "the DAG has no nodes".into());
+    }
+    if count > limits.max_nodes {
+        let msg = format!("the DAG has {count} nodes; the limit is {}", limits.max_nodes);
+        f.error(ErrorType::TooManyNodes, &[], msg);
+    }
+}
+
+/// One error per cycle, naming its nodes in order and closing the loop (`a -> b -> a`).
+fn report_cycles(children: &[Vec<u32>], rank: &[u32], entries: &[(String, NodeSpec)], f: &mut Findings) {
+    for cycle in graph::cycles(children, rank) {
+        let names: Vec<&str> = cycle.iter().map(|&i| entries[i as usize].0.as_str()).collect();
+        let path = names.iter().chain(names.first()).copied().collect::<Vec<_>>().join(" -> ");
+        f.error(ErrorType::Cycle, &names, format!("dependency cycle: {path}"));
     }
 }
 
