@@ -10,7 +10,7 @@
 //! - [`http`]: the REST adapter (router, one file per resource); [`problem`]: its problem+json
 //!   errors. It parses, calls a use case of [`service`] or the store, and renders.
 //! - [`service`]: use cases with typed input and outcomes, no HTTP in them (resume so far).
-//! - [`endpoints`]: the table of operations (scopes, answers); [`auth`] and [`openapi`] read it.
+//! - [`endpoints`]: the table of operations (scopes, answers); [`auth`] and `http::openapi` read it.
 //! - [`store`]: the store port (four role traits under `Store`); [`store::postgres`]
 //!   (production) and [`store::sqlite`] (embedded) hold every SQL statement.
 //! - [`embedded`]: `coordinator dev`: the engine in one process on SQLite, the embedded queue
@@ -32,7 +32,6 @@ pub mod http;
 pub mod inbox;
 pub mod locks;
 pub mod metrics;
-pub mod openapi;
 pub mod problem;
 pub mod redis;
 pub mod relay;

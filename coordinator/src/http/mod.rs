@@ -7,6 +7,7 @@
 mod bodies;
 mod dags;
 mod executions;
+mod openapi;
 mod pagination;
 mod probes;
 
@@ -145,5 +146,5 @@ fn reject_nul(value: &Value, what: &str) -> ApiResult<()> {
 }
 
 async fn openapi() -> Json<Value> {
-    Json(crate::openapi::document())
+    Json(openapi::document())
 }

@@ -1,4 +1,5 @@
-//! The OpenAPI 3.1 document, generated from [`crate::endpoints::ENDPOINTS`] and served at
+//! The OpenAPI 3.1 document, generated from [`crate::endpoints::ENDPOINTS`] and the request body
+//! types of [`super::bodies`], and served at
 //! `GET /api/v1/orchestrator/openapi.json`.
 //!
 //! Every limit in it is the constant the code enforces (the core's for DAGs and ids, the API's
@@ -8,6 +9,7 @@ use engine::dag::{MAX_NAME_LEN, MAX_PARALLEL_NODES, MAX_RETRIES, MAX_SECONDS, MA
 use engine::ids::MAX_ID_LEN;
 use serde_json::{Map, Value, json};
 
+use super::bodies::{ExecuteRequest, ImportRequest, request_schema};
 use crate::endpoints::{ENDPOINTS, MAX_PAGE_LIMIT};
 
 /// What `engine::ids` accepts as an id.
@@ -155,11 +157,7 @@ fn schemas() -> Value {
             "detail": {"type": "string"}, "errors": {"type": "array"}, "warnings": {"type": "array"}}},
         "Dag": {"type": "object", "additionalProperties": false, "required": ["name", "nodes"], "properties": dag_properties},
         "DagUpdate": {"type": "object", "properties": dag_properties},
-        "ExecuteRequest": {"type": "object", "additionalProperties": false, "properties": {
-            "input_data": {"type": "object"},
-            "execution_options": {"type": "object", "properties": {
-                "priority": {"type": "integer"}, "clock": {"type": "string", "format": "date-time"}}}}},
-        "ImportRequest": {"type": "object", "additionalProperties": false, "required": ["yaml_content"],
-                          "properties": {"yaml_content": {"type": "string"}}},
+        "ExecuteRequest": request_schema::<ExecuteRequest>(),
+        "ImportRequest": request_schema::<ImportRequest>(),
     })
 }
