@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
 export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-$HOME/.cache/greenlang-orchestrator/target}
-cargo build -q --release --locked -p coordinator -p worker -p loadtest
+cargo build -q --release --locked -p embedded -p worker -p loadtest
 bin=$CARGO_TARGET_DIR/release
 mode=${MODE:-distributed}
 tag=bench_$(date +%s)

@@ -13,7 +13,7 @@ export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/greenlang-orchestrator
 
 scripts/services.sh >/dev/null
 echo "building coordinator and worker (first time: a few minutes)..."
-cargo build --quiet -p coordinator -p worker
+cargo build --quiet -p embedded -p worker
 bin="$CARGO_TARGET_DIR/debug"
 
 db="gl_demo_$$"

@@ -5,7 +5,6 @@
 //! and records every result with its checkpoint and provenance, all in PostgreSQL. Any number of
 //! replicas may run; any of them can serve any request.
 //!
-//! - [`cli`]: the command line (`serve`, `migrate`, `dev`, `validate`, `plan`).
 //! - [`app`]: startup wiring; [`app::Coordinator::start`] is what `serve` and the tests run.
 //! - [`http`]: the REST adapter (router, one file per resource); [`problem`]: its problem+json
 //!   errors. It parses, calls a use case of [`service`] or the store, and renders.
@@ -13,8 +12,6 @@
 //! - [`endpoints`]: the table of operations (scopes, answers); [`auth`] and `http::openapi` read it.
 //! - [`store`]: the store port (four role traits under `Store`); [`store::postgres`]
 //!   (production) and [`store::sqlite`] (embedded) hold every SQL statement.
-//! - [`embedded`]: `coordinator dev`: the engine in one process on SQLite, the embedded queue
-//!   and in-process locks and workers.
 //! - [`scheduler`]: leases and the per-execution driver around `engine::step::advance`.
 //! - [`locks`]: the execution-lock trait and its in-process twin; [`redis`]: the Redis adapter
 //!   (locks and the DAG cache).
@@ -24,8 +21,6 @@
 
 pub mod app;
 pub mod auth;
-pub mod cli;
-pub mod embedded;
 pub mod endpoints;
 pub mod health;
 pub mod http;

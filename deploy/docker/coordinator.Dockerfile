@@ -21,7 +21,7 @@ COPY . .
 RUN --mount=type=cache,id=gl-orchestrator-cargo-registry,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,id=gl-orchestrator-cargo-git,target=/usr/local/cargo/git,sharing=locked \
     --mount=type=cache,id=gl-orchestrator-target,target=/src/target,sharing=locked \
-    cargo build --release --locked -p coordinator \
+    cargo build --release --locked --bin coordinator \
  && install -D -m 0755 target/release/coordinator /out/coordinator
 # distroless has no useradd: give uid/gid 10001 a name in passwd/group for tools that look it up.
 RUN printf 'root:x:0:0:root:/root:/sbin/nologin\nnobody:x:65534:65534:nobody:/nonexistent:/sbin/nologin\norchestrator:x:10001:10001:GreenLang Orchestrator:/nonexistent:/sbin/nologin\n' > /out/passwd \

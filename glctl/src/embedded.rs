@@ -8,7 +8,7 @@ use crate::{Failure, Outcome, RunArgs};
 
 #[cfg(feature = "embedded")]
 pub(crate) async fn run(args: RunArgs, out: &mut dyn Write, err: &mut dyn Write) -> Outcome {
-    let data = coordinator::embedded::default_file();
+    let data = embedded::default_file();
     let _ = writeln!(err, "no server at {}; running embedded (state in {})", crate::DEFAULT_SERVER, data.display());
     let embedded = start(data).await.map_err(|e| Failure::usage(format!("embedded mode: {e}")))?;
     let client = crate::Client::new(&format!("http://{}", embedded.coordinator.addr), None);
@@ -20,20 +20,16 @@ pub(crate) async fn run(args: RunArgs, out: &mut dyn Write, err: &mut dyn Write)
 /// The embedded orchestrator on a free local port, authentication off; the other settings come
 /// from the `GL_ORCHESTRATOR_*` environment as for `coordinator dev`.
 #[cfg(feature = "embedded")]
-async fn start(data: std::path::PathBuf) -> Result<coordinator::embedded::Embedded, String> {
+async fn start(data: std::path::PathBuf) -> Result<embedded::Embedded, String> {
     const FORCED: [(&str, &str); 2] =
         [("GL_ORCHESTRATOR_HTTP_ADDR", "127.0.0.1:0"), ("GL_ORCHESTRATOR_AUTH", "disabled")];
     let env = std::env::vars()
         .filter(|(k, _)| !FORCED.iter().any(|(f, _)| f == k))
         .chain(FORCED.iter().map(|(k, v)| ((*k).to_owned(), (*v).to_owned())));
     let settings = engine::config::Settings::load(env, None).map_err(|e| e.to_string())?;
-    let registry = worker::cli::agents(&settings)?;
-    let options = coordinator::embedded::EmbeddedOptions {
-        storage: coordinator::embedded::Storage::File(data),
-        workers: 2,
-        registry,
-    };
-    coordinator::embedded::Embedded::start(settings, options).await.map_err(|e| e.to_string())
+    let registry = embedded::agents(&settings)?;
+    let options = embedded::EmbeddedOptions { storage: embedded::Storage::File(data), workers: 2, registry };
+    embedded::Embedded::start(settings, options).await.map_err(|e| e.to_string())
 }
 
 /// Built without the embedded engine: say so, and what to do instead.

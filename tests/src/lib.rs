@@ -49,7 +49,7 @@ impl CliRun {
 pub fn coordinator(args: &[&str]) -> CliRun {
     let argv = std::iter::once("coordinator").chain(args.iter().copied()).map(OsString::from);
     let (mut out, mut err) = (Vec::new(), Vec::new());
-    let code = coordinator::cli::run(argv, &mut out, &mut err);
+    let code = embedded::cli::run(argv, &mut out, &mut err);
     CliRun {
         code,
         stdout: String::from_utf8_lossy(&out).into_owned(),

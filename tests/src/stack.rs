@@ -63,7 +63,7 @@ pub struct Stack {
     pub prefix: String,
     pub coordinators: Vec<Coordinator>,
     workers: Vec<RunningWorker>,
-    embedded: Option<coordinator::embedded::Embedded>,
+    embedded: Option<embedded::Embedded>,
     pub http: reqwest::Client,
     options: StackOptions,
     api: Option<String>,
@@ -146,13 +146,12 @@ impl Stack {
         let mut stack = Self::detached(options);
         let mut settings = stack.settings();
         settings.worker_concurrency = stack.options.worker_concurrency;
-        let embedded_options = coordinator::embedded::EmbeddedOptions {
-            storage: coordinator::embedded::Storage::Memory,
+        let embedded_options = embedded::EmbeddedOptions {
+            storage: embedded::Storage::Memory,
             workers: u32::try_from(stack.options.workers).unwrap_or(1),
             registry: stack.options.registry.clone(),
         };
-        let embedded =
-            coordinator::embedded::Embedded::start(settings, embedded_options).await.expect("embedded starts");
+        let embedded = embedded::Embedded::start(settings, embedded_options).await.expect("embedded starts");
         stack.use_api(&format!("http://{}/api/v1/orchestrator", embedded.coordinator.addr));
         stack.embedded = Some(embedded);
         stack

@@ -2,6 +2,6 @@
 //! can find it through `CARGO_BIN_EXE_gl-coordinator`. Same code path as `coordinator`.
 
 fn main() -> std::process::ExitCode {
-    let code = coordinator::cli::run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
+    let code = embedded::cli::run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
     std::process::ExitCode::from(code)
 }

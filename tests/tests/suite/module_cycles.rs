@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
-const CRATES: &[&str] = &["engine", "runtime", "coordinator", "worker", "glctl", "loadtest"];
+const CRATES: &[&str] = &["engine", "runtime", "coordinator", "worker", "embedded", "glctl", "loadtest"];
 
 /// Every `.rs` file under `dir`, by top-level module name (`lib.rs` and `main.rs` are the root).
 fn modules(dir: &Path, top: Option<&str>, out: &mut BTreeMap<String, Vec<String>>) {

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use coordinator::embedded::EmbeddedQueue;
+use ::embedded::EmbeddedQueue;
 use coordinator::store::{SqliteStore, Store};
 use engine::topology::{Source, Topology};
 use futures_util::StreamExt;

@@ -1,4 +1,7 @@
-//! Command-line entry point.
+//! The `coordinator` command line: `serve` and `migrate` (the distributed coordinator of the
+//! `coordinator` crate), `dev` (embedded mode, this crate), `validate`, `plan` and `healthcheck`.
+//! It lives here rather than in `coordinator` because `dev` wires the worker in, and the
+//! coordinator library does not depend on the worker.
 //!
 //! Exit codes of `validate` and `plan`: 0 valid, 1 invalid (the report is printed), 2 the file
 //! cannot be read or parsed (or the arguments are wrong).
@@ -12,9 +15,10 @@ use engine::config::Settings;
 use engine::dag::{Dag, DagSpec, Limits, ValidationReport, compile};
 use serde_json::json;
 
-use crate::app::Coordinator;
-use crate::embedded::{Embedded, EmbeddedOptions, Storage};
-use crate::store::{PgStore, Store};
+use coordinator::app::Coordinator;
+use coordinator::store::{PgStore, Store};
+
+use crate::{Embedded, EmbeddedOptions, Storage};
 
 /// Exit code for a valid DAG.
 pub const EXIT_VALID: u8 = 0;
@@ -51,7 +55,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct DevArgs {
     /// The SQLite database file (created with its folder when missing).
-    #[arg(long, default_value_os_t = crate::embedded::default_file(), conflicts_with = "memory")]
+    #[arg(long, default_value_os_t = crate::default_file(), conflicts_with = "memory")]
     data: PathBuf,
     /// Keep nothing on disk.
     #[arg(long)]
@@ -163,7 +167,7 @@ async fn dev(args: &DevArgs) -> Result<(), String> {
         tracing::warn!("authentication is off (embedded mode); set GL_ORCHESTRATOR_AUTH=enabled to require tokens");
     }
     let storage = if args.memory { Storage::Memory } else { Storage::File(args.data.clone()) };
-    let registry = worker::cli::agents(&settings)?;
+    let registry = crate::agents(&settings)?;
     let options = EmbeddedOptions { storage: storage.clone(), workers: args.workers, registry };
     let embedded = Embedded::start(settings, options).await.map_err(|e| e.to_string())?;
     let where_ = match &storage {

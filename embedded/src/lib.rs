@@ -7,6 +7,7 @@
 //! database file before it counts, so a killed process resumes where it stopped when started
 //! again (the lease it held expires, and the messages it held return to their queues).
 
+pub mod cli;
 pub mod queue;
 
 use std::path::PathBuf;
@@ -18,10 +19,16 @@ use runtime::queue::Connector;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-use crate::app::{Backends, Coordinator, StartError};
-use crate::locks::MemoryLocks;
-use crate::store::{SqliteStore, Store, StoreError};
+use coordinator::app::{Backends, Coordinator, StartError};
+use coordinator::locks::MemoryLocks;
+use coordinator::store::{SqliteStore, Store, StoreError};
 pub use queue::EmbeddedQueue;
+pub use worker::agents::Registry;
+
+/// The agents `GL_ORCHESTRATOR_*` settings ask for (the worker's own list), for [`EmbeddedOptions`].
+pub fn agents(settings: &Settings) -> Result<Registry, String> {
+    worker::cli::agents(settings)
+}
 
 /// Where the embedded database lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -43,7 +50,7 @@ pub struct EmbeddedOptions {
     pub storage: Storage,
     /// In-process workers (`w1`, `w2`, ...), each running `settings.worker_concurrency` attempts.
     pub workers: u32,
-    pub registry: worker::agents::Registry,
+    pub registry: Registry,
 }
 
 /// A running embedded orchestrator: a coordinator and its workers.

@@ -3,6 +3,6 @@
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let code = coordinator::cli::run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
+    let code = embedded::cli::run(std::env::args_os(), &mut std::io::stdout(), &mut std::io::stderr());
     ExitCode::from(code)
 }
