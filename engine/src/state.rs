@@ -465,4 +465,6 @@ fn timeout_ms(seconds: f64) -> u64 {
 }
 
 #[cfg(test)]
+mod model_tests;
+#[cfg(test)]
 mod tests;

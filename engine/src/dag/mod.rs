@@ -6,6 +6,7 @@
 
 mod compile;
 mod graph;
+mod id_index;
 mod policy;
 mod render;
 mod report;

@@ -1,21 +1,20 @@
-//! Behaviour of the state machine: each failure semantic on small DAGs, then a model-based
-//! property test over random DAGs, outcomes, duplicates, reordering and crash-restore.
+//! Behaviour of the state machine: each failure semantic on small DAGs. The model-based property
+//! test is in `model_tests.rs`.
 
-use proptest::prelude::*;
 use serde_json::{Value, json};
 
 use super::*;
 use crate::dag::{DagSpec, Limits, compile};
 
-fn dag(doc: Value) -> Arc<Dag> {
+pub(super) fn dag(doc: Value) -> Arc<Dag> {
     Arc::new(compile(DagSpec::from_value(doc).expect("document"), &Limits::default()).expect("valid DAG"))
 }
 
-fn ok(outputs: Value) -> Outcome {
+pub(super) fn ok(outputs: Value) -> Outcome {
     Outcome::Succeeded { outputs }
 }
 
-fn err(kind: &str) -> Outcome {
+pub(super) fn err(kind: &str) -> Outcome {
     Outcome::Failed { error: NodeError::new(kind, "boom"), retryable: true }
 }
 
@@ -347,136 +346,4 @@ fn compensated_nodes_run_again_on_resume_and_compensate_under_a_new_attempt() {
         Err(Stale { node: id(&d, "a"), attempt: 1 })
     );
     assert!(again.record_compensation(id(&d, "a"), 2, ok(json!({})), 13).is_ok());
-}
-
-// ---- model-based property test ----
-
-#[derive(Debug, Clone)]
-enum Step {
-    /// Deliver the outcome of the oldest in-flight attempt (index into in-flight list).
-    Deliver(usize, bool),
-    /// Deliver an outcome twice.
-    Duplicate(usize, bool),
-    /// Crash: rebuild from the snapshot and lose nothing.
-    Restore,
-    /// Let time pass so retries fall due.
-    Tick,
-    Cancel,
-}
-
-fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
-    proptest::collection::vec(
-        prop_oneof![
-            6 => (0usize..8, any::<bool>()).prop_map(|(i, ok)| Step::Deliver(i, ok)),
-            1 => (0usize..8, any::<bool>()).prop_map(|(i, ok)| Step::Duplicate(i, ok)),
-            1 => Just(Step::Restore),
-            2 => Just(Step::Tick),
-            1 => Just(Step::Cancel),
-        ],
-        0..200,
-    )
-}
-
-fn random_dag(n: usize, edges: &[(usize, usize)], policy: usize, parallel: u32) -> Arc<Dag> {
-    let policies = ["fail_fast", "continue", "compensate"];
-    let nodes: serde_json::Map<String, Value> = (0..n)
-        .map(|i| {
-            let deps: Vec<String> = edges.iter().filter(|(_, to)| *to == i).map(|(f, _)| format!("n{f}")).collect();
-            let on_failure = if i % 4 == 3 { "skip" } else { "stop" };
-            (
-                format!("n{i}"),
-                json!({"agent_id": "x", "depends_on": deps, "on_failure": on_failure,
-                                     "compensation_handler": "undo",
-                                     "retry_policy": {"max_retries": i % 3, "base_delay": 0.01, "jitter": false}}),
-            )
-        })
-        .collect();
-    dag(json!({"name": "p", "on_failure": policies[policy], "max_parallel_nodes": parallel, "nodes": nodes}))
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig { cases: 300, ..ProptestConfig::default() })]
-    #[test]
-    fn random_interleavings_never_lose_or_double_record(
-        (n, edges) in (1usize..10).prop_flat_map(|n| {
-            let edge = (0..n).prop_flat_map(move |to| (0..to.max(1), Just(to)));
-            (Just(n), proptest::collection::vec(edge, 0..n * 2))
-        }),
-        policy in 0usize..3,
-        parallel in 1u32..4,
-        steps in arb_steps(),
-    ) {
-        let edges: Vec<(usize, usize)> = edges.into_iter().filter(|(f, t)| f < t).collect();
-        let d = random_dag(n, &edges, policy, parallel);
-        let mut e = Execution::new(d.clone(), "prop", json!({}));
-        let mut now = 0u64;
-        let mut in_flight: Vec<Task> = Vec::new();
-        let mut recorded: std::collections::HashSet<(NodeIndex, u32, TaskKind)> = Default::default();
-        let mut sent: std::collections::HashSet<(NodeIndex, u32, TaskKind)> = Default::default();
-        let mut absorb = |fx: Vec<Effect>, in_flight: &mut Vec<Task>, e: &Execution| {
-            for effect in fx {
-                if let Effect::Dispatch(task) = effect {
-                    assert!(sent.insert((task.node, task.attempt, task.kind)), "attempt dispatched twice: {task:?}");
-                    // Every dispatched node has all dependencies completed or skipped.
-                    for &dep in &d.node(task.node).deps {
-                        let s = e.node_state(dep).status;
-                        assert!(matches!(s, NodeStatus::Completed | NodeStatus::Skipped), "dep {dep} is {s:?}");
-                    }
-                    in_flight.push(task);
-                }
-            }
-            let running = (0..d.len() as NodeIndex).filter(|&v| e.node_state(v).status == NodeStatus::Running).count();
-            assert!(running as u32 <= parallel, "{running} running with max {parallel}");
-        };
-        let fx = e.start(now);
-        absorb(fx, &mut in_flight, &e);
-        let all_steps = steps.into_iter().chain(std::iter::repeat_n(Step::Deliver(0, true), 400));
-        for step in all_steps {
-            if e.status().is_terminal() { break; }
-            now += 5;
-            let fx = match step {
-                Step::Deliver(i, success) | Step::Duplicate(i, success) if !in_flight.is_empty() => {
-                    let i = i % in_flight.len();
-                    let task = if matches!(step, Step::Duplicate(..)) { in_flight[i].clone() } else { in_flight.remove(i) };
-                    let outcome = if success { ok(json!({"from": task.node})) } else { err("AgentError") };
-                    let result = match task.kind {
-                        TaskKind::Run => e.record(task.node, task.attempt, outcome, now),
-                        TaskKind::Compensate => e.record_compensation(task.node, task.attempt, outcome, now),
-                    };
-                    match result {
-                        Ok(fx) => {
-                            prop_assert!(recorded.insert((task.node, task.attempt, task.kind)), "recorded twice");
-                            fx
-                        }
-                        Err(_) => Vec::new(),
-                    }
-                }
-                Step::Restore => {
-                    let snap = e.snapshot();
-                    e = Execution::restore(d.clone(), "prop", json!({}), snap);
-                    Vec::new()
-                }
-                Step::Cancel => e.cancel(now),
-                _ => { now += 100; e.tick(now) }
-            };
-            absorb(fx, &mut in_flight, &e);
-            if in_flight.is_empty() && !e.status().is_terminal() {
-                now = now.max(e.next_wake_ms().unwrap_or(now));
-                let fx = e.tick(now);
-                absorb(fx, &mut in_flight, &e);
-            }
-        }
-        prop_assert!(e.status().is_terminal(), "execution did not finish: {:?}", e.snapshot());
-        for v in 0..d.len() as NodeIndex {
-            let s = e.node_state(v);
-            prop_assert!(s.status.is_terminal(), "node {v} left {:?}", s.status);
-            prop_assert_eq!(s.status == NodeStatus::Completed, s.outputs.is_some());
-        }
-        let any_failed = (0..d.len() as NodeIndex).any(|v| e.node_state(v).status == NodeStatus::Failed);
-        match e.status() {
-            ExecutionStatus::Completed => prop_assert!(!any_failed),
-            ExecutionStatus::Failed => prop_assert!(any_failed),
-            _ => prop_assert_eq!(e.halt(), Some(Halt::Cancel)),
-        }
-    }
 }
