@@ -53,19 +53,9 @@ pub const DRILL_PAUSE: Duration = Duration::from_secs(20);
 /// (accepted, or refused with a problem+json 503, never a hang or a 500), then the resume: ready
 /// again, every execution completed, and the auditor satisfied.
 pub async fn pause_drill(drill: PauseDrill) -> DrillFigures {
-    const WITHIN: Duration = Duration::from_secs(180);
     let grace = Duration::from_secs(DRILL_GRACE_SECONDS);
-    let mut settings: Vec<(&'static str, String)> = vec![
-        ("SHUTDOWN_GRACE_SECONDS", DRILL_GRACE_SECONDS.to_string()),
-        ("STALL_SECONDS", "8".into()),
-        ("AMQP_TIMEOUT_SECONDS", "2".into()),
-        ("DB_STATEMENT_TIMEOUT_SECONDS", "2".into()),
-        ("DB_CALL_TIMEOUT_SECONDS", "3".into()),
-        ("REDIS_TIMEOUT_MS", "300".into()),
-        ("HTTP_REQUEST_TIMEOUT_SECONDS", "10".into()),
-    ];
-    settings.extend(drill.settings);
-    let stack = Stack::start(StackOptions { settings, ..StackOptions::default() }).await;
+    let stack =
+        Stack::start(StackOptions { settings: drill_settings(drill.settings), ..StackOptions::default() }).await;
     let (coordinator, process_api) = stack.spawn_coordinator(drill.coordinator_exe);
     let mut coordinator = KillOnDrop(coordinator);
     let mut worker = KillOnDrop(stack.spawn_worker(drill.worker_exe, "drill-worker"));
@@ -78,53 +68,11 @@ pub async fn pause_drill(drill: PauseDrill) -> DrillFigures {
 
     let paused = Paused::pause(drill.what, drill.pids.as_ref());
     let paused_at = Instant::now();
-    let submitted = stack
-        .http
-        .post(format!("{}/dags/mixed/execute", stack.base()))
-        .json(&json!({"input_data": {"during": "pause"}}))
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("a submission while {} is paused got no answer: {e}", drill.what));
-    match submitted.status().as_u16() {
-        202 => ids.push(submitted.json::<Value>().await.expect("JSON")["execution_id"].as_str().expect("id").into()),
-        503 => {
-            let kind = submitted.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
-            assert_eq!(kind.as_deref(), Some("application/problem+json"), "a refusal is a problem document");
-        }
-        other => panic!("a submission while {} is paused answered {other}", drill.what),
-    }
-
+    ids.extend(submit_during_pause(&stack, drill.what).await);
     let unready_after = if drill.unready_while_paused {
-        let what = format!("/ready fails and names a stalled component while {} is paused", drill.what);
-        eventually(WITHIN, &what, || async {
-            match stack.try_call(reqwest::Method::GET, "/ready").await {
-                Ok((503, body)) => body["detail"].as_str().is_some_and(|d| !d.contains("stalled: none")),
-                _ => false,
-            }
-        })
-        .await;
-        let unready = paused_at.elapsed();
-        let text = stack.prometheus().await.expect("/metrics answers while paused");
-        let stalled: Vec<&str> =
-            text.lines().filter(|l| l.starts_with("gl_orchestrator_component_stalled{") && l.ends_with(" 1")).collect();
-        assert!(!stalled.is_empty(), "a metric names the stalled component:\n{text}");
-        eprintln!("while {} is paused: {stalled:?}", drill.what);
-        Some(unready)
+        Some(unready_while_paused(&stack, drill.what, paused_at).await)
     } else {
-        let completed = || async {
-            let db = stack.database().await;
-            let done: i64 = sqlx::query_scalar("SELECT count(*) FROM dag_executions WHERE status = 'completed'")
-                .fetch_one(&db)
-                .await
-                .unwrap_or(0);
-            db.close().await;
-            done
-        };
-        let at_pause = completed().await;
-        eventually(WITHIN, "executions go on completing while paused", || async { completed().await > at_pause }).await;
-        let (status, body) = stack.try_call(reqwest::Method::GET, "/ready").await.expect("/ready answers");
-        assert_eq!(status, 200, "still ready while {} is paused: {body}", drill.what);
-        assert!(paused_at.elapsed() < DRILL_PAUSE, "checked while still paused");
+        still_serving_while_paused(&stack, drill.what, paused_at).await;
         None
     };
 
@@ -153,4 +101,82 @@ pub async fn pause_drill(drill: PauseDrill) -> DrillFigures {
         DrillFigures { coordinator_exit, worker_exit, unready_after, ready_again_after, executions: ids.len() };
     eprintln!("{} paused for {DRILL_PAUSE:?}: {figures:?}", drill.what);
     figures
+}
+
+/// How long the drill waits for anything it expects.
+const WITHIN: Duration = Duration::from_secs(180);
+
+/// The drill's short deadlines, then the drill's own settings.
+fn drill_settings(extra: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
+    let mut settings: Vec<(&'static str, String)> = vec![
+        ("SHUTDOWN_GRACE_SECONDS", DRILL_GRACE_SECONDS.to_string()),
+        ("STALL_SECONDS", "8".into()),
+        ("AMQP_TIMEOUT_SECONDS", "2".into()),
+        ("DB_STATEMENT_TIMEOUT_SECONDS", "2".into()),
+        ("DB_CALL_TIMEOUT_SECONDS", "3".into()),
+        ("REDIS_TIMEOUT_MS", "300".into()),
+        ("HTTP_REQUEST_TIMEOUT_SECONDS", "10".into()),
+    ];
+    settings.extend(extra);
+    settings
+}
+
+/// An execution submitted during the pause is accepted (its id returned) or refused with a
+/// problem+json 503; never a hang or a 500.
+async fn submit_during_pause(stack: &Stack, what: &str) -> Option<String> {
+    let submitted = stack
+        .http
+        .post(format!("{}/dags/mixed/execute", stack.base()))
+        .json(&json!({"input_data": {"during": "pause"}}))
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("a submission while {what} is paused got no answer: {e}"));
+    match submitted.status().as_u16() {
+        202 => Some(submitted.json::<Value>().await.expect("JSON")["execution_id"].as_str().expect("id").into()),
+        503 => {
+            let kind = submitted.headers().get("content-type").map(|v| v.to_str().unwrap_or("").to_owned());
+            assert_eq!(kind.as_deref(), Some("application/problem+json"), "a refusal is a problem document");
+            None
+        }
+        other => panic!("a submission while {what} is paused answered {other}"),
+    }
+}
+
+/// `/ready` fails and names the stalled component, and so does a metric; returns how long after
+/// the pause began `/ready` failed.
+async fn unready_while_paused(stack: &Stack, what: &str, paused_at: Instant) -> Duration {
+    let expected = format!("/ready fails and names a stalled component while {what} is paused");
+    eventually(WITHIN, &expected, || async {
+        match stack.try_call(reqwest::Method::GET, "/ready").await {
+            Ok((503, body)) => body["detail"].as_str().is_some_and(|d| !d.contains("stalled: none")),
+            _ => false,
+        }
+    })
+    .await;
+    let unready = paused_at.elapsed();
+    let text = stack.prometheus().await.expect("/metrics answers while paused");
+    let stalled: Vec<&str> =
+        text.lines().filter(|l| l.starts_with("gl_orchestrator_component_stalled{") && l.ends_with(" 1")).collect();
+    assert!(!stalled.is_empty(), "a metric names the stalled component:\n{text}");
+    eprintln!("while {what} is paused: {stalled:?}");
+    unready
+}
+
+/// The paused dependency is one the service can do without: executions go on completing and
+/// `/ready` stays 200.
+async fn still_serving_while_paused(stack: &Stack, what: &str, paused_at: Instant) {
+    let completed = || async {
+        let db = stack.database().await;
+        let done: i64 = sqlx::query_scalar("SELECT count(*) FROM dag_executions WHERE status = 'completed'")
+            .fetch_one(&db)
+            .await
+            .unwrap_or(0);
+        db.close().await;
+        done
+    };
+    let at_pause = completed().await;
+    eventually(WITHIN, "executions go on completing while paused", || async { completed().await > at_pause }).await;
+    let (status, body) = stack.try_call(reqwest::Method::GET, "/ready").await.expect("/ready answers");
+    assert_eq!(status, 200, "still ready while {what} is paused: {body}");
+    assert!(paused_at.elapsed() < DRILL_PAUSE, "checked while still paused");
 }

@@ -31,6 +31,15 @@ async fn dag_crud_and_rendering(backend: Backend) {
         ..StackOptions::default()
     })
     .await;
+    creating(&stack).await;
+    importing_listing_and_getting(&stack).await;
+    updating(&stack).await;
+    rendering_and_deleting(&stack).await;
+    framework_errors(&stack).await;
+    stack.shutdown().await;
+}
+
+async fn creating(stack: &Stack) {
     let created = stack.create_dag(example("complex-6.yaml")).await;
     assert_eq!(created["dag"]["dag_id"], "dag-complex-6-node");
     assert_eq!(created["dag"]["revision"], 1);
@@ -45,22 +54,24 @@ async fn dag_crud_and_rendering(backend: Backend) {
     problem(422, &body, "validation-failed");
     assert_eq!(body["errors"][0]["error_type"], "self_dependency");
 
-    let bad = raw(&stack, Method::POST, "/dags", "application/json", b"{\"name\": ".to_vec()).await;
+    let bad = raw(stack, Method::POST, "/dags", "application/json", b"{\"name\": ".to_vec()).await;
     assert_eq!(bad.status().as_u16(), 400);
     assert_eq!(bad.headers()["content-type"], "application/problem+json");
-    let text = raw(&stack, Method::POST, "/dags", "text/plain", b"name: x".to_vec()).await;
+    let text = raw(stack, Method::POST, "/dags", "text/plain", b"name: x".to_vec()).await;
     assert_eq!(text.status().as_u16(), 415);
     let nul = json!({"name": "n", "description": "a\u{0}b", "nodes": {"a": {"agent_id": "x"}}});
     let (status, body) = stack.call(Method::POST, "/dags", Some(nul)).await;
     assert_eq!(status, 400, "{body}");
-    let huge = raw(&stack, Method::POST, "/dags", "application/json", vec![b' '; 70_000]).await;
+    let huge = raw(stack, Method::POST, "/dags", "application/json", vec![b' '; 70_000]).await;
     assert_eq!(huge.status().as_u16(), 413);
     let body: Value = huge.json().await.expect("problem");
     problem(413, &body, "payload-too-large");
     let (status, _) = stack.call(Method::POST, "/dags", Some(json!({"name": "x", "nodes": {}, "bogus": 1}))).await;
     assert_eq!(status, 400, "unknown fields are rejected");
+}
 
-    // Import, list with pagination, get with ETag.
+/// Import, list with pagination, get with ETag.
+async fn importing_listing_and_getting(stack: &Stack) {
     let yaml = std::fs::read_to_string(tests::repo_root().join("examples/diamond-4.yaml")).expect("yaml");
     let (status, body) = stack.call(Method::POST, "/dags/import", Some(json!({"yaml_content": yaml}))).await;
     assert_eq!(status, 201, "{body}");
@@ -99,8 +110,10 @@ async fn dag_crud_and_rendering(backend: Backend) {
     let (status, body) = stack.call(Method::GET, "/dags/nope", None).await;
     problem(404, &body, "not-found");
     assert_eq!(status, 404);
+}
 
-    // The runbook's PUT raises one node's timeout; everything else stays.
+/// The runbook's PUT raises one node's timeout; everything else stays.
+async fn updating(stack: &Stack) {
     let patch = json!({"nodes": {"scope3": {"timeout_policy": {"timeout_seconds": 600, "on_timeout": "skip"}}}});
     let (status, body) = stack.call(Method::PUT, "/dags/dag-complex-6-node", Some(patch)).await;
     assert_eq!(status, 200, "{body}");
@@ -123,8 +136,10 @@ async fn dag_crud_and_rendering(backend: Backend) {
     assert_eq!(status, 422, "removing a node others depend on is invalid: {body}");
     let (status, _) = stack.call(Method::PUT, "/dags/nope", Some(json!({"description": "x"}))).await;
     assert_eq!(status, 404);
+}
 
-    // Validate, export, visualize.
+/// Validate, export, visualize; delete: gone, but executions keep their pinned definition.
+async fn rendering_and_deleting(stack: &Stack) {
     let (status, body) = stack.call(Method::POST, "/dags/dag-complex-6-node/validate", None).await;
     assert_eq!((status, body["valid"].clone(), body["error_count"].clone()), (200, json!(true), json!(0)));
     let (_, body) = stack.call(Method::GET, "/dags/dag-complex-6-node/export", None).await;
@@ -134,13 +149,14 @@ async fn dag_crud_and_rendering(backend: Backend) {
     let (_, body) = stack.call(Method::GET, "/dags/dag-complex-6-node/visualize", None).await;
     assert!(body["mermaid"].as_str().is_some_and(|m| m.starts_with("graph TD\n") && m.contains("-->")), "{body}");
 
-    // Delete: gone, but executions keep their pinned definition.
     let (status, _) = stack.call(Method::DELETE, "/dags/dag-linear-3-node", None).await;
     assert_eq!(status, 200);
     let (status, _) = stack.call(Method::DELETE, "/dags/dag-linear-3-node", None).await;
     assert_eq!(status, 404);
+}
 
-    // Framework errors are problems too.
+/// Framework errors are problems too.
+async fn framework_errors(stack: &Stack) {
     let wrong = stack.http.delete(format!("{}/health", stack.base())).send().await.expect("answers");
     assert_eq!(wrong.status().as_u16(), 405);
     assert!(wrong.headers().get("allow").is_some_and(|a| a.to_str().unwrap_or("").contains("GET")));
@@ -149,12 +165,19 @@ async fn dag_crud_and_rendering(backend: Backend) {
     let (status, body) = stack.call(Method::GET, "/no/such/path", None).await;
     assert_eq!(status, 404);
     problem(404, &body, "not-found");
-    stack.shutdown().await;
 }
 
 async fn executions_idempotency_and_the_kill_switch(backend: Backend) {
     let stack = Stack::start(StackOptions { backend, ..StackOptions::default() }).await;
     stack.create_dag(example("linear-3.yaml")).await;
+    the_same_key_and_body_is_one_execution(&stack).await;
+    bad_executions_and_unknown_ids(&stack).await;
+    checkpoints_in_use_and_metrics(&stack).await;
+    stack.shutdown().await;
+    the_kill_switch(backend).await;
+}
+
+async fn the_same_key_and_body_is_one_execution(stack: &Stack) {
     let post = |key: &'static str, input: Value| {
         stack
             .http
@@ -173,7 +196,9 @@ async fn executions_idempotency_and_the_kill_switch(backend: Backend) {
     let id = first["execution_id"].as_str().expect("id").to_owned();
     let e = stack.wait_finished(&id, std::time::Duration::from_secs(30)).await;
     assert_eq!(e["status"], "completed");
+}
 
+async fn bad_executions_and_unknown_ids(stack: &Stack) {
     let (status, _) = stack.call(Method::POST, "/dags/nope/execute", Some(json!({}))).await;
     assert_eq!(status, 404);
     let (status, _) =
@@ -208,7 +233,10 @@ async fn executions_idempotency_and_the_kill_switch(backend: Backend) {
         let (status, _) = stack.call(method.clone(), &path, None).await;
         assert_eq!(status, 404, "{method} {path}");
     }
-    // Checkpoints of a running execution cannot be deleted.
+}
+
+/// Checkpoints of a running execution cannot be deleted; the summary metrics count the run above.
+async fn checkpoints_in_use_and_metrics(stack: &Stack) {
     stack
         .create_dag(
             json!({"dag_id": "busy", "name": "b", "nodes": {"wait": {"agent_id": "sleep", "params": {"ms": 3000}}}}),
@@ -233,8 +261,10 @@ async fn executions_idempotency_and_the_kill_switch(backend: Backend) {
         assert!(body.get(field).is_some(), "{field} missing: {body}");
     }
     assert_eq!(body["executions_by_status"]["completed"], 1);
-    stack.shutdown().await;
+}
 
+/// With new executions switched off, execute answers 503 with Retry-After; everything else is served.
+async fn the_kill_switch(backend: Backend) {
     let closed = Stack::start(StackOptions {
         backend,
         workers: 0,

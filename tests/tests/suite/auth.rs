@@ -1,6 +1,7 @@
 //! Bearer JWT authentication, scopes and tenancy; the OpenAPI document.
 
 use jsonwebtoken::{EncodingKey, Header, encode};
+use reqwest::Method;
 use serde_json::{Value, json};
 use tests::{Stack, StackOptions, example};
 
@@ -41,13 +42,19 @@ async fn tokens_scopes_and_tenants() {
         ..StackOptions::default()
     })
     .await;
-    use reqwest::Method;
+    bad_or_missing_tokens_are_refused(&stack).await;
+    scopes_and_tenants(&stack).await;
+    stack.shutdown().await;
+}
+
+/// Probes and the document are open; no token, a forged, expired or malformed one is 401.
+async fn bad_or_missing_tokens_are_refused(stack: &Stack) {
     for open in ["/health", "/ready", "/openapi.json"] {
-        let (status, _, _) = call(&stack, Method::GET, open, None, None).await;
+        let (status, _, _) = call(stack, Method::GET, open, None, None).await;
         assert!(status == 200 || status == 503, "{open} is open: {status}");
     }
-    assert_eq!(call(&stack, Method::HEAD, "/dags", None, None).await.0, 401, "HEAD is a GET for authorisation");
-    let (status, headers, body) = call(&stack, Method::GET, "/dags", None, None).await;
+    assert_eq!(call(stack, Method::HEAD, "/dags", None, None).await.0, 401, "HEAD is a GET for authorisation");
+    let (status, headers, body) = call(stack, Method::GET, "/dags", None, None).await;
     assert_eq!(status, 401);
     assert!(headers.get("www-authenticate").is_some_and(|v| v.to_str().unwrap_or("").starts_with("Bearer")));
     assert_eq!(body["type"], "urn:greenlang:orchestrator:problem:unauthorized");
@@ -57,43 +64,45 @@ async fn tokens_scopes_and_tenants() {
         &EncodingKey::from_secret(b"wrong"),
     )
     .expect("t");
-    assert_eq!(call(&stack, Method::GET, "/dags", Some(&forged), None).await.0, 401);
+    assert_eq!(call(stack, Method::GET, "/dags", Some(&forged), None).await.0, 401);
     assert_eq!(
-        call(&stack, Method::GET, "/dags", Some(&token("orchestrator:dags:read", "a", -3600)), None).await.0,
+        call(stack, Method::GET, "/dags", Some(&token("orchestrator:dags:read", "a", -3600)), None).await.0,
         401,
         "expired"
     );
-    assert_eq!(call(&stack, Method::GET, "/dags", Some("not.a.jwt"), None).await.0, 401);
+    assert_eq!(call(stack, Method::GET, "/dags", Some("not.a.jwt"), None).await.0, 401);
+}
 
+/// Each route needs its scope; another tenant's DAGs and executions are not found.
+async fn scopes_and_tenants(stack: &Stack) {
     let reader_a = token("orchestrator:dags:read", "tenant-a", 3600);
     let writer_a =
         token("orchestrator:dags:write orchestrator:executions:write orchestrator:executions:read", "tenant-a", 3600);
     let admin_b = token("orchestrator:admin", "tenant-b", 3600);
-    let (status, _, body) = call(&stack, Method::POST, "/dags", Some(&reader_a), Some(example("linear-3.yaml"))).await;
+    let (status, _, body) = call(stack, Method::POST, "/dags", Some(&reader_a), Some(example("linear-3.yaml"))).await;
     assert_eq!(status, 403, "{body}");
     assert_eq!(body["type"], "urn:greenlang:orchestrator:problem:forbidden");
-    let (status, _, _) = call(&stack, Method::POST, "/dags", Some(&writer_a), Some(example("linear-3.yaml"))).await;
+    let (status, _, _) = call(stack, Method::POST, "/dags", Some(&writer_a), Some(example("linear-3.yaml"))).await;
     assert_eq!(status, 201);
-    assert_eq!(call(&stack, Method::GET, "/dags/dag-linear-3-node", Some(&reader_a), None).await.0, 200);
+    assert_eq!(call(stack, Method::GET, "/dags/dag-linear-3-node", Some(&reader_a), None).await.0, 200);
     assert_eq!(
-        call(&stack, Method::GET, "/dags/dag-linear-3-node", Some(&admin_b), None).await.0,
+        call(stack, Method::GET, "/dags/dag-linear-3-node", Some(&admin_b), None).await.0,
         404,
         "another tenant's DAG is not found"
     );
-    let (status, _, body) = call(&stack, Method::POST, "/dags", Some(&admin_b), Some(example("linear-3.yaml"))).await;
+    let (status, _, body) = call(stack, Method::POST, "/dags", Some(&admin_b), Some(example("linear-3.yaml"))).await;
     assert_eq!(status, 201, "the same id is free in another tenant: {body}");
     let (status, _, body) =
-        call(&stack, Method::POST, "/dags/dag-linear-3-node/execute", Some(&writer_a), Some(json!({}))).await;
+        call(stack, Method::POST, "/dags/dag-linear-3-node/execute", Some(&writer_a), Some(json!({}))).await;
     assert_eq!(status, 202);
     let id = body["execution_id"].as_str().expect("id").to_owned();
-    assert_eq!(call(&stack, Method::GET, &format!("/executions/{id}"), Some(&writer_a), None).await.0, 200);
-    assert_eq!(call(&stack, Method::GET, &format!("/executions/{id}"), Some(&admin_b), None).await.0, 404);
+    assert_eq!(call(stack, Method::GET, &format!("/executions/{id}"), Some(&writer_a), None).await.0, 200);
+    assert_eq!(call(stack, Method::GET, &format!("/executions/{id}"), Some(&admin_b), None).await.0, 404);
     assert_eq!(
-        call(&stack, Method::POST, &format!("/executions/{id}/cancel"), Some(&writer_a), None).await.0,
+        call(stack, Method::POST, &format!("/executions/{id}/cancel"), Some(&writer_a), None).await.0,
         403,
         "cancel needs its own scope"
     );
-    stack.shutdown().await;
 }
 
 #[tokio::test]

@@ -313,9 +313,24 @@ async fn a_task_that_kills_every_worker_it_reaches_fails_as_poison_instead_of_lo
             "fine": {"agent_id": "noop"}}}))
         .await;
     let id = stack.execute("poison", json!({})).await;
+    let (finished, deaths) = one_worker_at_a_time_until_finished(&stack, &id).await;
+    assert_eq!(finished["status"], "failed", "{finished}");
+    let nodes = stack.nodes(&id).await;
+    let crash = &nodes["crash"];
+    assert_eq!((crash["status"].as_str(), crash["error_type"].as_str()), (Some("failed"), Some("poison")), "{crash}");
+    assert_eq!(crash["attempt_count"], 1, "poison is never retried, though the policy allows 3 retries: {crash}");
+    assert_eq!(nodes["fine"]["status"], "completed", "other work goes on");
+    assert!(deaths >= 2, "the task was delivered again after a worker died ({deaths} died)");
+    let _ = std::fs::remove_dir_all(&dir);
+    stack.shutdown().await;
+}
+
+/// Starts one worker process at a time, the next when one dies, until execution `id` ends;
+/// returns the finished execution and how many workers died.
+async fn one_worker_at_a_time_until_finished(stack: &Stack, id: &str) -> (Value, usize) {
     let (mut deaths, deadline) = (0, std::time::Instant::now() + WITHIN);
     let finished = loop {
-        let e = stack.execution(&id).await;
+        let e = stack.execution(id).await;
         if matches!(e["status"].as_str(), Some("completed" | "failed" | "cancelled")) {
             break e;
         }
@@ -327,7 +342,7 @@ async fn a_task_that_kills_every_worker_it_reaches_fails_as_poison_instead_of_lo
                 deaths += 1;
                 break;
             }
-            let e = stack.execution(&id).await;
+            let e = stack.execution(id).await;
             if e["status"] == "failed" || std::time::Instant::now() > deadline {
                 worker.kill().ok();
                 let _ = worker.wait();
@@ -336,13 +351,5 @@ async fn a_task_that_kills_every_worker_it_reaches_fails_as_poison_instead_of_lo
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     };
-    assert_eq!(finished["status"], "failed", "{finished}");
-    let nodes = stack.nodes(&id).await;
-    let crash = &nodes["crash"];
-    assert_eq!((crash["status"].as_str(), crash["error_type"].as_str()), (Some("failed"), Some("poison")), "{crash}");
-    assert_eq!(crash["attempt_count"], 1, "poison is never retried, though the policy allows 3 retries: {crash}");
-    assert_eq!(nodes["fine"]["status"], "completed", "other work goes on");
-    assert!(deaths >= 2, "the task was delivered again after a worker died ({deaths} died)");
-    let _ = std::fs::remove_dir_all(&dir);
-    stack.shutdown().await;
+    (finished, deaths)
 }

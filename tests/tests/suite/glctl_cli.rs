@@ -51,36 +51,51 @@ async fn every_command_answers_with_the_documented_exit_code() {
     )
     .expect("write");
     let linear = example("linear-3.yaml");
+    validate(&stack, &linear, &cyclic).await;
+    apply_get_and_render(&stack, &linear).await;
+    run_and_inspect(&stack, &failing).await;
+    let closed = format!("http://127.0.0.1:{}", tests::free_port());
+    assert_eq!(glctl_at(&closed, &["dag", "list"]).await.code, 2, "an unreachable server exits 2");
+    let _ = std::fs::remove_dir_all(&dir);
+    stack.shutdown().await;
+}
 
-    let valid = glctl(&stack, &["dag", "validate", "-f", &linear]).await;
+/// Valid exits 0, invalid 1, a missing file or a usage error 2.
+async fn validate(stack: &Stack, linear: &str, cyclic: &std::path::Path) {
+    let valid = glctl(stack, &["dag", "validate", "-f", linear]).await;
     assert_eq!((valid.code, json_of(&valid)["valid"].clone()), (0, json!(true)), "{}", valid.stderr);
-    let invalid = glctl(&stack, &["dag", "validate", "-f", cyclic.to_str().expect("utf-8")]).await;
+    let invalid = glctl(stack, &["dag", "validate", "-f", cyclic.to_str().expect("utf-8")]).await;
     assert_eq!(invalid.code, 1);
     assert!(invalid.stderr.contains("cycle"), "{}", invalid.stderr);
-    assert_eq!(glctl(&stack, &["dag", "validate", "-f", "/no/such/file.yaml"]).await.code, 2);
-    assert_eq!(glctl(&stack, &["dag", "frobnicate"]).await.code, 2, "usage errors exit 2");
+    assert_eq!(glctl(stack, &["dag", "validate", "-f", "/no/such/file.yaml"]).await.code, 2);
+    assert_eq!(glctl(stack, &["dag", "frobnicate"]).await.code, 2, "usage errors exit 2");
+}
 
-    let created = glctl(&stack, &["dag", "apply", "-f", &linear]).await;
+async fn apply_get_and_render(stack: &Stack, linear: &str) {
+    let created = glctl(stack, &["dag", "apply", "-f", linear]).await;
     assert_eq!((created.code, json_of(&created)["dag"]["revision"].clone()), (0, json!(1)), "{}", created.stderr);
-    let replaced = glctl(&stack, &["dag", "apply", "-f", &linear]).await;
+    let replaced = glctl(stack, &["dag", "apply", "-f", linear]).await;
     assert_eq!((replaced.code, json_of(&replaced)["dag"]["revision"].clone()), (0, json!(2)), "apply again updates");
-    let listed = glctl(&stack, &["dag", "list"]).await;
+    let listed = glctl(stack, &["dag", "list"]).await;
     assert_eq!(json_of(&listed)["items"][0]["dag_id"], "dag-linear-3-node", "{}", listed.stdout);
     assert_eq!(
-        json_of(&glctl(&stack, &["dag", "get", "dag-linear-3-node"]).await)["dag"]["name"],
+        json_of(&glctl(stack, &["dag", "get", "dag-linear-3-node"]).await)["dag"]["name"],
         "Linear 3-node pipeline"
     );
-    let exported = glctl(&stack, &["dag", "export", "dag-linear-3-node"]).await;
+    let exported = glctl(stack, &["dag", "export", "dag-linear-3-node"]).await;
     assert!(exported.stdout.contains("dag_id: dag-linear-3-node"), "{}", exported.stdout);
-    let mermaid = glctl(&stack, &["dag", "graph", "dag-linear-3-node"]).await;
+    let mermaid = glctl(stack, &["dag", "graph", "dag-linear-3-node"]).await;
     assert!(mermaid.stdout.starts_with("graph TD"), "{}", mermaid.stdout);
-    let tree = glctl(&stack, &["dag", "graph", "--tree", &linear]).await;
+    let tree = glctl(stack, &["dag", "graph", "--tree", linear]).await;
     assert!(tree.stdout.contains("level 2") && tree.stdout.contains("report [echo]  ← validate"), "{}", tree.stdout);
-    let missing = glctl(&stack, &["dag", "get", "nope"]).await;
+    let missing = glctl(stack, &["dag", "get", "nope"]).await;
     assert_eq!(missing.code, 1, "a refusal by the API exits 1");
     assert!(missing.stderr.contains("404"), "{}", missing.stderr);
+}
 
-    let done = glctl(&stack, &["run", "dag-linear-3-node", "--input", r#"{"x": 1}"#, "--wait"]).await;
+/// `run --wait` shows the chain hash, timeline and outputs and exits 0 only when it completes.
+async fn run_and_inspect(stack: &Stack, failing: &std::path::Path) {
+    let done = glctl(stack, &["run", "dag-linear-3-node", "--input", r#"{"x": 1}"#, "--wait"]).await;
     assert_eq!(done.code, 0, "{}\n{}", done.stdout, done.stderr);
     let (_, body) = stack.call(reqwest::Method::GET, "/executions?status=completed&limit=1", None).await;
     let hash = body["items"][0]["provenance_chain_hash"].as_str().expect("hash");
@@ -88,20 +103,15 @@ async fn every_command_answers_with_the_documented_exit_code() {
     assert!(done.stdout.contains("timeline") && done.stdout.contains("  report   |"), "{}", done.stdout);
     assert!(done.stdout.contains(r#"report: {"_input":{"x":1},"validate":"#), "the outputs are shown: {}", done.stdout);
 
-    let failed = glctl(&stack, &["run", failing.to_str().expect("utf-8"), "--wait"]).await;
+    let failed = glctl(stack, &["run", failing.to_str().expect("utf-8"), "--wait"]).await;
     assert_eq!(failed.code, 1, "a run that does not complete exits 1: {}", failed.stdout);
     assert!(failed.stdout.contains("status     failed"), "{}", failed.stdout);
-    let started = glctl(&stack, &["run", "dag-linear-3-node"]).await;
+    let started = glctl(stack, &["run", "dag-linear-3-node"]).await;
     let id = json_of(&started)["execution_id"].as_str().expect("id").to_owned();
-    assert_eq!(glctl(&stack, &["executions", "get", &id]).await.code, 0);
-    let listed = glctl(&stack, &["executions", "list", "--dag-id", "failing"]).await;
+    assert_eq!(glctl(stack, &["executions", "get", &id]).await.code, 0);
+    let listed = glctl(stack, &["executions", "list", "--dag-id", "failing"]).await;
     assert_eq!(json_of(&listed)["items"][0]["status"], "failed");
-    assert_eq!(glctl(&stack, &["executions", "get", "not-a-uuid"]).await.code, 1);
-
-    let closed = format!("http://127.0.0.1:{}", tests::free_port());
-    assert_eq!(glctl_at(&closed, &["dag", "list"]).await.code, 2, "an unreachable server exits 2");
-    let _ = std::fs::remove_dir_all(&dir);
-    stack.shutdown().await;
+    assert_eq!(glctl(stack, &["executions", "get", "not-a-uuid"]).await.code, 1);
 }
 
 #[tokio::test]

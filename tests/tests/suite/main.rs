@@ -10,6 +10,7 @@
 mod api;
 mod auth;
 mod bad_input;
+mod code_shape;
 mod crate_graph;
 mod deploy;
 mod durability;

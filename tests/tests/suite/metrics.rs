@@ -25,6 +25,15 @@ type Expectation<'a> = (&'a str, Vec<(&'a str, &'a str)>, f64);
 #[tokio::test]
 async fn one_scrape_shows_all_twelve_metrics() {
     let stack = Stack::start(StackOptions::default()).await;
+    create_a_dag_for_each_metric(&stack).await;
+    let flaky = run_flaky_timed_out_and_tampered_executions(&stack).await;
+    one_scrape_shows_the_expected_values(&stack).await;
+    every_metric_dashboards_and_rules_use_is_emitted(&stack, &flaky).await;
+    stack.shutdown().await;
+}
+
+/// A retried node, a timed-out node, a node that fails after a checkpoint, and an invalid DAG.
+async fn create_a_dag_for_each_metric(stack: &Stack) {
     stack
         .create_dag(json!({"dag_id": "m-flaky", "name": "m", "nodes": {"f": {"agent_id": "flaky",
             "params": {"failures": 1}, "retry_policy": {"max_retries": 2, "base_delay": 0.05}}}}))
@@ -46,7 +55,10 @@ async fn one_scrape_shows_all_twelve_metrics() {
         )
         .await;
     assert_eq!(status, 422);
+}
 
+/// Runs the three DAGs, tampers with a checkpoint and resumes; returns the flaky execution's id.
+async fn run_flaky_timed_out_and_tampered_executions(stack: &Stack) -> String {
     let flaky = stack.execute("m-flaky", json!({})).await;
     let timeout = stack.execute("m-timeout", json!({})).await;
     let resumed = stack.execute("m-resume", json!({})).await;
@@ -62,7 +74,10 @@ async fn one_scrape_shows_all_twelve_metrics() {
     let (status, body) = stack.call(reqwest::Method::POST, &format!("/executions/{resumed}/resume"), None).await;
     assert_eq!((status, body["checkpoints_rejected"].clone()), (202, json!(["load"])));
     stack.wait_for(&resumed, WITHIN, |e| e["status"] == "failed" && e["completed_nodes"] == 1).await;
+    flaky
+}
 
+async fn one_scrape_shows_the_expected_values(stack: &Stack) {
     let url = format!("http://{}/metrics", stack.coordinators[0].addr);
     let text = stack.http.get(url).send().await.expect("scrape").text().await.expect("text");
     let get = |name: &str, labels: &[(&str, &str)]| sample(&text, name, labels);
@@ -91,8 +106,10 @@ async fn one_scrape_shows_all_twelve_metrics() {
     for (name, labels, want) in expectations {
         assert_eq!(get(name, &labels), Some(want), "{name} {labels:?}\n{text}");
     }
+}
 
-    // Every metric the dashboards and alert rules use appears on the live endpoint.
+/// Every metric the dashboards and alert rules use appears on the live endpoint.
+async fn every_metric_dashboards_and_rules_use_is_emitted(stack: &Stack, flaky: &str) {
     let url = format!("http://{}/metrics", stack.coordinators[0].addr);
     tests::eventually(WITHIN, "the gauges have been refreshed", || async {
         let text = stack.http.get(&url).send().await.expect("scrape").text().await.unwrap_or_default();
@@ -113,5 +130,4 @@ async fn one_scrape_shows_all_twelve_metrics() {
         .expect("python3 runs");
     let missing = String::from_utf8_lossy(&check.stdout);
     assert_eq!(check.status.code(), Some(0), "used by dashboards or rules but not emitted: {missing}");
-    stack.shutdown().await;
 }

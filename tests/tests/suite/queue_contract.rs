@@ -13,7 +13,7 @@ use coordinator::store::{SqliteStore, Store};
 use engine::topology::{Source, Topology};
 use futures_util::StreamExt;
 use runtime::amqp::AmqpConnector;
-use runtime::queue::{Connector, Consumer, Delivery, Outgoing, QueueError};
+use runtime::queue::{Connector, Consumer, Delivery, Outgoing, Queue, QueueError};
 
 const WITHIN: Duration = Duration::from_secs(10);
 /// Deliveries before a task is dead-lettered, in these tests.
@@ -63,16 +63,26 @@ async fn depth_reaches(connector: &dyn Connector, source: &Source, want: u32) {
 async fn contract(connector: Arc<dyn Connector>) {
     let topology = connector.topology().clone();
     let queue = connector.connect("contract").await.expect("connect");
+    let consumer = ordered_and_settled(&topology, connector.as_ref(), queue.as_ref()).await;
+    let other = connector.connect("other").await.expect("connect");
+    let (second, d) = a_closed_connection_returns_what_it_held(&topology, queue, consumer, other.as_ref()).await;
+    poison_is_dead_lettered(other.as_ref(), second, d).await;
+    cancels_reach_every_consumer(&topology, other.as_ref()).await;
+    other.close().await;
+}
 
+/// Unroutable tasks refused; published in order, handed out in order; ack, requeue and dead-letter.
+/// Returns the pool's consumer, drained.
+async fn ordered_and_settled(topology: &Topology, connector: &dyn Connector, queue: &dyn Queue) -> Consumer {
     // A task for a pool nobody declared has nowhere to go: refused, not lost silently.
-    let refused = queue.publish(&[task(&topology, "nobody", "x")]).await;
+    let refused = queue.publish(&[task(topology, "nobody", "x")]).await;
     assert!(matches!(refused, Err(QueueError::Unroutable { .. })), "{refused:?}");
 
     // Published in order, handed out in order, headers intact, first delivery counted as 1.
     queue.declare_pool("p").await.expect("declare");
-    let batch: Vec<Outgoing> = ["a", "b", "c"].iter().map(|b| task(&topology, "p", b)).collect();
+    let batch: Vec<Outgoing> = ["a", "b", "c"].iter().map(|b| task(topology, "p", b)).collect();
     queue.publish(&batch).await.expect("confirmed");
-    depth_reaches(connector.as_ref(), &Source::Pool("p".into()), 3).await;
+    depth_reaches(connector, &Source::Pool("p".into()), 3).await;
     let mut consumer = queue.consume(&Source::Pool("p".into()), "c1", 10).await.expect("consume");
     let a = next(&mut consumer).await;
     assert_eq!((a.body.as_slice(), a.deliveries), (b"a".as_slice(), 1));
@@ -92,10 +102,18 @@ async fn contract(connector: Arc<dyn Connector>) {
     let buried = next(&mut dead).await;
     assert_eq!(buried.body, b"c");
     buried.ack().await;
+    consumer
+}
 
-    // What a closed connection held returns to the queue for another consumer.
-    let other = connector.connect("other").await.expect("connect");
-    queue.publish(&[task(&topology, "p", "d")]).await.expect("confirmed");
+/// What a closed connection held returns to the queue for another consumer (counted as handed
+/// out twice); returns that consumer and the delivery.
+async fn a_closed_connection_returns_what_it_held(
+    topology: &Topology,
+    queue: Arc<dyn Queue>,
+    mut consumer: Consumer,
+    other: &dyn Queue,
+) -> (Consumer, Delivery) {
+    queue.publish(&[task(topology, "p", "d")]).await.expect("confirmed");
     let held = next(&mut consumer).await;
     assert_eq!(held.body, b"d");
     drop(held);
@@ -105,8 +123,11 @@ async fn contract(connector: Arc<dyn Connector>) {
     let mut second = other.consume(&Source::Pool("p".into()), "c2", 10).await.expect("consume");
     let d = next(&mut second).await;
     assert_eq!((d.body.as_slice(), d.deliveries), (b"d".as_slice(), 2));
+    (second, d)
+}
 
-    // A task handed out more often than the limit allows is dead-lettered (poison).
+/// A task handed out more often than the limit allows is dead-lettered (poison).
+async fn poison_is_dead_lettered(other: &dyn Queue, mut second: Consumer, d: Delivery) {
     let mut dead = other.consume(&Source::Dead, "dead2", 10).await.expect("consume dead");
     d.requeue().await;
     let mut deliveries = 2;
@@ -124,8 +145,9 @@ async fn contract(connector: Arc<dyn Connector>) {
     assert_eq!(poisoned.body, b"d");
     assert_eq!(deliveries, LIMIT + 1, "dead-lettered only after the limit");
     poisoned.ack().await;
+}
 
-    // Cancels reach every consumer.
+async fn cancels_reach_every_consumer(topology: &Topology, other: &dyn Queue) {
     let mut first = other.consume(&Source::Cancels, "k1", 10).await.expect("cancels");
     let mut second_cancels = other.consume(&Source::Cancels, "k2", 10).await.expect("cancels");
     let cancel = Outgoing {
@@ -138,7 +160,6 @@ async fn contract(connector: Arc<dyn Connector>) {
     other.publish(&[cancel]).await.expect("confirmed");
     assert_eq!(next(&mut first).await.body, b"stop");
     assert_eq!(next(&mut second_cancels).await.body, b"stop");
-    other.close().await;
 }
 
 #[tokio::test]

@@ -85,8 +85,17 @@ pub(super) async fn steps_are_fenced(db: &dyn Store) {
         (Some(started), None, Some("0af7651916cd43dd8448eb211c80319c"))
     );
     assert_eq!(db.backlog().await.expect("backlog"), (0, 1));
+    worker_timing_is_stored_as_given(db, id, lease, started).await;
+    an_expired_lease_writes_nothing(db, &step).await;
+}
 
-    // Worker timing is stored as the instant it names; `finished` sets completed_at.
+/// Worker timing is stored as the instant it names; `finished` sets completed_at.
+async fn worker_timing_is_stored_as_given(
+    db: &dyn Store,
+    id: Uuid,
+    lease: Lease,
+    started: chrono::DateTime<chrono::Utc>,
+) {
     let done = NodeUpdate {
         status: NodeStatus::Completed,
         dispatched: false,
@@ -121,12 +130,14 @@ pub(super) async fn steps_are_fenced(db: &dyn Store) {
         (Some(1377), Some("w7"), Some("out"))
     );
     assert_eq!(b.trace_id.as_deref(), Some("0af7651916cd43dd8448eb211c80319c"), "a missing value keeps the old one");
+}
 
-    // An expired lease writes nothing, even with the right owner and epoch.
+/// An expired lease writes nothing, even with the right owner and epoch.
+async fn an_expired_lease_writes_nothing(db: &dyn Store, step: &StepWrite) {
     let other = submit_new(db, "fenced", &chain("fenced", "noop")).await;
     let short = claim_one(db, "replica-a", Duration::from_millis(50), other).await;
     tokio::time::sleep(Duration::from_millis(200)).await;
-    assert!(!db.commit_step("replica-a", short, &step).await.expect("step"), "the lease expired");
+    assert!(!db.commit_step("replica-a", short, step).await.expect("step"), "the lease expired");
     assert_eq!(status_of(db.execution(TENANT, other).await.expect("read")), "pending");
     assert_eq!(db.backlog().await.expect("backlog"), (0, 1), "still only the first step's message");
 }
