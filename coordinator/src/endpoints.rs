@@ -15,8 +15,13 @@ pub struct Endpoint {
     pub errors: &'static [u16],
     /// The request body schema, if any (a name under `components.schemas`).
     pub body: Option<&'static str>,
+    /// The success body's schema (a name under `components.schemas`); `None`: a free-form object
+    /// (the trace, the provenance report, the probes, the summary, this document).
+    pub answer: Option<&'static str>,
 }
 
+/// One row of [`ENDPOINTS`], positionally, so the table reads as a table.
+#[allow(clippy::too_many_arguments)]
 const fn op(
     method: &'static str,
     path: &'static str,
@@ -25,8 +30,9 @@ const fn op(
     success: u16,
     errors: &'static [u16],
     body: Option<&'static str>,
+    answer: Option<&'static str>,
 ) -> Endpoint {
-    Endpoint { method, path, scope, summary, success, errors, body }
+    Endpoint { method, path, scope, summary, success, errors, body, answer }
 }
 
 const DAGS_READ: Option<&str> = Some("orchestrator:dags:read");
@@ -48,9 +54,9 @@ pub const DEFAULT_PAGE_LIMIT: i64 = 50;
 pub const ADMIN_SCOPE: &str = "orchestrator:admin";
 
 pub const ENDPOINTS: &[Endpoint] = &[
-    op("post", "/dags", DAGS_WRITE, "Create a DAG", 201, &[400, 409, 413, 415, 422], Some("Dag")),
-    op("get", "/dags", DAGS_READ, "List DAGs", 200, &[400], None),
-    op("get", "/dags/{dag_id}", DAGS_READ, "Get a DAG", 200, &[404], None),
+    op("post", "/dags", DAGS_WRITE, "Create a DAG", 201, &[400, 409, 413, 415, 422], Some("Dag"), Some("DagSaved")),
+    op("get", "/dags", DAGS_READ, "List DAGs", 200, &[400], None, Some("DagPage")),
+    op("get", "/dags/{dag_id}", DAGS_READ, "Get a DAG", 200, &[404], None, Some("DagView")),
     op(
         "put",
         "/dags/{dag_id}",
@@ -59,9 +65,10 @@ pub const ENDPOINTS: &[Endpoint] = &[
         200,
         &[400, 404, 412, 413, 415, 422],
         Some("DagUpdate"),
+        Some("DagSaved"),
     ),
-    op("delete", "/dags/{dag_id}", DAGS_DELETE, "Delete a DAG", 200, &[404], None),
-    op("post", "/dags/{dag_id}/validate", DAGS_READ, "Validate a stored DAG", 200, &[404], None),
+    op("delete", "/dags/{dag_id}", DAGS_DELETE, "Delete a DAG", 200, &[404], None, Some("DagDeleted")),
+    op("post", "/dags/{dag_id}/validate", DAGS_READ, "Validate a stored DAG", 200, &[404], None, None),
     op(
         "post",
         "/dags/{dag_id}/execute",
@@ -70,12 +77,31 @@ pub const ENDPOINTS: &[Endpoint] = &[
         202,
         &[400, 404, 409, 413, 415, 503],
         Some("ExecuteRequest"),
+        Some("ExecutionAccepted"),
     ),
-    op("get", "/executions", EXEC_READ, "List executions", 200, &[400], None),
-    op("get", "/executions/{execution_id}", EXEC_READ, "Get an execution", 200, &[404], None),
-    op("get", "/executions/{execution_id}/trace", EXEC_READ, "Per-node trace", 200, &[404], None),
-    op("post", "/executions/{execution_id}/cancel", EXEC_CANCEL, "Cancel an execution", 202, &[404, 409], None),
-    op("post", "/executions/{execution_id}/resume", EXEC_WRITE, "Resume from checkpoints", 202, &[404, 409], None),
+    op("get", "/executions", EXEC_READ, "List executions", 200, &[400], None, Some("ExecutionPage")),
+    op("get", "/executions/{execution_id}", EXEC_READ, "Get an execution", 200, &[404], None, Some("ExecutionView")),
+    op("get", "/executions/{execution_id}/trace", EXEC_READ, "Per-node trace", 200, &[404], None, None),
+    op(
+        "post",
+        "/executions/{execution_id}/cancel",
+        EXEC_CANCEL,
+        "Cancel an execution",
+        202,
+        &[404, 409],
+        None,
+        Some("CancelRequested"),
+    ),
+    op(
+        "post",
+        "/executions/{execution_id}/resume",
+        EXEC_WRITE,
+        "Resume from checkpoints",
+        202,
+        &[404, 409],
+        None,
+        Some("Resumed"),
+    ),
     op(
         "get",
         "/executions/{execution_id}/provenance",
@@ -84,10 +110,29 @@ pub const ENDPOINTS: &[Endpoint] = &[
         200,
         &[404],
         None,
+        None,
     ),
-    op("get", "/checkpoints/{execution_id}", CHECKPOINTS_READ, "List checkpoints", 200, &[404], None),
-    op("delete", "/checkpoints/{execution_id}", CHECKPOINTS_DELETE, "Delete checkpoints", 200, &[404, 409], None),
-    op("get", "/metrics", EXEC_READ, "JSON summary of executions", 200, &[], None),
+    op(
+        "get",
+        "/checkpoints/{execution_id}",
+        CHECKPOINTS_READ,
+        "List checkpoints",
+        200,
+        &[404],
+        None,
+        Some("CheckpointList"),
+    ),
+    op(
+        "delete",
+        "/checkpoints/{execution_id}",
+        CHECKPOINTS_DELETE,
+        "Delete checkpoints",
+        200,
+        &[404, 409],
+        None,
+        Some("CheckpointsDeleted"),
+    ),
+    op("get", "/metrics", EXEC_READ, "JSON summary of executions", 200, &[], None, None),
     op(
         "post",
         "/dags/import",
@@ -96,12 +141,13 @@ pub const ENDPOINTS: &[Endpoint] = &[
         201,
         &[400, 409, 413, 415, 422],
         Some("ImportRequest"),
+        Some("DagSaved"),
     ),
-    op("get", "/dags/{dag_id}/export", DAGS_READ, "Export a DAG as YAML", 200, &[404], None),
-    op("get", "/dags/{dag_id}/visualize", DAGS_READ, "Mermaid diagram of a DAG", 200, &[404], None),
-    op("get", "/health", None, "Health of the service and its dependencies", 200, &[], None),
-    op("get", "/ready", None, "Readiness (PostgreSQL and RabbitMQ reachable)", 200, &[503], None),
-    op("get", "/openapi.json", None, "This OpenAPI document", 200, &[], None),
+    op("get", "/dags/{dag_id}/export", DAGS_READ, "Export a DAG as YAML", 200, &[404], None, Some("DagExport")),
+    op("get", "/dags/{dag_id}/visualize", DAGS_READ, "Mermaid diagram of a DAG", 200, &[404], None, Some("DagGraph")),
+    op("get", "/health", None, "Health of the service and its dependencies", 200, &[], None, None),
+    op("get", "/ready", None, "Readiness (PostgreSQL and RabbitMQ reachable)", 200, &[503], None, None),
+    op("get", "/openapi.json", None, "This OpenAPI document", 200, &[], None, None),
 ];
 
 /// The scope an operation needs (`None`: open). `HEAD` is a `GET`; anything the table does not

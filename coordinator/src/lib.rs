@@ -8,7 +8,7 @@
 //! - [`app`]: startup wiring; [`app::Coordinator::start`] is what `serve` and the tests run.
 //! - [`http`]: the REST adapter (router, one file per resource); [`problem`]: its problem+json
 //!   errors. It parses, calls a use case of [`service`] or the store, and renders.
-//! - [`service`]: use cases with typed input and outcomes, no HTTP in them (resume so far).
+//! - [`service`]: use cases with typed input and outcomes, no HTTP in them (DAG catalog, submit, cancel, checkpoints, resume).
 //! - [`endpoints`]: the table of operations (scopes, answers); [`auth`] and `http::openapi` read it.
 //! - [`store`]: the store port (four role traits under `Store`); [`store::postgres`]
 //!   (production) and [`store::sqlite`] (embedded) hold every SQL statement.

@@ -63,6 +63,11 @@ impl From<StoreError> for ApiError {
 impl From<ServiceError> for ApiError {
     fn from(e: ServiceError) -> Self {
         match e {
+            ServiceError::BadRequest(message) => ApiError::BadRequest(message),
+            ServiceError::Invalid(report) => ApiError::Invalid(report),
+            ServiceError::NotFound(message) => ApiError::NotFound(message),
+            ServiceError::PreconditionFailed(message) => ApiError::PreconditionFailed(message),
+            ServiceError::Unavailable(message) => ApiError::Unavailable(message),
             ServiceError::Conflict(message) => ApiError::Conflict(message),
             ServiceError::Corrupt(message) => ApiError::Internal(message),
             ServiceError::Store(e) => e.into(),

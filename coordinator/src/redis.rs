@@ -13,6 +13,7 @@ use fred::prelude::*;
 use uuid::Uuid;
 
 use crate::locks::{Fence, LockError, Locks};
+use crate::service::dags::DagCache;
 use crate::store::DagRow;
 
 /// Longest a caller waits on one Redis call.
@@ -120,6 +121,21 @@ impl Redis {
     /// expires within [`DAG_TTL`], and executions never start from it: see `Store::create_execution`).
     pub async fn forget_dag(&self, tenant: &str, dag_id: &str) -> bool {
         self.call(self.client.del::<i64, _>(self.dag_key(tenant, dag_id))).await.is_ok()
+    }
+}
+
+#[async_trait::async_trait]
+impl DagCache for Redis {
+    async fn cached(&self, tenant: &str, dag_id: &str) -> Option<DagRow> {
+        self.cached_dag(tenant, dag_id).await
+    }
+
+    async fn remember(&self, tenant: &str, row: &DagRow) {
+        self.cache_dag(tenant, row).await;
+    }
+
+    async fn forget(&self, tenant: &str, dag_id: &str) {
+        self.forget_dag(tenant, dag_id).await;
     }
 }
 

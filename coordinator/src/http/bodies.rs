@@ -1,7 +1,7 @@
 //! Request bodies as types: what each operation accepts, read by serde, unknown fields refused
 //! (`deny_unknown_fields`) instead of checked by hand. A body that does not fit answers 400 with
 //! serde's own words (which field, which type). The OpenAPI document's schemas of these bodies
-//! are generated from the same types ([`request_schema`]), so the two cannot disagree.
+//! are generated from the same types ([`body_schema`]), so the two cannot disagree.
 
 use schemars::JsonSchema;
 use serde::Deserialize;
@@ -58,10 +58,10 @@ fn empty_object() -> Value {
     json!({})
 }
 
-/// The JSON Schema (2020-12, the dialect of OpenAPI 3.1) of a request body type.
+/// The JSON Schema (2020-12, the dialect of OpenAPI 3.1) of a request or response body type.
 /// Subschemas are inlined: a `$ref` into the body's own `$defs` would not resolve once the schema
 /// sits under `components.schemas`.
-pub(super) fn request_schema<T: JsonSchema>() -> Value {
+pub(super) fn body_schema<T: JsonSchema>() -> Value {
     let settings = schemars::generate::SchemaSettings::draft2020_12().with(|s| s.inline_subschemas = true);
     let mut schema = settings.into_generator().into_root_schema_for::<T>().to_value();
     if let Some(object) = schema.as_object_mut() {
@@ -98,7 +98,7 @@ mod tests {
 
     #[test]
     fn the_schemas_say_what_serde_reads() {
-        let execute = request_schema::<ExecuteRequest>();
+        let execute = body_schema::<ExecuteRequest>();
         assert_eq!(execute["additionalProperties"], false, "{execute}");
         assert_eq!(execute["properties"]["input_data"]["type"], "object", "{execute}");
         let clock = &execute["properties"]["execution_options"]["properties"]["clock"];
@@ -108,7 +108,7 @@ mod tests {
             "{execute}"
         );
         assert!(execute.get("required").is_none(), "both fields have defaults: {execute}");
-        let import = request_schema::<ImportRequest>();
+        let import = body_schema::<ImportRequest>();
         assert_eq!(
             (import["required"].clone(), import["additionalProperties"].clone()),
             (json!(["yaml_content"]), json!(false))

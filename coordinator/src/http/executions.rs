@@ -10,23 +10,19 @@ use engine::provenance;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
+use super::answers::{
+    CancelRequested, Checkpoint, CheckpointList, CheckpointsDeleted, ExecutionAccepted, ExecutionSummary,
+    ExecutionView, Page,
+};
 use super::bodies::{ExecuteRequest, read};
-use super::dags::{compiled, forget_dag, no_dag, stored_dag};
+use super::dags::catalog;
 use super::pagination::{decode_cursor, encode_cursor, page_limit, parse_since};
-use super::{ApiResult, AppState, json_body, parse_uuid, reject_nul};
+use super::{ApiResult, AppState, json_body, parse_uuid};
 use crate::auth::Tenant;
 use crate::problem::ApiError;
-use crate::store::{Created, ExecutionFilter, ExecutionRow, NewExecution, SharedStore, StoreError};
-
-/// A submission as the request gave it: checked, with its defaults filled in.
-struct Submission {
-    input: Value,
-    options: Value,
-    priority: i32,
-    /// The execution's logical clock (RFC 3339, seconds): given, or now.
-    clock: String,
-    idempotency_key: Option<String>,
-}
+use crate::service::executions::{self as service, Intake, Submission};
+use crate::service::reject_nul;
+use crate::store::{ExecutionFilter, ExecutionRow};
 
 /// Reads `{input_data, execution_options}` and the `Idempotency-Key` header; a bad request names
 /// what is wrong.
@@ -66,88 +62,38 @@ pub(super) async fn execute(
     headers: HeaderMap,
     body: Bytes,
 ) -> ApiResult<Response> {
-    let request_started = std::time::SystemTime::now();
-    if !state.settings.accept_new_executions {
-        return Err(ApiError::Unavailable(
-            "new executions are switched off (GL_ORCHESTRATOR_ACCEPT_NEW_EXECUTIONS=false)".into(),
-        ));
-    }
-    let Submission { input, options, priority, clock, idempotency_key: key } = submission(&headers, &body)?;
-    let input_hash = provenance::hash_value(&input);
-    let request_hash =
-        provenance::hash_value(&json!({"dag_id": dag_id, "input_data": input, "execution_options": options}));
-    // A cached definition may be stale; the database refuses it and the second pass reads it fresh.
-    let mut row = stored_dag(&state, &tenant, &dag_id).await?;
-    let (id, message) = loop {
-        let created = state
-            .db
-            .create_execution(NewExecution {
-                tenant: &tenant,
-                dag_id: &dag_id,
-                dag: &compiled(&row)?,
-                input: &input,
-                input_hash: input_hash.as_str(),
-                options: &options,
-                priority,
-                clock: &clock,
-                idempotency: key.as_deref().map(|k| (k, request_hash.as_str())),
-            })
-            .await
-            .map_err(|e| match e {
-                StoreError::Conflict(what) => ApiError::Conflict(what),
-                e => e.into(),
-            })?;
-        match created {
-            Created::New(id) => {
-                crate::spans::submitted(&id.to_string(), &dag_id, request_started);
-                break (id, "Execution accepted");
-            }
-            Created::Existing(id) => break (id, "Execution already accepted for this Idempotency-Key"),
-            Created::DagChanged => {
-                forget_dag(&state, &tenant, &dag_id).await;
-                row = state.db.get_dag(&tenant, &dag_id).await?.ok_or_else(|| no_dag(&dag_id))?;
-            }
-        }
+    let intake = if state.settings.accept_new_executions { Intake::Open } else { Intake::Closed };
+    // Refused before the body is read, as a load shedder would.
+    service::check_intake(intake)?;
+    let submission = submission(&headers, &body)?;
+    let accepted = service::execute(&catalog(&state), state.db.as_ref(), intake, &tenant, &dag_id, &submission).await?;
+    let message = if accepted.already_accepted {
+        "Execution already accepted for this Idempotency-Key"
+    } else {
+        "Execution accepted"
     };
-    let body = json!({"execution_id": id, "dag_id": dag_id, "status": "pending", "message": message});
+    let body = ExecutionAccepted {
+        execution_id: accepted.execution_id,
+        dag_id,
+        status: "pending".into(),
+        message: message.into(),
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-pub(super) fn execution_json(e: &crate::store::ExecutionRow) -> Value {
-    json!({
-        "execution_id": e.execution_id,
-        "dag_id": e.dag_id,
-        "dag_hash": e.dag_hash,
-        "status": e.status,
-        "submitted_at": e.submitted_at,
-        "started_at": e.started_at,
-        "completed_at": e.completed_at,
-        "error": e.error,
-        "total_nodes": e.total_nodes,
-        "completed_nodes": e.completed_nodes,
-        "failed_nodes": e.failed_nodes,
-        "skipped_nodes": e.skipped_nodes,
-        "provenance_chain_hash": e.provenance_chain_hash,
-        "input_data": e.input_data,
-        "input_hash": e.input_hash,
-        "clock": e.clock,
-    })
 }
 
 /// The tenant's execution `id` (a UUID in the path), or 404: another tenant's is not found either.
 async fn tenant_execution(state: &AppState, tenant: &str, id: &str) -> ApiResult<(Uuid, ExecutionRow)> {
     let id = parse_uuid(id)?;
-    let row = state.db.execution(tenant, id).await?.ok_or_else(|| ApiError::NotFound(format!("no execution {id}")))?;
-    Ok((id, row))
+    Ok((id, service::tenant_execution(state.db.as_ref(), tenant, id).await?))
 }
 
 pub(super) async fn get_execution(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ExecutionView>> {
     let (_, e) = tenant_execution(&state, &tenant, &id).await?;
-    Ok(Json(json!({"execution": execution_json(&e)})))
+    Ok(Json(ExecutionView { execution: (&e).into() }))
 }
 
 pub(super) async fn trace(
@@ -196,16 +142,10 @@ pub(super) async fn cancel(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let (id, e) = tenant_execution(&state, &tenant, &id).await?;
-    if !state.db.request_cancel(&tenant, id).await? {
-        return Err(ApiError::Conflict(format!("execution {id} already finished as {}", e.status)));
-    }
-    let body = json!({"execution_id": id, "status": e.status, "message": "Execution cancellation requested"});
+    service::cancel(state.db.as_ref(), &tenant, &e).await?;
+    let body =
+        CancelRequested { execution_id: id, status: e.status, message: "Execution cancellation requested".into() };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
-}
-
-/// The definition an execution pinned, compiled.
-pub(super) async fn pinned_dag(db: &SharedStore, dag_hash: &str) -> ApiResult<engine::dag::Dag> {
-    Ok(crate::service::pinned_dag(db.as_ref(), dag_hash).await?)
 }
 
 pub(super) async fn provenance_of(
@@ -214,7 +154,7 @@ pub(super) async fn provenance_of(
     Path(id): Path<String>,
 ) -> ApiResult<Json<Value>> {
     let (id, e) = tenant_execution(&state, &tenant, &id).await?;
-    let dag = pinned_dag(&state.db, &e.dag_hash).await?;
+    let dag = crate::service::pinned_dag(state.db.as_ref(), &e.dag_hash).await?;
     let records: Vec<provenance::Record> = state.db.records(id).await?.into_iter().map(|(_, r)| r).collect();
     let stored = e.provenance_chain_hash.as_deref().and_then(|h| engine::canonical::ContentHash::parse(h).ok());
     let verdict = provenance::verify(&dag, &id.to_string(), &e.input_data, &records, stored.as_ref());
@@ -267,36 +207,20 @@ pub(super) async fn list_checkpoints(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CheckpointList>> {
     let (id, _) = tenant_execution(&state, &tenant, &id).await?;
-    let items: Vec<Value> = state
-        .db
-        .checkpoints(id)
-        .await?
-        .into_iter()
-        .map(|c| {
-            let valid = provenance::hash_value(&c.outputs).as_str() == c.output_hash;
-            json!({"execution_id": id, "node_id": c.node_id, "status": c.status, "outputs": c.outputs,
-                   "output_hash": c.output_hash, "attempt_count": c.attempt_count, "created_at": c.created_at,
-                   "valid": valid})
-        })
-        .collect();
-    Ok(Json(json!({"count": items.len(), "items": items})))
+    let items: Vec<Checkpoint> = state.db.checkpoints(id).await?.into_iter().map(|c| Checkpoint::of(id, c)).collect();
+    Ok(Json(CheckpointList { count: items.len(), items }))
 }
 
 pub(super) async fn delete_checkpoints(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<CheckpointsDeleted>> {
     let (id, _) = tenant_execution(&state, &tenant, &id).await?;
-    match state.db.delete_checkpoints(&tenant, id).await? {
-        Some(deleted) => {
-            state.metrics.checkpoint_operations.with_label_values(&["delete", "ok"]).inc_by(deleted);
-            Ok(Json(json!({"deleted": deleted, "message": "Checkpoints deleted"})))
-        }
-        None => Err(ApiError::Conflict(format!("execution {id} is running; its checkpoints cannot be deleted"))),
-    }
+    let deleted = service::delete_checkpoints(state.db.as_ref(), &state.metrics, &tenant, id).await?;
+    Ok(Json(CheckpointsDeleted { deleted, message: "Checkpoints deleted".into() }))
 }
 
 pub(super) const STATUSES: [&str; 6] = ["pending", "queued", "running", "completed", "failed", "cancelled"];
@@ -305,7 +229,7 @@ pub(super) async fn list_executions(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Query(query): Query<std::collections::HashMap<String, String>>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Page<ExecutionSummary>>> {
     if let Some(dag_id) = query.get("dag_id") {
         engine::ids::check_id(dag_id).map_err(|e| ApiError::BadRequest(format!("dag_id {e}")))?;
     }
@@ -324,14 +248,5 @@ pub(super) async fn list_executions(
     let next_cursor = (rows.len() as i64 == limit)
         .then(|| rows.last().map(|r| encode_cursor(r.submitted_at, r.execution_id)))
         .flatten();
-    let items: Vec<Value> = rows
-        .iter()
-        .map(|e| {
-            json!({"execution_id": e.execution_id, "dag_id": e.dag_id, "status": e.status, "submitted_at": e.submitted_at,
-                   "started_at": e.started_at, "completed_at": e.completed_at, "error": e.error,
-                   "total_nodes": e.total_nodes, "completed_nodes": e.completed_nodes, "failed_nodes": e.failed_nodes,
-                   "skipped_nodes": e.skipped_nodes, "provenance_chain_hash": e.provenance_chain_hash})
-        })
-        .collect();
-    Ok(Json(json!({"count": items.len(), "items": items, "next_cursor": next_cursor})))
+    Ok(Json(Page::new(rows.iter().map(ExecutionSummary::from).collect(), next_cursor)))
 }

@@ -4,6 +4,7 @@
 //! ([`pagination`]). Every error is an RFC 9457 `application/problem+json` body with a stable
 //! `type` ([`crate::problem`]); the routes' scopes and answers are in [`crate::endpoints`].
 
+mod answers;
 mod bodies;
 mod dags;
 mod executions;
@@ -122,27 +123,6 @@ async fn problem_for_framework_errors(response: Response) -> Response {
     }
     response.headers_mut().insert(header::CONTENT_TYPE, header::HeaderValue::from_static("application/problem+json"));
     response
-}
-
-/// PostgreSQL cannot store U+0000 in text or JSONB: refuse it up front, clearly.
-fn reject_nul(value: &Value, what: &str) -> ApiResult<()> {
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
-        match v {
-            Value::String(s) if s.contains('\0') => {
-                return Err(ApiError::BadRequest(format!("{what} contains a NUL character (U+0000)")));
-            }
-            Value::Array(items) => stack.extend(items),
-            Value::Object(map) => {
-                if map.keys().any(|k| k.contains('\0')) {
-                    return Err(ApiError::BadRequest(format!("{what} contains a NUL character (U+0000)")));
-                }
-                stack.extend(map.values());
-            }
-            _ => {}
-        }
-    }
-    Ok(())
 }
 
 async fn openapi() -> Json<Value> {

@@ -1,5 +1,5 @@
-//! The OpenAPI 3.1 document, generated from [`crate::endpoints::ENDPOINTS`] and the request body
-//! types of [`super::bodies`], and served at
+//! The OpenAPI 3.1 document, generated from [`crate::endpoints::ENDPOINTS`], the request body
+//! types of [`super::bodies`] and the response body types of [`super::answers`], and served at
 //! `GET /api/v1/orchestrator/openapi.json`.
 //!
 //! Every limit in it is the constant the code enforces (the core's for DAGs and ids, the API's
@@ -9,8 +9,13 @@ use engine::dag::{MAX_NAME_LEN, MAX_PARALLEL_NODES, MAX_RETRIES, MAX_SECONDS, MA
 use engine::ids::MAX_ID_LEN;
 use serde_json::{Map, Value, json};
 
-use super::bodies::{ExecuteRequest, ImportRequest, request_schema};
+use super::answers::{
+    CancelRequested, CheckpointList, CheckpointsDeleted, DagDeleted, DagExport, DagGraph, DagListItem, DagSaved,
+    DagView, ExecutionAccepted, ExecutionSummary, ExecutionView, Page,
+};
+use super::bodies::{ExecuteRequest, ImportRequest, body_schema};
 use crate::endpoints::{ENDPOINTS, MAX_PAGE_LIMIT};
+use crate::service::resume::Resumed;
 
 /// What `engine::ids` accepts as an id.
 fn id_pattern() -> String {
@@ -72,9 +77,13 @@ pub fn document() -> Value {
     let mut paths: Map<String, Value> = Map::new();
     for e in ENDPOINTS {
         let mut responses = Map::new();
+        let schema = match e.answer {
+            Some(name) => json!({"$ref": format!("#/components/schemas/{name}")}),
+            None => json!({"type": "object"}),
+        };
         responses.insert(
             e.success.to_string(),
-            json!({"description": reason(e.success), "content": {"application/json": {"schema": {"type": "object"}}}}),
+            json!({"description": reason(e.success), "content": {"application/json": {"schema": schema}}}),
         );
         let mut errors: Vec<u16> = e.errors.to_vec();
         if e.scope.is_some() {
@@ -157,7 +166,20 @@ fn schemas() -> Value {
             "detail": {"type": "string"}, "errors": {"type": "array"}, "warnings": {"type": "array"}}},
         "Dag": {"type": "object", "additionalProperties": false, "required": ["name", "nodes"], "properties": dag_properties},
         "DagUpdate": {"type": "object", "properties": dag_properties},
-        "ExecuteRequest": request_schema::<ExecuteRequest>(),
-        "ImportRequest": request_schema::<ImportRequest>(),
+        "ExecuteRequest": body_schema::<ExecuteRequest>(),
+        "ImportRequest": body_schema::<ImportRequest>(),
+        "DagSaved": body_schema::<DagSaved>(),
+        "DagView": body_schema::<DagView>(),
+        "DagPage": body_schema::<Page<DagListItem>>(),
+        "DagDeleted": body_schema::<DagDeleted>(),
+        "DagExport": body_schema::<DagExport>(),
+        "DagGraph": body_schema::<DagGraph>(),
+        "ExecutionAccepted": body_schema::<ExecutionAccepted>(),
+        "ExecutionPage": body_schema::<Page<ExecutionSummary>>(),
+        "ExecutionView": body_schema::<ExecutionView>(),
+        "CancelRequested": body_schema::<CancelRequested>(),
+        "Resumed": body_schema::<Resumed>(),
+        "CheckpointList": body_schema::<CheckpointList>(),
+        "CheckpointsDeleted": body_schema::<CheckpointsDeleted>(),
     })
 }

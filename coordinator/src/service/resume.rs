@@ -14,8 +14,9 @@ use crate::metrics::Metrics;
 use crate::store::{CheckpointRow, ExecutionRow, NodeRow, Store};
 
 /// What a resume did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 pub struct Resumed {
+    #[schemars(with = "String")]
     pub execution_id: Uuid,
     pub status: String,
     /// Nodes kept: their checkpoint verified (or, when interrupted, they had completed).
