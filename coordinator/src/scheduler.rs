@@ -443,7 +443,7 @@ pub(crate) fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) ->
         let r = by_id
             .remove(dag.node_id(v))
             .ok_or_else(|| StoreError::Corrupt(format!("node {} has no row", dag.node_id(v))))?;
-        let status: NodeStatus = parse(&r.status)?;
+        let status = r.status;
         nodes.push(NodeState {
             status,
             attempt: u32::try_from(r.attempt).unwrap_or(0),
@@ -455,7 +455,7 @@ pub(crate) fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) ->
             compensation: parse::<Compensation>(&r.compensation)?,
         });
     }
-    Ok(Snapshot { status: parse(&row.status)?, halt: row.halt.as_deref().map(parse).transpose()?, nodes })
+    Ok(Snapshot { status: row.status, halt: row.halt, nodes })
 }
 
 fn parse<T: DeserializeOwned>(name: &str) -> Result<T, StoreError> {

@@ -9,7 +9,7 @@ use serde::Serialize;
 use serde_json::Value;
 use uuid::Uuid;
 
-use crate::store::{CheckpointRow, DagSummary, ExecutionRow};
+use crate::store::{CheckpointRow, DagSummary, ExecutionRow, text};
 
 /// A page of a list, with the cursor of the next page when there may be one.
 #[derive(Debug, Serialize, JsonSchema)]
@@ -124,7 +124,7 @@ impl From<&ExecutionRow> for ExecutionSummary {
         Self {
             execution_id: e.execution_id,
             dag_id: e.dag_id.clone(),
-            status: e.status.clone(),
+            status: text(&e.status),
             submitted_at: e.submitted_at,
             started_at: e.started_at,
             completed_at: e.completed_at,

@@ -22,7 +22,8 @@ use crate::auth::Tenant;
 use crate::problem::ApiError;
 use crate::service::executions::{self as service, Intake, Submission};
 use crate::service::reject_nul;
-use crate::store::{ExecutionFilter, ExecutionRow};
+use crate::store::{ExecutionFilter, ExecutionRow, from_text, text};
+use engine::state::ExecutionStatus;
 
 /// Reads `{input_data, execution_options}` and the `Idempotency-Key` header; a bad request names
 /// what is wrong.
@@ -143,8 +144,11 @@ pub(super) async fn cancel(
 ) -> ApiResult<Response> {
     let (id, e) = tenant_execution(&state, &tenant, &id).await?;
     service::cancel(state.db.as_ref(), &tenant, &e).await?;
-    let body =
-        CancelRequested { execution_id: id, status: e.status, message: "Execution cancellation requested".into() };
+    let body = CancelRequested {
+        execution_id: id,
+        status: text(&e.status),
+        message: "Execution cancellation requested".into(),
+    };
     Ok((StatusCode::ACCEPTED, Json(body)).into_response())
 }
 
@@ -184,7 +188,7 @@ pub(super) async fn provenance_of(
         "input_hash": e.input_hash,
         "provenance_chain_hash": e.provenance_chain_hash,
         "recomputed_chain_hash": verdict.recomputed_chain_hash,
-        "chain_valid": verdict.chain_valid && (e.provenance_chain_hash.is_some() || e.status != "completed"),
+        "chain_valid": verdict.chain_valid && (e.provenance_chain_hash.is_some() || e.status != ExecutionStatus::Completed),
         "problems": verdict.problems,
         "node_count": records.len(),
         "canonical_order": dag.order_ids(),
@@ -233,12 +237,16 @@ pub(super) async fn list_executions(
     if let Some(dag_id) = query.get("dag_id") {
         engine::ids::check_id(dag_id).map_err(|e| ApiError::BadRequest(format!("dag_id {e}")))?;
     }
-    let status = query.get("status").cloned();
-    if let Some(s) = &status
-        && !STATUSES.contains(&s.as_str())
-    {
-        return Err(ApiError::BadRequest(format!("status must be one of {}", STATUSES.join(", "))));
-    }
+    let status = match query.get("status") {
+        Some(s) => Some(
+            STATUSES
+                .contains(&s.as_str())
+                .then(|| from_text::<ExecutionStatus>(s))
+                .flatten()
+                .ok_or_else(|| ApiError::BadRequest(format!("status must be one of {}", STATUSES.join(", "))))?,
+        ),
+        None => None,
+    };
     let limit = page_limit(&query)?;
     let since = query.get("since").map(|s| parse_since(s)).transpose()?;
     let after = query.get("cursor").map(|c| decode_cursor(c)).transpose()?;

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::ServiceError;
 use super::dags::{Catalog, compiled};
 use crate::metrics::Metrics;
-use crate::store::{Created, ExecutionRow, ExecutionStore, NewExecution, StoreError};
+use crate::store::{Created, ExecutionRow, ExecutionStore, NewExecution, StoreError, text};
 
 /// A submission, checked and with its defaults filled in.
 #[derive(Debug, Clone)]
@@ -104,7 +104,7 @@ pub async fn tenant_execution(db: &dyn ExecutionStore, tenant: &str, id: Uuid) -
 pub async fn cancel(db: &dyn ExecutionStore, tenant: &str, execution: &ExecutionRow) -> Result<(), ServiceError> {
     let id = execution.execution_id;
     if !db.request_cancel(tenant, id).await? {
-        return Err(ServiceError::Conflict(format!("execution {id} already finished as {}", execution.status)));
+        return Err(ServiceError::Conflict(format!("execution {id} already finished as {}", text(&execution.status))));
     }
     Ok(())
 }

@@ -6,12 +6,13 @@ use std::collections::HashMap;
 
 use engine::dag::NodeIndex;
 use engine::provenance;
+use engine::state::{ExecutionStatus, NodeStatus};
 use serde::Serialize;
 use uuid::Uuid;
 
 use super::{ServiceError, pinned_dag};
 use crate::metrics::Metrics;
-use crate::store::{CheckpointRow, ExecutionRow, NodeRow, Store};
+use crate::store::{CheckpointRow, ExecutionRow, NodeRow, Store, text};
 
 /// What a resume did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -32,9 +33,9 @@ pub struct Resumed {
 pub async fn resume(db: &dyn Store, metrics: &Metrics, execution: &ExecutionRow) -> Result<Resumed, ServiceError> {
     let id = execution.execution_id;
     let rows = db.nodes(id).await?;
-    match execution.status.as_str() {
-        "completed" => return Err(ServiceError::Conflict(format!("execution {id} already completed"))),
-        "failed" | "cancelled" => {}
+    match execution.status {
+        ExecutionStatus::Completed => return Err(ServiceError::Conflict(format!("execution {id} already completed"))),
+        ExecutionStatus::Failed | ExecutionStatus::Cancelled => {}
         _ if db.lease_live(id).await? => {
             return Err(ServiceError::Conflict(format!("execution {id} is running under a live lease")));
         }
@@ -46,7 +47,8 @@ pub async fn resume(db: &dyn Store, metrics: &Metrics, execution: &ExecutionRow)
     let trusted = |v: NodeIndex| {
         checkpoints.get(dag.node_id(v)).is_some_and(|c| provenance::hash_value(&c.outputs).as_str() == c.output_hash)
     };
-    let completed = |v: NodeIndex| rows.iter().any(|r| r.node_id == dag.node_id(v) && r.status == "completed");
+    let completed =
+        |v: NodeIndex| rows.iter().any(|r| r.node_id == dag.node_id(v) && r.status == NodeStatus::Completed);
     let rejected: Vec<String> = (0..dag.len() as NodeIndex)
         .filter(|&v| completed(v) && !trusted(v))
         .map(|v| dag.node_id(v).to_owned())
@@ -77,10 +79,12 @@ pub async fn resume(db: &dyn Store, metrics: &Metrics, execution: &ExecutionRow)
 
 /// Interrupted: no live owner. Any coordinator takes it over from its checkpoints.
 fn interrupted(execution: &ExecutionRow, rows: &[NodeRow]) -> Resumed {
-    let listed = |done: bool| rows.iter().filter(move |r| (r.status == "completed") == done).map(|r| r.node_id.clone());
+    let listed = |done: bool| {
+        rows.iter().filter(move |r| (r.status == NodeStatus::Completed) == done).map(|r| r.node_id.clone())
+    };
     Resumed {
         execution_id: execution.execution_id,
-        status: execution.status.clone(),
+        status: text(&execution.status),
         nodes_skipped: listed(true).collect(),
         nodes_remaining: listed(false).collect(),
         checkpoints_rejected: Vec::new(),

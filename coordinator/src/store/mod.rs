@@ -22,6 +22,8 @@ use std::time::Duration;
 use engine::dag::Dag;
 use engine::messages::ResultMessage;
 use engine::provenance::Record;
+use engine::state::{ExecutionStatus, Halt, NodeStatus};
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
 
@@ -270,8 +272,9 @@ pub struct ExecutionRow {
     pub execution_id: Uuid,
     pub dag_id: String,
     pub dag_hash: String,
-    pub status: String,
-    pub halt: Option<String>,
+    pub status: ExecutionStatus,
+    /// Why a finished execution stopped early (fail-fast, cancel), when it did.
+    pub halt: Option<Halt>,
     pub input_data: Value,
     pub input_hash: String,
     pub clock: String,
@@ -295,7 +298,7 @@ pub struct ExecutionRow {
 pub struct NodeRow {
     pub node_id: String,
     pub agent_id: String,
-    pub status: String,
+    pub status: NodeStatus,
     pub attempt: i32,
     pub attempt_base: i32,
     pub level_index: i32,
@@ -353,7 +356,7 @@ pub struct CheckpointRow {
 pub struct ExecutionFilter {
     pub tenant: String,
     pub dag_id: Option<String>,
-    pub status: Option<String>,
+    pub status: Option<ExecutionStatus>,
     pub since: Option<chrono::DateTime<chrono::Utc>>,
     /// Continue after this (submitted_at, execution_id).
     pub after: Option<(chrono::DateTime<chrono::Utc>, Uuid)>,
@@ -407,6 +410,42 @@ pub struct NewExecution<'a> {
 /// spelling the API and the database share.
 pub fn text<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+/// Column `column` of a SQL row as the core's enum it names (a NULL as `None`); an unknown name
+/// is a decode error of that column. Both SQL adapters read statuses through it.
+pub(crate) fn column_enum<'r, R, T>(row: &'r R, column: &str) -> Result<Option<T>, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    T: DeserializeOwned,
+{
+    let Some(name) = row.try_get::<Option<String>, _>(column)? else { return Ok(None) };
+    from_text(&name).map(Some).ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: format!("unknown value {name:?} in the database").into(),
+    })
+}
+
+/// [`column_enum`] of a NOT NULL column.
+pub(crate) fn required_enum<'r, R, T>(row: &'r R, column: &str) -> Result<T, sqlx::Error>
+where
+    R: sqlx::Row,
+    for<'c> &'c str: sqlx::ColumnIndex<R>,
+    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    T: DeserializeOwned,
+{
+    column_enum(row, column)?.ok_or_else(|| sqlx::Error::ColumnDecode {
+        index: column.to_owned(),
+        source: "NULL in a NOT NULL column".into(),
+    })
+}
+
+/// The core's enum a stored name spells (the inverse of [`text`]); `None` for a name the core
+/// does not know, which each adapter reports as a corrupt row.
+pub fn from_text<T: DeserializeOwned>(name: &str) -> Option<T> {
+    serde_json::from_value(Value::String(name.to_owned())).ok()
 }
 
 #[cfg(test)]

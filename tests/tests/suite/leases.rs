@@ -5,8 +5,9 @@
 use std::sync::Mutex;
 use std::time::Duration;
 
-use coordinator::store::{Created, NewExecution, StepWrite, Store};
+use coordinator::store::{Created, NewExecution, StepWrite, Store, text};
 use engine::dag::{DagSpec, Limits, compile};
+use engine::state::ExecutionStatus;
 use serde_json::json;
 use tests::eventually;
 
@@ -62,11 +63,11 @@ async fn a_stale_epoch_cannot_write(db: &dyn Store) {
     let step = StepWrite { status: engine::state::ExecutionStatus::Running, ..StepWrite::default() };
     assert!(!db.commit_step("replica-a", first[0], &step).await.expect("write"), "the stale epoch writes nothing");
     let row = db.execution("default", id).await.expect("read").expect("exists");
-    assert_eq!(row.status, "pending", "the refused step changed nothing");
+    assert_eq!(row.status, ExecutionStatus::Pending, "the refused step changed nothing");
     assert!(db.renew("replica-a", &first, Duration::from_secs(30)).await.expect("renew").is_empty());
     assert!(db.commit_step("replica-b", second[0], &step).await.expect("write"), "the current holder writes");
     let row = db.execution("default", id).await.expect("read").expect("exists");
-    assert_eq!((row.status.as_str(), row.lease_owner.as_deref()), ("running", Some("replica-b")));
+    assert_eq!((text(&row.status).as_str(), row.lease_owner.as_deref()), ("running", Some("replica-b")));
 }
 
 async fn a_live_lease_is_renewed_only_by_its_holder(db: &dyn Store) {

@@ -146,7 +146,7 @@ impl ExecutionStore for PgStore {
                 Ok(NodeRow {
                     node_id: r.try_get("node_id")?,
                     agent_id: r.try_get("agent_id")?,
-                    status: r.try_get("status")?,
+                    status: crate::store::required_enum(r, "status")?,
                     attempt: r.try_get("attempt")?,
                     attempt_base: r.try_get("attempt_base")?,
                     level_index: r.try_get("level_index")?,
@@ -253,7 +253,7 @@ impl ExecutionStore for PgStore {
              WHERE execution_id = $1 AND status = $2 AND lease_epoch = $6",
         )
         .bind(execution.execution_id)
-        .bind(&execution.status)
+        .bind(text(&execution.status))
         .bind(counts.0)
         .bind(counts.1)
         .bind(counts.2)
@@ -342,7 +342,7 @@ impl ExecutionStore for PgStore {
         let rows = sqlx::query(sql)
             .bind(&filter.tenant)
             .bind(&filter.dag_id)
-            .bind(&filter.status)
+            .bind(filter.status.as_ref().map(text))
             .bind(filter.since)
             .bind(filter.after.map(|a| a.0))
             .bind(filter.after.map(|a| a.1))

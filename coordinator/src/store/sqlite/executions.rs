@@ -179,7 +179,7 @@ impl ExecutionStore for SqliteStore {
              WHERE execution_id = ?1 AND status = ?2 AND lease_epoch = ?6",
         )
         .bind(id)
-        .bind(&execution.status)
+        .bind(text(&execution.status))
         .bind(counts.0)
         .bind(counts.1)
         .bind(counts.2)
@@ -271,7 +271,7 @@ impl ExecutionStore for SqliteStore {
         let rows = sqlx::query(sql)
             .bind(&filter.tenant)
             .bind(&filter.dag_id)
-            .bind(&filter.status)
+            .bind(filter.status.as_ref().map(text))
             .bind(filter.since.map(ts))
             .bind(filter.after.map(|a| ts(a.0)))
             .bind(filter.after.map(|a| uid(a.1)))
@@ -318,7 +318,7 @@ fn node_row(r: &SqliteRow) -> Result<NodeRow, sqlx::Error> {
     Ok(NodeRow {
         node_id: r.try_get("node_id")?,
         agent_id: r.try_get("agent_id")?,
-        status: r.try_get("status")?,
+        status: crate::store::required_enum(r, "status")?,
         attempt: r.try_get("attempt")?,
         attempt_base: r.try_get("attempt_base")?,
         level_index: r.try_get("level_index")?,

@@ -31,8 +31,8 @@ pub(super) async fn idempotent_submissions(db: &dyn Store) {
 
     let nodes = db.nodes(id).await.expect("nodes");
     let summary: Vec<_> =
-        nodes.iter().map(|n| (n.node_id.as_str(), n.level_index, n.status.as_str(), n.attempt)).collect();
-    assert_eq!(summary, [("a", 0, "pending", 0), ("b", 1, "pending", 0)]);
+        nodes.iter().map(|n| (n.node_id.as_str(), n.level_index, text(&n.status), n.attempt)).collect();
+    assert_eq!(summary, [("a", 0, "pending".to_owned(), 0), ("b", 1, "pending".to_owned(), 0)]);
     assert_eq!((nodes[1].agent_id.as_str(), nodes[1].outputs.clone()), ("noop", None));
 }
 
@@ -84,15 +84,15 @@ pub(super) async fn resume_is_a_compare_and_set(db: &dyn Store) {
     let id = failed_execution(db, "resumed").await;
     let other = failed_execution(db, "raced").await;
     let row = db.execution(TENANT, id).await.expect("read").expect("exists");
-    assert_eq!((row.status.as_str(), row.failed_nodes, row.lease_epoch), ("failed", 1, 1));
+    assert_eq!((text(&row.status).as_str(), row.failed_nodes, row.lease_epoch), ("failed", 1, 1));
     assert!(db.resume(&row, &["a".into(), "b".into()], (0, 0, 0)).await.expect("resume"));
     let after = db.execution(TENANT, id).await.expect("read").expect("exists");
-    assert_eq!((after.status.as_str(), after.failed_nodes, after.lease_owner.clone()), ("pending", 0, None));
+    assert_eq!((text(&after.status).as_str(), after.failed_nodes, after.lease_owner.clone()), ("pending", 0, None));
     assert_eq!((after.completed_at, after.error.clone(), after.provenance_chain_hash.clone()), (None, None, None));
     assert!(!db.lease_live(id).await.expect("live"));
     let a = db.nodes(id).await.expect("nodes").remove(0);
     assert_eq!(
-        (a.status.as_str(), a.attempt, a.attempt_base, a.error.clone(), a.started_at),
+        (text(&a.status).as_str(), a.attempt, a.attempt_base, a.error.clone(), a.started_at),
         ("pending", 2, 2, None, None)
     );
     assert!(db.checkpoints(id).await.expect("checkpoints").is_empty(), "re-run nodes lose their checkpoints");
@@ -158,7 +158,7 @@ pub(super) async fn executions_are_listed_newest_first(db: &dyn Store) {
     let list = |dag_id: Option<&str>, status: Option<&str>, since, after, limit| ExecutionFilter {
         tenant: TENANT.into(),
         dag_id: dag_id.map(str::to_owned),
-        status: status.map(str::to_owned),
+        status: status.map(|s| from_text(s).expect("a status name")),
         since,
         after,
         limit,

@@ -69,17 +69,17 @@ pub(super) async fn steps_are_fenced(db: &dyn Store) {
     assert!(!db.commit_step("replica-a", stale, &step).await.expect("step"), "another epoch writes nothing");
     assert!(!db.commit_step("replica-b", lease, &step).await.expect("step"), "another owner writes nothing");
     let row = db.execution(TENANT, id).await.expect("read").expect("exists");
-    assert_eq!((row.status.as_str(), row.completed_nodes, row.started_at), ("pending", 0, None));
-    assert!(db.nodes(id).await.expect("nodes").iter().all(|n| n.status == "pending"));
+    assert_eq!((text(&row.status).as_str(), row.completed_nodes, row.started_at), ("pending", 0, None));
+    assert!(db.nodes(id).await.expect("nodes").iter().all(|n| n.status == NodeStatus::Pending));
     assert_eq!(db.backlog().await.expect("backlog"), (0, 0), "no outbox row");
 
     assert!(db.commit_step("replica-a", lease, &step).await.expect("step"), "the holder writes");
     let row = db.execution(TENANT, id).await.expect("read").expect("exists");
-    assert_eq!((row.status.as_str(), row.completed_nodes, row.completed_at), ("running", 1, None));
+    assert_eq!((text(&row.status).as_str(), row.completed_nodes, row.completed_at), ("running", 1, None));
     let started = row.started_at.expect("started now");
     let nodes = db.nodes(id).await.expect("nodes");
     let b = &nodes[1];
-    assert_eq!((b.node_id.as_str(), b.status.as_str(), b.attempt), ("b", "running", 1));
+    assert_eq!((b.node_id.as_str(), text(&b.status).as_str(), b.attempt), ("b", "running", 1));
     assert_eq!(
         (b.started_at, b.completed_at, b.trace_id.as_deref()),
         (Some(started), None, Some("0af7651916cd43dd8448eb211c80319c"))
@@ -117,7 +117,10 @@ async fn worker_timing_is_stored_as_given(
     };
     assert!(db.commit_step("replica-a", lease, &last).await.expect("step"));
     let row = db.execution(TENANT, id).await.expect("read").expect("exists");
-    assert_eq!((row.status.as_str(), row.started_at, row.error.as_deref()), ("completed", Some(started), Some("kept")));
+    assert_eq!(
+        (text(&row.status).as_str(), row.started_at, row.error.as_deref()),
+        ("completed", Some(started), Some("kept"))
+    );
     assert!(row.completed_at.expect("finished") >= started);
     let b = db.nodes(id).await.expect("nodes").remove(1);
     let at = |s: &str| chrono::DateTime::parse_from_rfc3339(s).expect("time").with_timezone(&chrono::Utc);

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use coordinator::store::{
     Checkpoint, Created, ExecutionFilter, ExecutionStore, Lease, LeaseStore, NewExecution, NodeUpdate, OutboxMessage,
-    Processed, SqliteStore, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome,
+    Processed, SqliteStore, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome, from_text, text,
 };
 use engine::dag::{Dag, DagSpec, Limits, compile};
 use engine::messages::ResultMessage;
@@ -109,7 +109,7 @@ async fn claim_one(db: &dyn Store, owner: &str, ttl: Duration, id: Uuid) -> Leas
 }
 
 fn status_of(db_row: Option<coordinator::store::ExecutionRow>) -> String {
-    db_row.expect("the execution exists").status
+    text(&db_row.expect("the execution exists").status)
 }
 
 fn result(id: Uuid, node: &str, attempt: u32) -> ResultMessage {
