@@ -1,5 +1,5 @@
 //! A deadline on every store call: [`Deadline`] wraps a store and fails any call that has not
-//! finished in time with [`StoreError::Timeout`].
+//! finished in time with [`StoreError::Unavailable`].
 //!
 //! PostgreSQL's `statement_timeout` bounds a statement only while the server is running it. A
 //! server that is paused (SIGSTOP), partitioned away or swapping answers nothing at all: the
@@ -44,7 +44,9 @@ impl Deadline {
     ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.limit, call).await {
             Ok(result) => result,
-            Err(_) => Err(StoreError::Timeout { operation, after: self.limit }),
+            Err(_) => {
+                Err(StoreError::Unavailable(format!("the database did not answer {operation} within {:?}", self.limit)))
+            }
         }
     }
 }

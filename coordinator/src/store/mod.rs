@@ -14,6 +14,7 @@
 
 pub mod deadline;
 pub mod postgres;
+mod sql;
 pub mod sqlite;
 
 use std::collections::HashMap;
@@ -36,57 +37,33 @@ pub use sqlite::SqliteStore;
 /// The store every coordinator component shares.
 pub type SharedStore = std::sync::Arc<dyn Store>;
 
-/// A database operation failed.
+/// A store operation failed, classified by what the caller can do about it. The port names no
+/// driver: each adapter maps its own driver's errors into these four (`sql.rs` for the
+/// two SQL adapters).
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("database: {0}")]
-    Sql(#[from] sqlx::Error),
-    #[error("migration: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// The database cannot serve now, for reasons of its own state and not of the request
+    /// (unreachable, restarting, out of connections, busy, too slow): worth retrying later.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// What the request would create exists already.
     #[error("{0} already exists")]
     Conflict(String),
+    /// What is stored cannot be what we wrote (an unknown status, a definition that no longer
+    /// hashes to its id).
     #[error("{0}")]
     Corrupt(String),
-    /// The call did not finish in time ([`deadline::Deadline`]); the server may be paused or
-    /// unreachable.
-    #[error("the database did not answer {operation} within {after:?}")]
-    Timeout { operation: &'static str, after: Duration },
+    /// The database refused the request for any other reason: a bug or a schema out of step.
+    #[error("database: {0}")]
+    Backend(String),
 }
 
 impl StoreError {
-    /// Worth retrying later, because the fault is the database's state and not the request: the
-    /// pool had no free connection in time, the server is unreachable or ended the session (an
-    /// administrator's `pg_terminate_backend`, a shutdown or crash restart, a connection lost
-    /// mid-message), it is out of connections, a statement timed out, a serializable transaction
-    /// lost a race, or (SQLite) another process holds the database file (`SQLITE_BUSY`,
-    /// `SQLITE_LOCKED`, with their extended codes). Anything else is a refusal of this request.
+    /// Worth retrying later (see [`StoreError::Unavailable`]); anything else is a refusal of
+    /// this request.
     pub fn is_unavailable(&self) -> bool {
-        match self {
-            StoreError::Sql(
-                sqlx::Error::PoolTimedOut | sqlx::Error::Io(_) | sqlx::Error::PoolClosed | sqlx::Error::Protocol(_),
-            ) => true,
-            StoreError::Sql(sqlx::Error::WorkerCrashed) => true,
-            StoreError::Timeout { .. } => true,
-            StoreError::Sql(sqlx::Error::Database(e)) => {
-                if e.try_downcast_ref::<sqlx::sqlite::SqliteError>().is_some() {
-                    let primary = e.code().and_then(|c| c.parse::<i32>().ok()).map(|c| c & 0xff);
-                    matches!(primary, Some(5 | 6))
-                } else {
-                    e.code().is_some_and(|code| transient_sqlstate(&code))
-                }
-            }
-            _ => false,
-        }
+        matches!(self, StoreError::Unavailable(_))
     }
-}
-
-/// PostgreSQL error codes (SQLSTATE) that describe the server's state, not the statement:
-/// class 08 (connection exception), 53 (insufficient resources, such as too many connections),
-/// 57 (operator intervention: admin or crash shutdown, cannot connect now, statement timeout
-/// `57014`), and 40001/40P01 (serialization failure, deadlock: the transaction may simply be
-/// run again).
-fn transient_sqlstate(code: &str) -> bool {
-    matches!(code.get(..2), Some("08" | "53" | "57")) || matches!(code, "40001" | "40P01")
 }
 
 /// What a subscription wakes up for.
@@ -412,53 +389,8 @@ pub fn text<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_value(value).ok().and_then(|v| v.as_str().map(str::to_owned)).unwrap_or_default()
 }
 
-/// Column `column` of a SQL row as the core's enum it names (a NULL as `None`); an unknown name
-/// is a decode error of that column. Both SQL adapters read statuses through it.
-pub(crate) fn column_enum<'r, R, T>(row: &'r R, column: &str) -> Result<Option<T>, sqlx::Error>
-where
-    R: sqlx::Row,
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    T: DeserializeOwned,
-{
-    let Some(name) = row.try_get::<Option<String>, _>(column)? else { return Ok(None) };
-    from_text(&name).map(Some).ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: format!("unknown value {name:?} in the database").into(),
-    })
-}
-
-/// [`column_enum`] of a NOT NULL column.
-pub(crate) fn required_enum<'r, R, T>(row: &'r R, column: &str) -> Result<T, sqlx::Error>
-where
-    R: sqlx::Row,
-    for<'c> &'c str: sqlx::ColumnIndex<R>,
-    Option<String>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    T: DeserializeOwned,
-{
-    column_enum(row, column)?.ok_or_else(|| sqlx::Error::ColumnDecode {
-        index: column.to_owned(),
-        source: "NULL in a NOT NULL column".into(),
-    })
-}
-
 /// The core's enum a stored name spells (the inverse of [`text`]); `None` for a name the core
 /// does not know, which each adapter reports as a corrupt row.
 pub fn from_text<T: DeserializeOwned>(name: &str) -> Option<T> {
     serde_json::from_value(Value::String(name.to_owned())).ok()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::transient_sqlstate;
-
-    #[test]
-    fn server_state_codes_are_transient_and_statement_errors_are_not() {
-        for code in ["57P01", "57P02", "57P03", "57014", "08006", "08003", "53300", "40001", "40P01"] {
-            assert!(transient_sqlstate(code), "{code} is worth retrying");
-        }
-        for code in ["23505", "23503", "22P02", "42P01", "42703", "P0001", "XX000", "5", ""] {
-            assert!(!transient_sqlstate(code), "{code} is a refusal");
-        }
-    }
 }

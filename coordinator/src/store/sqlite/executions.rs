@@ -318,7 +318,7 @@ fn node_row(r: &SqliteRow) -> Result<NodeRow, sqlx::Error> {
     Ok(NodeRow {
         node_id: r.try_get("node_id")?,
         agent_id: r.try_get("agent_id")?,
-        status: crate::store::required_enum(r, "status")?,
+        status: crate::store::sql::required_enum(r, "status")?,
         attempt: r.try_get("attempt")?,
         attempt_base: r.try_get("attempt_base")?,
         level_index: r.try_get("level_index")?,

@@ -150,8 +150,8 @@ fn execution_row(r: &SqliteRow) -> Result<ExecutionRow, sqlx::Error> {
         execution_id: r.try_get::<Hyphenated, _>("execution_id")?.into_uuid(),
         dag_id: r.try_get("dag_id")?,
         dag_hash: r.try_get("dag_hash")?,
-        status: super::required_enum(r, "status")?,
-        halt: super::column_enum(r, "halt")?,
+        status: super::sql::required_enum(r, "status")?,
+        halt: super::sql::column_enum(r, "halt")?,
         input_data: r.try_get("input_data")?,
         input_hash: r.try_get("input_hash")?,
         clock: r.try_get("clock")?,
@@ -188,7 +188,7 @@ impl Subscription for Wakeups {
             // poll what changed anyway (an unparsable inbox payload is ignored).
             Err(broadcast::error::RecvError::Lagged(_)) => Ok(String::new()),
             // Every handle on the store is gone: nothing will ever be sent again.
-            Err(broadcast::error::RecvError::Closed) => Err(StoreError::Sql(sqlx::Error::PoolClosed)),
+            Err(broadcast::error::RecvError::Closed) => Err(StoreError::Unavailable("the store is closed".into())),
         }
     }
 }
