@@ -184,9 +184,9 @@ async fn gauges(
             _ = tick.tick() => {}
         }
         metrics.set_components(&health.components());
-        if let Ok((queued, backlog)) = db.backlog().await {
-            metrics.queued_executions.set(queued);
-            metrics.outbox_backlog.set(backlog);
+        if let Ok(backlog) = db.backlog().await {
+            metrics.queued_executions.set(backlog.queued_executions);
+            metrics.outbox_backlog.set(backlog.unconfirmed_messages);
         }
         metrics.set_pool(db.pool_usage());
         if broker.as_ref().is_none_or(|b| !b.is_connected()) {

@@ -10,7 +10,7 @@ use uuid::Uuid;
 use super::ServiceError;
 use super::dags::{Catalog, compiled};
 use crate::metrics::Metrics;
-use crate::store::{Created, ExecutionRow, ExecutionStore, NewExecution, StoreError, text};
+use crate::store::{Created, ExecutionRow, ExecutionStore, Idempotency, NewExecution, StoreError, text};
 
 /// A submission, checked and with its defaults filled in.
 #[derive(Debug, Clone)]
@@ -75,7 +75,7 @@ pub async fn execute(
             options,
             priority: *priority,
             clock,
-            idempotency: key.as_deref().map(|k| (k, request_hash.as_str())),
+            idempotency: key.as_deref().map(|key| Idempotency { key, request_hash: request_hash.as_str() }),
         };
         let created = db.create_execution(new).await.map_err(|e| match e {
             StoreError::Conflict(what) => ServiceError::Conflict(what),

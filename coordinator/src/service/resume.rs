@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{ServiceError, pinned_dag};
 use crate::metrics::Metrics;
-use crate::store::{CheckpointRow, ExecutionRow, NodeRow, Store, text};
+use crate::store::{CheckpointRow, ExecutionRow, NodeCounts, NodeRow, Store, text};
 
 /// What a resume did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, schemars::JsonSchema)]
@@ -63,7 +63,7 @@ pub async fn resume(db: &dyn Store, metrics: &Metrics, execution: &ExecutionRow)
     let resumed = engine::state::resume(&dag, &snapshot, trusted);
     let names = |list: &[NodeIndex]| -> Vec<String> { list.iter().map(|&v| dag.node_id(v).to_owned()).collect() };
     let (skipped, remaining) = (names(&resumed.skipped), names(&resumed.remaining));
-    let counts = (i32::try_from(skipped.len()).unwrap_or(i32::MAX), 0, 0);
+    let counts = NodeCounts { completed: i32::try_from(skipped.len()).unwrap_or(i32::MAX), ..NodeCounts::default() };
     if !db.resume(execution, &remaining, counts).await? {
         return Err(ServiceError::Conflict(format!("execution {id} changed while resuming; try again")));
     }

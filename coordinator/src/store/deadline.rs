@@ -20,9 +20,9 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use super::{
-    CheckpointRow, Created, DagRow, DagStore, DagSummary, ExecutionFilter, ExecutionRow, ExecutionStore, Lease,
-    LeaseStore, MessageStore, NewExecution, NodeRow, OutboxRow, SharedStore, StepWrite, Store, StoreError,
-    Subscription, Topic, UpdateOutcome,
+    Backlog, CheckpointRow, Created, DagRow, DagStore, DagSummary, ExecutionFilter, ExecutionRow, ExecutionStore,
+    Lease, LeaseStore, MessageStore, NewExecution, NodeCounts, NodeRow, OutboxRow, SharedStore, StepWrite, Store,
+    StoreError, Subscription, Topic, UpdateOutcome,
 };
 
 /// A store whose every call ends within `limit`.
@@ -127,7 +127,7 @@ impl ExecutionStore for Deadline {
         &self,
         execution: &ExecutionRow,
         remaining: &[String],
-        counts: (i32, i32, i32),
+        counts: NodeCounts,
     ) -> Result<bool, StoreError> {
         self.run("resume", self.inner.resume(execution, remaining, counts)).await
     }
@@ -144,7 +144,7 @@ impl ExecutionStore for Deadline {
         self.run("list_executions", self.inner.list_executions(filter)).await
     }
 
-    async fn backlog(&self) -> Result<(i64, i64), StoreError> {
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
         self.run("backlog", self.inner.backlog()).await
     }
 

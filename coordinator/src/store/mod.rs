@@ -154,7 +154,7 @@ pub trait ExecutionStore: Send + Sync {
         &self,
         execution: &ExecutionRow,
         remaining: &[String],
-        counts: (i32, i32, i32),
+        counts: NodeCounts,
     ) -> Result<bool, StoreError>;
 
     /// Checkpoints of an execution: (node id, status, outputs, output hash, attempts, created).
@@ -167,7 +167,7 @@ pub trait ExecutionStore: Send + Sync {
     async fn list_executions(&self, filter: &ExecutionFilter) -> Result<Vec<ExecutionRow>, StoreError>;
 
     /// Executions waiting for a slot, and outbox rows not yet confirmed (cluster-wide).
-    async fn backlog(&self) -> Result<(i64, i64), StoreError>;
+    async fn backlog(&self) -> Result<Backlog, StoreError>;
 
     /// Per-status counts (for health and tests).
     async fn status_counts(&self) -> Result<HashMap<String, i64>, StoreError>;
@@ -379,8 +379,30 @@ pub struct NewExecution<'a> {
     pub options: &'a Value,
     pub priority: i32,
     pub clock: &'a str,
-    /// (key, hash of the request body)
-    pub idempotency: Option<(&'a str, &'a str)>,
+    pub idempotency: Option<Idempotency<'a>>,
+}
+
+/// An `Idempotency-Key` and the hash of the request it came with: the same key with another
+/// request is a conflict.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Idempotency<'a> {
+    pub key: &'a str,
+    pub request_hash: &'a str,
+}
+
+/// An execution's node counts, as a resume sets them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NodeCounts {
+    pub completed: i32,
+    pub failed: i32,
+    pub skipped: i32,
+}
+
+/// Work waiting cluster-wide: executions queued for a slot, outbox rows not yet confirmed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Backlog {
+    pub queued_executions: i64,
+    pub unconfirmed_messages: i64,
 }
 
 /// The stored name of a status-like enum of the core: its serde (snake_case) name, the one

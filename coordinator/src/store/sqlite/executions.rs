@@ -3,7 +3,7 @@
 
 // The adapter's imports and helpers (time and id formats, row readers) are shared by its role files.
 use super::*;
-use crate::store::ExecutionStore;
+use crate::store::{Backlog, ExecutionStore, Idempotency, NodeCounts};
 
 #[async_trait::async_trait]
 impl ExecutionStore for SqliteStore {
@@ -42,7 +42,7 @@ impl ExecutionStore for SqliteStore {
     async fn create_execution(&self, new: NewExecution<'_>) -> Result<Created, StoreError> {
         let mut tx = self.begin().await?;
         let at = ts(now());
-        if let Some((key, request_hash)) = new.idempotency {
+        if let Some(Idempotency { key, request_hash }) = new.idempotency {
             let seen: Option<(Hyphenated, Option<String>)> = sqlx::query_as(
                 "SELECT execution_id, request_hash FROM dag_executions WHERE tenant_id = ?1 AND idempotency_key = ?2",
             )
@@ -87,8 +87,8 @@ impl ExecutionStore for SqliteStore {
         .bind(new.options)
         .bind(new.priority)
         .bind(new.clock)
-        .bind(new.idempotency.map(|(k, _)| k))
-        .bind(new.idempotency.map(|(_, h)| h))
+        .bind(new.idempotency.map(|i| i.key))
+        .bind(new.idempotency.map(|i| i.request_hash))
         .bind(i32::try_from(dag.len()).unwrap_or(i32::MAX))
         .bind(&at)
         .execute(&mut *tx)
@@ -168,7 +168,7 @@ impl ExecutionStore for SqliteStore {
         &self,
         execution: &ExecutionRow,
         remaining: &[String],
-        counts: (i32, i32, i32),
+        counts: NodeCounts,
     ) -> Result<bool, StoreError> {
         let id = uid(execution.execution_id);
         let mut tx = self.begin().await?;
@@ -180,9 +180,9 @@ impl ExecutionStore for SqliteStore {
         )
         .bind(id)
         .bind(text(&execution.status))
-        .bind(counts.0)
-        .bind(counts.1)
-        .bind(counts.2)
+        .bind(counts.completed)
+        .bind(counts.failed)
+        .bind(counts.skipped)
         .bind(execution.lease_epoch)
         .bind(ts(now()))
         .execute(&mut *tx)
@@ -281,12 +281,13 @@ impl ExecutionStore for SqliteStore {
         Ok(rows.iter().map(execution_row).collect::<Result<_, _>>()?)
     }
 
-    async fn backlog(&self) -> Result<(i64, i64), StoreError> {
-        Ok(sqlx::query_as(
+    async fn backlog(&self) -> Result<Backlog, StoreError> {
+        let (queued_executions, unconfirmed_messages) = sqlx::query_as(
             "SELECT (SELECT count(*) FROM dag_executions WHERE status = 'queued'), (SELECT count(*) FROM outbox)",
         )
         .fetch_one(&mut *self.conn().await?)
-        .await?)
+        .await?;
+        Ok(Backlog { queued_executions, unconfirmed_messages })
     }
 
     async fn status_counts(&self) -> Result<HashMap<String, i64>, StoreError> {

@@ -85,7 +85,7 @@ pub(super) async fn resume_is_a_compare_and_set(db: &dyn Store) {
     let other = failed_execution(db, "raced").await;
     let row = db.execution(TENANT, id).await.expect("read").expect("exists");
     assert_eq!((text(&row.status).as_str(), row.failed_nodes, row.lease_epoch), ("failed", 1, 1));
-    assert!(db.resume(&row, &["a".into(), "b".into()], (0, 0, 0)).await.expect("resume"));
+    assert!(db.resume(&row, &["a".into(), "b".into()], NodeCounts::default()).await.expect("resume"));
     let after = db.execution(TENANT, id).await.expect("read").expect("exists");
     assert_eq!((text(&after.status).as_str(), after.failed_nodes, after.lease_owner.clone()), ("pending", 0, None));
     assert_eq!((after.completed_at, after.error.clone(), after.provenance_chain_hash.clone()), (None, None, None));
@@ -96,12 +96,12 @@ pub(super) async fn resume_is_a_compare_and_set(db: &dyn Store) {
         ("pending", 2, 2, None, None)
     );
     assert!(db.checkpoints(id).await.expect("checkpoints").is_empty(), "re-run nodes lose their checkpoints");
-    assert!(!db.resume(&row, &["a".into()], (0, 0, 0)).await.expect("resume"), "the row changed meanwhile");
+    assert!(!db.resume(&row, &["a".into()], NodeCounts::default()).await.expect("resume"), "the row changed meanwhile");
 
     // A checkpoint deletion bumps the epoch, so a resume that read the row before it fails.
     let read = db.execution(TENANT, other).await.expect("read").expect("exists");
     assert_eq!(db.delete_checkpoints(TENANT, other).await.expect("delete"), Some(1));
-    assert!(!db.resume(&read, &["a".into()], (0, 0, 0)).await.expect("resume"));
+    assert!(!db.resume(&read, &["a".into()], NodeCounts::default()).await.expect("resume"));
     assert_eq!(status_of(db.execution(TENANT, other).await.expect("read")), "failed");
 }
 

@@ -22,7 +22,7 @@ pub(super) async fn claims_respect_room_and_limits(db: &dyn Store) {
     for (id, expected) in [(c1, "pending"), (c2, "queued"), (f1, "pending"), (f2, "pending"), (f3, "queued")] {
         assert_eq!(status(id).await, expected);
     }
-    assert_eq!(db.backlog().await.expect("backlog"), (2, 0));
+    assert_eq!(backlog_of(db).await, (2, 0));
     assert!(db.claim("replica-b", TTL, 10, 3).await.expect("claim").is_empty(), "claimed slots count as used");
 
     // Handed back: `room` bounds a claim, in submission order.
@@ -71,7 +71,7 @@ pub(super) async fn steps_are_fenced(db: &dyn Store) {
     let row = db.execution(TENANT, id).await.expect("read").expect("exists");
     assert_eq!((text(&row.status).as_str(), row.completed_nodes, row.started_at), ("pending", 0, None));
     assert!(db.nodes(id).await.expect("nodes").iter().all(|n| n.status == NodeStatus::Pending));
-    assert_eq!(db.backlog().await.expect("backlog"), (0, 0), "no outbox row");
+    assert_eq!(backlog_of(db).await, (0, 0), "no outbox row");
 
     assert!(db.commit_step("replica-a", lease, &step).await.expect("step"), "the holder writes");
     let row = db.execution(TENANT, id).await.expect("read").expect("exists");
@@ -84,7 +84,7 @@ pub(super) async fn steps_are_fenced(db: &dyn Store) {
         (b.started_at, b.completed_at, b.trace_id.as_deref()),
         (Some(started), None, Some("0af7651916cd43dd8448eb211c80319c"))
     );
-    assert_eq!(db.backlog().await.expect("backlog"), (0, 1));
+    assert_eq!(backlog_of(db).await, (0, 1));
     worker_timing_is_stored_as_given(db, id, lease, started).await;
     an_expired_lease_writes_nothing(db, &step).await;
 }
@@ -142,7 +142,7 @@ async fn an_expired_lease_writes_nothing(db: &dyn Store, step: &StepWrite) {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert!(!db.commit_step("replica-a", short, step).await.expect("step"), "the lease expired");
     assert_eq!(status_of(db.execution(TENANT, other).await.expect("read")), "pending");
-    assert_eq!(db.backlog().await.expect("backlog"), (0, 1), "still only the first step's message");
+    assert_eq!(backlog_of(db).await, (0, 1), "still only the first step's message");
 }
 
 pub(super) async fn concurrent_claims_keep_the_limit(db: &dyn Store) {
@@ -160,5 +160,5 @@ pub(super) async fn concurrent_claims_keep_the_limit(db: &dyn Store) {
     assert_eq!(granted, ids[..5].iter().copied().collect::<HashSet<_>>(), "the first five submitted");
     // The first claim queues everything it does not start; later grants keep `queued` until
     // their first step, so 7 waiting + 2 granted.
-    assert_eq!(db.backlog().await.expect("backlog"), (9, 0));
+    assert_eq!(backlog_of(db).await, (9, 0));
 }

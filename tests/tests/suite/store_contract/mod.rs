@@ -7,8 +7,9 @@ use std::sync::LazyLock;
 use std::time::Duration;
 
 use coordinator::store::{
-    Checkpoint, Created, ExecutionFilter, ExecutionStore, Lease, LeaseStore, NewExecution, NodeUpdate, OutboxMessage,
-    Processed, SqliteStore, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome, from_text, text,
+    Backlog, Checkpoint, Created, ExecutionFilter, ExecutionStore, Idempotency, Lease, LeaseStore, NewExecution,
+    NodeCounts, NodeUpdate, OutboxMessage, Processed, SqliteStore, StepWrite, Store, StoreError, Subscription, Topic,
+    UpdateOutcome, from_text, text,
 };
 use engine::dag::{Dag, DagSpec, Limits, compile};
 use engine::messages::ResultMessage;
@@ -72,6 +73,7 @@ fn chain(dag_id: &str, agent: &str) -> Dag {
 }
 
 async fn submit(db: &dyn Store, dag_id: &str, dag: &Dag, key: Option<(&str, &str)>) -> Result<Created, StoreError> {
+    let key = key.map(|(key, request_hash)| Idempotency { key, request_hash });
     db.create_execution(NewExecution {
         tenant: TENANT,
         dag_id,
@@ -213,4 +215,10 @@ async fn sqlite_file_survives_a_reopen() {
     memory.migrate().await.expect("migrate");
     assert!(memory.execution(TENANT, id).await.expect("read").is_none(), "each in-memory store is its own");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The backlog as (queued executions, unconfirmed outbox rows).
+async fn backlog_of(db: &dyn Store) -> (i64, i64) {
+    let Backlog { queued_executions, unconfirmed_messages } = db.backlog().await.expect("backlog");
+    (queued_executions, unconfirmed_messages)
 }
