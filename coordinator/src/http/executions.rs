@@ -237,16 +237,8 @@ pub(super) async fn list_executions(
     if let Some(dag_id) = query.get("dag_id") {
         engine::ids::check_id(dag_id).map_err(|e| ApiError::BadRequest(format!("dag_id {e}")))?;
     }
-    let status = match query.get("status") {
-        Some(s) => Some(
-            STATUSES
-                .contains(&s.as_str())
-                .then(|| from_text::<ExecutionStatus>(s))
-                .flatten()
-                .ok_or_else(|| ApiError::BadRequest(format!("status must be one of {}", STATUSES.join(", "))))?,
-        ),
-        None => None,
-    };
+    let unknown = || ApiError::BadRequest(format!("status must be one of {}", STATUSES.join(", ")));
+    let status = query.get("status").map(|s| from_text::<ExecutionStatus>(s).ok_or_else(unknown)).transpose()?;
     let limit = page_limit(&query)?;
     let since = query.get("since").map(|s| parse_since(s)).transpose()?;
     let after = query.get("cursor").map(|c| decode_cursor(c)).transpose()?;
