@@ -14,9 +14,8 @@ use std::time::Duration;
 use engine::canonical::ContentHash;
 use engine::dag::{Dag, NodeIndex, compile_stored};
 use engine::provenance;
-use engine::state::{Compensation, Execution, ExecutionStatus, NodeError, NodeState, NodeStatus, Snapshot};
+use engine::state::{Execution, ExecutionStatus, NodeError, NodeState, NodeStatus, Snapshot};
 use engine::topology::Topology;
-use serde::de::DeserializeOwned;
 use tokio::sync::watch;
 use uuid::Uuid;
 
@@ -449,16 +448,11 @@ pub(crate) fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) ->
             attempt: u32::try_from(r.attempt).unwrap_or(0),
             attempt_base: u32::try_from(r.attempt_base).unwrap_or(0),
             retry_at_ms: r.retry_at_ms.and_then(|t| u64::try_from(t).ok()),
-            skip_reason: r.skip_reason.as_deref().map(parse).transpose()?,
+            skip_reason: r.skip_reason,
             error: r.error_type.map(|t| NodeError::new(&t, r.error.unwrap_or_default())),
             outputs: if status == NodeStatus::Completed { r.outputs } else { None },
-            compensation: parse::<Compensation>(&r.compensation)?,
+            compensation: r.compensation,
         });
     }
     Ok(Snapshot { status: row.status, halt: row.halt, nodes })
-}
-
-fn parse<T: DeserializeOwned>(name: &str) -> Result<T, StoreError> {
-    serde_json::from_value(serde_json::Value::String(name.to_owned()))
-        .map_err(|_| StoreError::Corrupt(format!("unknown value {name:?} in the database")))
 }

@@ -195,7 +195,7 @@ impl Checkpoint {
         Self {
             execution_id,
             node_id: c.node_id,
-            status: c.status,
+            status: text(&c.status),
             outputs: c.outputs,
             output_hash: c.output_hash,
             attempt_count: c.attempt_count,

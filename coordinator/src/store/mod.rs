@@ -14,6 +14,7 @@
 
 pub mod deadline;
 pub mod postgres;
+mod rows;
 mod sql;
 pub mod sqlite;
 
@@ -23,7 +24,7 @@ use std::time::Duration;
 use engine::dag::Dag;
 use engine::messages::ResultMessage;
 use engine::provenance::Record;
-use engine::state::{ExecutionStatus, Halt, NodeStatus};
+use engine::state::{Compensation, ExecutionStatus, Halt, NodeStatus, SkipReason};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
 use uuid::Uuid;
@@ -280,12 +281,12 @@ pub struct NodeRow {
     pub attempt_base: i32,
     pub level_index: i32,
     pub retry_at_ms: Option<i64>,
-    pub skip_reason: Option<String>,
+    pub skip_reason: Option<SkipReason>,
     pub error_type: Option<String>,
     pub error: Option<String>,
     pub input_hash: Option<String>,
     pub output_hash: Option<String>,
-    pub compensation: String,
+    pub compensation: Compensation,
     pub started_at: Option<chrono::DateTime<chrono::Utc>>,
     pub completed_at: Option<chrono::DateTime<chrono::Utc>>,
     pub duration_ms: Option<i64>,
@@ -321,7 +322,7 @@ pub enum UpdateOutcome {
 #[derive(Debug, Clone)]
 pub struct CheckpointRow {
     pub node_id: String,
-    pub status: String,
+    pub status: NodeStatus,
     pub outputs: Value,
     pub output_hash: String,
     pub attempt_count: i32,

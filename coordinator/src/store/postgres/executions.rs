@@ -127,7 +127,7 @@ impl ExecutionStore for PgStore {
     async fn execution(&self, tenant: &str, id: Uuid) -> Result<Option<ExecutionRow>, StoreError> {
         let sql = select_execution!("WHERE tenant_id = $1 AND execution_id = $2");
         let row = sqlx::query(sql).bind(tenant).bind(id).fetch_optional(&mut *self.conn().await?).await?;
-        Ok(row.as_ref().map(execution_row).transpose()?)
+        Ok(row.as_ref().map(read::execution).transpose()?)
     }
 
     async fn nodes(&self, id: Uuid) -> Result<Vec<NodeRow>, StoreError> {
@@ -141,32 +141,7 @@ impl ExecutionStore for PgStore {
         .bind(id)
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(NodeRow {
-                    node_id: r.try_get("node_id")?,
-                    agent_id: r.try_get("agent_id")?,
-                    status: crate::store::sql::required_enum(r, "status")?,
-                    attempt: r.try_get("attempt")?,
-                    attempt_base: r.try_get("attempt_base")?,
-                    level_index: r.try_get("level_index")?,
-                    retry_at_ms: r.try_get("retry_at_ms")?,
-                    skip_reason: r.try_get("skip_reason")?,
-                    error_type: r.try_get("error_type")?,
-                    error: r.try_get("error")?,
-                    input_hash: r.try_get("input_hash")?,
-                    output_hash: r.try_get("output_hash")?,
-                    compensation: r.try_get("compensation")?,
-                    started_at: r.try_get("started_at")?,
-                    completed_at: r.try_get("completed_at")?,
-                    duration_ms: r.try_get("duration_ms")?,
-                    worker_id: r.try_get("worker_id")?,
-                    trace_id: r.try_get("trace_id")?,
-                    outputs: r.try_get("outputs")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        rows.iter().map(read::node).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
     }
 
     async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<Value>>, StoreError> {
@@ -192,36 +167,7 @@ impl ExecutionStore for PgStore {
         .bind(id)
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        let hash = |r: &PgRow, c: &str| -> Result<ContentHash, StoreError> {
-            let text: String = r.try_get(c)?;
-            ContentHash::parse(&text).map_err(|_| StoreError::Corrupt(format!("{c} {text:?} is not a hash")))
-        };
-        rows.iter()
-            .map(|r| {
-                let parents: Value = r.try_get("parent_hashes")?;
-                let parent_hashes = serde_json::from_value(parents).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                let record = Record {
-                    node_id: r.try_get("node_id")?,
-                    agent_id: r.try_get("agent_id")?,
-                    input: r.try_get("input")?,
-                    outputs: r.try_get("outputs")?,
-                    input_hash: hash(r, "input_hash")?,
-                    output_hash: hash(r, "output_hash")?,
-                    parent_hashes,
-                    chain_hash: hash(r, "chain_hash")?,
-                    timing: engine::provenance::Timing {
-                        attempt_count: u32::try_from(r.try_get::<i32, _>("attempt_count")?).unwrap_or(0),
-                        started_at: r.try_get("started_at")?,
-                        completed_at: r.try_get("completed_at")?,
-                        duration_ms: u64::try_from(r.try_get::<i64, _>("duration_ms")?).unwrap_or(0),
-                        worker_id: r.try_get("worker_id")?,
-                    },
-                    prev_record_hash: hash(r, "prev_record_hash")?,
-                    record_hash: hash(r, "record_hash")?,
-                };
-                Ok((r.try_get("seq")?, record))
-            })
-            .collect()
+        rows.iter().map(read::record).collect()
     }
 
     async fn request_cancel(&self, tenant: &str, id: Uuid) -> Result<bool, StoreError> {
@@ -288,24 +234,14 @@ impl ExecutionStore for PgStore {
     }
 
     async fn checkpoints(&self, id: Uuid) -> Result<Vec<CheckpointRow>, StoreError> {
-        let rows: Vec<(String, String, Value, String, i32, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
+        let rows = sqlx::query(
             "SELECT node_id, status, outputs, output_hash, attempt_count, created_at
              FROM dag_checkpoints WHERE execution_id = $1 ORDER BY node_id",
         )
         .bind(id)
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        Ok(rows
-            .into_iter()
-            .map(|(node_id, status, outputs, output_hash, attempt_count, created_at)| CheckpointRow {
-                node_id,
-                status,
-                outputs,
-                output_hash,
-                attempt_count,
-                created_at,
-            })
-            .collect())
+        Ok(rows.iter().map(read::checkpoint).collect::<Result<_, _>>()?)
     }
 
     async fn delete_checkpoints(&self, tenant: &str, id: Uuid) -> Result<Option<u64>, StoreError> {
@@ -349,7 +285,7 @@ impl ExecutionStore for PgStore {
             .bind(filter.limit)
             .fetch_all(&mut *self.conn().await?)
             .await?;
-        Ok(rows.iter().map(execution_row).collect::<Result<_, _>>()?)
+        Ok(rows.iter().map(read::execution).collect::<Result<_, _>>()?)
     }
 
     async fn backlog(&self) -> Result<Backlog, StoreError> {

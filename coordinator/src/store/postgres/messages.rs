@@ -62,7 +62,7 @@ impl MessageStore for PgStore {
     }
 
     async fn claim_outbox(&self, limit: i64, claim: Duration) -> Result<Vec<OutboxRow>, StoreError> {
-        let rows: Vec<(i64, String, String, Vec<u8>, Value)> = sqlx::query_as(
+        let rows = sqlx::query(
             "UPDATE outbox SET claimed_until = now() + make_interval(secs => $2)
              WHERE id IN (SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < now()
                           ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED)
@@ -72,16 +72,7 @@ impl MessageStore for PgStore {
         .bind(claim.as_secs_f64())
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        let mut rows: Vec<OutboxRow> = rows
-            .into_iter()
-            .map(|(id, exchange, routing_key, body, headers)| OutboxRow {
-                id,
-                exchange,
-                routing_key,
-                body,
-                headers: serde_json::from_value(headers).unwrap_or_default(),
-            })
-            .collect();
+        let mut rows: Vec<OutboxRow> = rows.iter().map(read::outbox).collect::<Result<_, _>>()?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
     }

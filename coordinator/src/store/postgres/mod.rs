@@ -10,13 +10,12 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use engine::admission::{Candidate, InUse, Slots};
-use engine::canonical::ContentHash;
 use engine::config::Settings;
 use engine::dag::Dag;
 use engine::messages::ResultMessage;
 use engine::provenance::Record;
 use serde_json::Value;
-use sqlx::postgres::{PgPoolOptions, PgRow};
+use sqlx::postgres::PgPoolOptions;
 use sqlx::{PgPool, Row};
 use uuid::Uuid;
 
@@ -24,6 +23,7 @@ use super::{
     CheckpointRow, Created, DagRow, DagSummary, ExecutionFilter, ExecutionRow, Lease, NewExecution, NodeRow,
     NodeUpdate, OutboxRow, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome, text,
 };
+use crate::store::rows::{self as read, select_execution};
 
 /// Migrations embedded from the workspace's `migrations/` folder.
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../migrations");
@@ -51,44 +51,6 @@ impl Drop for Waiting<'_> {
     fn drop(&mut self) {
         self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
     }
-}
-
-/// `SELECT <every execution column> FROM dag_executions <tail>`, as a literal (no dynamic SQL).
-macro_rules! select_execution {
-    ($tail:literal) => {
-        concat!(
-            "SELECT execution_id, dag_id, dag_hash, status, halt, input_data, input_hash, clock, cancel_requested, \
-             submitted_at, started_at, completed_at, error, provenance_chain_hash, last_record_hash, total_nodes, \
-             completed_nodes, failed_nodes, skipped_nodes, lease_owner, lease_epoch FROM dag_executions ",
-            $tail
-        )
-    };
-}
-
-fn execution_row(r: &PgRow) -> Result<ExecutionRow, sqlx::Error> {
-    Ok(ExecutionRow {
-        execution_id: r.try_get("execution_id")?,
-        dag_id: r.try_get("dag_id")?,
-        dag_hash: r.try_get("dag_hash")?,
-        status: super::sql::required_enum(r, "status")?,
-        halt: super::sql::column_enum(r, "halt")?,
-        input_data: r.try_get("input_data")?,
-        input_hash: r.try_get("input_hash")?,
-        clock: r.try_get("clock")?,
-        cancel_requested: r.try_get("cancel_requested")?,
-        submitted_at: r.try_get("submitted_at")?,
-        started_at: r.try_get("started_at")?,
-        completed_at: r.try_get("completed_at")?,
-        error: r.try_get("error")?,
-        provenance_chain_hash: r.try_get("provenance_chain_hash")?,
-        last_record_hash: r.try_get("last_record_hash")?,
-        total_nodes: r.try_get("total_nodes")?,
-        completed_nodes: r.try_get("completed_nodes")?,
-        failed_nodes: r.try_get("failed_nodes")?,
-        skipped_nodes: r.try_get("skipped_nodes")?,
-        lease_owner: r.try_get("lease_owner")?,
-        lease_epoch: r.try_get("lease_epoch")?,
-    })
 }
 
 /// Advisory-lock key that serialises the decision of which waiting executions start.
@@ -150,7 +112,7 @@ impl PgStore {
     async fn execution_by_id(&self, id: Uuid) -> Result<Option<ExecutionRow>, StoreError> {
         let sql = select_execution!("WHERE execution_id = $1");
         let row = sqlx::query(sql).bind(id).fetch_optional(&mut *self.conn().await?).await?;
-        Ok(row.as_ref().map(execution_row).transpose()?)
+        Ok(row.as_ref().map(read::execution).transpose()?)
     }
 }
 

@@ -52,17 +52,7 @@ impl DagStore for SqliteStore {
         .bind(dag_id)
         .fetch_optional(&mut *self.conn().await?)
         .await?;
-        row.map(|r| {
-            Ok(DagRow {
-                dag_id: r.try_get("dag_id")?,
-                dag_hash: r.try_get("dag_hash")?,
-                definition: r.try_get("definition")?,
-                revision: r.try_get("revision")?,
-                created_at: r.try_get("created_at")?,
-                updated_at: r.try_get("updated_at")?,
-            })
-        })
-        .transpose()
+        Ok(row.as_ref().map(read::dag).transpose()?)
     }
 
     async fn list_dags(&self, tenant: &str, after: Option<&str>, limit: i64) -> Result<Vec<DagSummary>, StoreError> {
@@ -75,21 +65,7 @@ impl DagStore for SqliteStore {
         .bind(row_limit(limit))
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(DagSummary {
-                    dag_id: r.try_get("dag_id")?,
-                    name: r.try_get("name")?,
-                    version: r.try_get("version")?,
-                    dag_hash: r.try_get("dag_hash")?,
-                    revision: r.try_get("revision")?,
-                    node_count: r.try_get("node_count")?,
-                    created_at: r.try_get("created_at")?,
-                    updated_at: r.try_get("updated_at")?,
-                })
-            })
-            .collect::<Result<_, sqlx::Error>>()
-            .map_err(StoreError::from)
+        Ok(rows.iter().map(read::dag_summary).collect::<Result<_, _>>()?)
     }
 
     async fn update_dag(&self, tenant: &str, dag: &Dag, expected: Option<i64>) -> Result<UpdateOutcome, StoreError> {

@@ -75,7 +75,7 @@ impl MessageStore for SqliteStore {
     async fn claim_outbox(&self, limit: i64, claim: Duration) -> Result<Vec<OutboxRow>, StoreError> {
         let mut conn = self.conn().await?;
         let at = now();
-        let rows: Vec<(i64, String, String, Vec<u8>, Value)> = sqlx::query_as(
+        let rows = sqlx::query(
             "UPDATE outbox SET claimed_until = ?2
              WHERE id IN (SELECT id FROM outbox WHERE claimed_until IS NULL OR claimed_until < ?3
                           ORDER BY id LIMIT ?1)
@@ -86,16 +86,7 @@ impl MessageStore for SqliteStore {
         .bind(ts(at))
         .fetch_all(&mut *conn)
         .await?;
-        let mut rows: Vec<OutboxRow> = rows
-            .into_iter()
-            .map(|(id, exchange, routing_key, body, headers)| OutboxRow {
-                id,
-                exchange,
-                routing_key,
-                body,
-                headers: serde_json::from_value(headers).unwrap_or_default(),
-            })
-            .collect();
+        let mut rows: Vec<OutboxRow> = rows.iter().map(read::outbox).collect::<Result<_, _>>()?;
         rows.sort_by_key(|r| r.id);
         Ok(rows)
     }

@@ -33,15 +33,12 @@ use std::time::Duration;
 
 use chrono::{DateTime, SubsecRound, TimeDelta, Utc};
 use engine::admission::{Candidate, InUse, Slots};
-use engine::canonical::ContentHash;
 use engine::dag::Dag;
 use engine::messages::ResultMessage;
 use engine::provenance::Record;
 use serde_json::{Value, json};
-use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
-};
-use sqlx::{Row, SqlitePool};
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteLockingMode, SqlitePoolOptions, SqliteSynchronous};
 use tokio::sync::broadcast;
 use uuid::Uuid;
 use uuid::fmt::Hyphenated;
@@ -50,6 +47,7 @@ use super::{
     CheckpointRow, Created, DagRow, DagSummary, ExecutionFilter, ExecutionRow, Lease, NewExecution, NodeRow,
     NodeUpdate, OutboxRow, Processed, StepWrite, Store, StoreError, Subscription, Topic, UpdateOutcome, text,
 };
+use crate::store::rows::{self as read, select_execution};
 
 /// Migrations embedded from `migrations/sqlite/` (the PostgreSQL migrator reads only the files
 /// directly in `migrations/`). Runs every file of the folder, the embedded queue's table too.
@@ -131,44 +129,6 @@ fn corrupt(e: serde_json::Error) -> StoreError {
 /// A list bound as one JSON text, read back with `json_each`.
 fn json_list(items: Vec<Value>) -> String {
     Value::Array(items).to_string()
-}
-
-/// `SELECT <every execution column> FROM dag_executions <tail>`, as a literal (no dynamic SQL).
-macro_rules! select_execution {
-    ($tail:literal) => {
-        concat!(
-            "SELECT execution_id, dag_id, dag_hash, status, halt, input_data, input_hash, clock, cancel_requested, \
-             submitted_at, started_at, completed_at, error, provenance_chain_hash, last_record_hash, total_nodes, \
-             completed_nodes, failed_nodes, skipped_nodes, lease_owner, lease_epoch FROM dag_executions ",
-            $tail
-        )
-    };
-}
-
-fn execution_row(r: &SqliteRow) -> Result<ExecutionRow, sqlx::Error> {
-    Ok(ExecutionRow {
-        execution_id: r.try_get::<Hyphenated, _>("execution_id")?.into_uuid(),
-        dag_id: r.try_get("dag_id")?,
-        dag_hash: r.try_get("dag_hash")?,
-        status: super::sql::required_enum(r, "status")?,
-        halt: super::sql::column_enum(r, "halt")?,
-        input_data: r.try_get("input_data")?,
-        input_hash: r.try_get("input_hash")?,
-        clock: r.try_get("clock")?,
-        cancel_requested: r.try_get("cancel_requested")?,
-        submitted_at: r.try_get("submitted_at")?,
-        started_at: r.try_get("started_at")?,
-        completed_at: r.try_get("completed_at")?,
-        error: r.try_get("error")?,
-        provenance_chain_hash: r.try_get("provenance_chain_hash")?,
-        last_record_hash: r.try_get("last_record_hash")?,
-        total_nodes: r.try_get("total_nodes")?,
-        completed_nodes: r.try_get("completed_nodes")?,
-        failed_nodes: r.try_get("failed_nodes")?,
-        skipped_nodes: r.try_get("skipped_nodes")?,
-        lease_owner: r.try_get("lease_owner")?,
-        lease_epoch: r.try_get("lease_epoch")?,
-    })
 }
 
 fn lease((id, epoch): (Hyphenated, i64)) -> Lease {
@@ -254,7 +214,7 @@ impl SqliteStore {
     async fn execution_by_id(&self, id: Uuid) -> Result<Option<ExecutionRow>, StoreError> {
         let sql = select_execution!("WHERE execution_id = ?1");
         let row = sqlx::query(sql).bind(uid(id)).fetch_optional(&mut *self.conn().await?).await?;
-        Ok(row.as_ref().map(execution_row).transpose()?)
+        Ok(row.as_ref().map(read::execution).transpose()?)
     }
 
     /// Average execution duration of a tenant, in milliseconds, exact to the microsecond.

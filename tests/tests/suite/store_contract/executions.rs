@@ -121,11 +121,14 @@ pub(super) async fn checkpoints_are_kept_while_running(db: &dyn Store) {
     let rows = db.checkpoints(id).await.expect("checkpoints");
     let summary: Vec<_> = rows
         .iter()
-        .map(|c| (c.node_id.as_str(), c.status.as_str(), c.outputs.clone(), c.output_hash.as_str(), c.attempt_count))
+        .map(|c| (c.node_id.as_str(), c.status, c.outputs.clone(), c.output_hash.as_str(), c.attempt_count))
         .collect();
     assert_eq!(
         summary,
-        [("a", "completed", json!("text"), "hash-a", 1), ("b", "completed", json!({"v": [1, 2]}), "hash-b", 2)]
+        [
+            ("a", NodeStatus::Completed, json!("text"), "hash-a", 1),
+            ("b", NodeStatus::Completed, json!({"v": [1, 2]}), "hash-b", 2),
+        ]
     );
     assert_eq!(db.nodes(id).await.expect("nodes")[1].outputs, Some(json!({"v": [1, 2]})));
     assert_eq!(db.delete_checkpoints(TENANT, id).await.expect("delete"), None, "running");
