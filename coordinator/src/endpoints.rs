@@ -16,7 +16,7 @@ pub struct Endpoint {
     /// The request body schema, if any (a name under `components.schemas`).
     pub body: Option<&'static str>,
     /// The success body's schema (a name under `components.schemas`); `None`: a free-form object
-    /// (the trace, the provenance report, the probes, the summary, this document).
+    /// (the probes, the summary, this document).
     pub answer: Option<&'static str>,
 }
 
@@ -81,7 +81,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
     ),
     op("get", "/executions", EXEC_READ, "List executions", 200, &[400], None, Some("ExecutionPage")),
     op("get", "/executions/{execution_id}", EXEC_READ, "Get an execution", 200, &[404], None, Some("ExecutionView")),
-    op("get", "/executions/{execution_id}/trace", EXEC_READ, "Per-node trace", 200, &[404], None, None),
+    op("get", "/executions/{execution_id}/trace", EXEC_READ, "Per-node trace", 200, &[404], None, Some("Trace")),
     op(
         "post",
         "/executions/{execution_id}/cancel",
@@ -110,7 +110,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         200,
         &[404],
         None,
-        None,
+        Some("ProvenanceReport"),
     ),
     op(
         "get",

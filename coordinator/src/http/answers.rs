@@ -1,7 +1,7 @@
 //! Response bodies as serde types: what a handler answers is one of these, and the OpenAPI
 //! document's response schemas are generated from the same declarations (`schemars`), so the
-//! document cannot drift from the answers. The trace and the provenance report stay JSON values
-//! for now (documented as objects): they carry the agents' own outputs and the verifier's report.
+//! document cannot drift from the answers. The trace and the provenance report are in
+//! [`super::reports`].
 
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;

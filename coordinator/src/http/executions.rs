@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use engine::provenance;
-use serde_json::{Value, json};
+use serde_json::Value;
 use uuid::Uuid;
 
 use super::answers::{
@@ -17,6 +17,7 @@ use super::answers::{
 use super::bodies::{ExecuteRequest, read};
 use super::dags::catalog;
 use super::pagination::{decode_cursor, encode_cursor, page_limit, parse_since};
+use super::reports::{NodeTrace, ProvenanceReport, Trace};
 use super::{ApiResult, AppState, json_body, parse_uuid};
 use crate::auth::Tenant;
 use crate::problem::ApiError;
@@ -101,40 +102,14 @@ pub(super) async fn trace(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Trace>> {
     let (id, e) = tenant_execution(&state, &tenant, &id).await?;
     let mut attempts = state.db.attempts(id).await?;
-    let nodes: Vec<Value> = state
-        .db
-        .nodes(id)
-        .await?
-        .into_iter()
-        .map(|n| {
-            let history: Vec<Value> =
-                attempts.remove(&n.node_id).unwrap_or_default().into_iter().map(attempt_json).collect();
-            json!({
-                "node_id": n.node_id, "agent_id": n.agent_id, "status": n.status, "level_index": n.level_index,
-                "attempt_count": n.attempt, "input_hash": n.input_hash, "output_hash": n.output_hash,
-                "error_type": n.error_type, "error": n.error, "skip_reason": n.skip_reason,
-                "compensation": n.compensation, "started_at": n.started_at, "completed_at": n.completed_at,
-                "duration_ms": n.duration_ms, "worker_id": n.worker_id, "trace_id": n.trace_id,
-                "outputs": n.outputs, "attempts": history,
-            })
-        })
-        .collect();
-    Ok(Json(json!({"execution_id": id, "status": e.status, "nodes": nodes})))
-}
-
-/// One attempt as the trace shows it (the result message without the outputs, which the
-/// checkpoint holds).
-pub(super) fn attempt_json(result: Value) -> Value {
-    let error = &result["error"];
-    json!({
-        "attempt": result["attempt"], "kind": result["kind"], "outcome": result["outcome"],
-        "error_type": error["error_type"], "error": error["message"], "retryable": result["retryable"],
-        "worker_id": result["worker_id"], "started_at": result["started_at"], "completed_at": result["completed_at"],
-        "duration_ms": result["duration_ms"], "deliveries": result["deliveries"],
-    })
+    let nodes = state.db.nodes(id).await?.into_iter().map(|n| {
+        let history = attempts.remove(&n.node_id).unwrap_or_default();
+        NodeTrace::of(n, history)
+    });
+    Ok(Json(Trace { execution_id: id, status: text(&e.status), nodes: nodes.collect() }))
 }
 
 pub(super) async fn cancel(
@@ -156,7 +131,7 @@ pub(super) async fn provenance_of(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<ProvenanceReport>> {
     let (id, e) = tenant_execution(&state, &tenant, &id).await?;
     let dag = crate::service::pinned_dag(state.db.as_ref(), &e.dag_hash).await?;
     let records: Vec<provenance::Record> = state.db.records(id).await?.into_iter().map(|(_, r)| r).collect();
@@ -167,34 +142,7 @@ pub(super) async fn provenance_of(
     if !verdict.chain_valid {
         tracing::error!(execution_id = %id, problems = ?verdict.problems, "provenance chain verification failed");
     }
-    let depends_on = |node_id: &str| -> Vec<&str> {
-        dag.index_of(node_id).map(|v| dag.node(v).deps.iter().map(|&d| dag.node_id(d)).collect()).unwrap_or_default()
-    };
-    let nodes: Vec<Value> = records
-        .iter()
-        .zip(&verdict.nodes)
-        .map(|(r, v)| {
-            let mut node = serde_json::to_value(r).unwrap_or_default();
-            node["valid"] = json!(v.valid);
-            node["problems"] = json!(v.problems);
-            node["expected_parent_hashes"] = json!(v.expected_parent_hashes);
-            node["depends_on"] = json!(depends_on(&r.node_id));
-            node
-        })
-        .collect();
-    Ok(Json(json!({
-        "execution_id": id,
-        "dag_hash": e.dag_hash,
-        "input_hash": e.input_hash,
-        "provenance_chain_hash": e.provenance_chain_hash,
-        "recomputed_chain_hash": verdict.recomputed_chain_hash,
-        "chain_valid": verdict.chain_valid && (e.provenance_chain_hash.is_some() || e.status != ExecutionStatus::Completed),
-        "problems": verdict.problems,
-        "node_count": records.len(),
-        "canonical_order": dag.order_ids(),
-        "definition": dag.definition(),
-        "nodes": nodes,
-    })))
+    Ok(Json(ProvenanceReport::of(&e, &dag, records, verdict)))
 }
 
 pub(super) async fn resume(

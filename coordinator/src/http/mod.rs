@@ -11,6 +11,7 @@ mod executions;
 mod openapi;
 mod pagination;
 mod probes;
+mod reports;
 
 use std::sync::Arc;
 

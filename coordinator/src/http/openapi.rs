@@ -14,6 +14,7 @@ use super::answers::{
     DagView, ExecutionAccepted, ExecutionSummary, ExecutionView, Page,
 };
 use super::bodies::{ExecuteRequest, ImportRequest, body_schema};
+use super::reports::{ProvenanceReport, Trace};
 use crate::endpoints::{ENDPOINTS, MAX_PAGE_LIMIT};
 use crate::service::resume::Resumed;
 
@@ -181,5 +182,7 @@ fn schemas() -> Value {
         "Resumed": body_schema::<Resumed>(),
         "CheckpointList": body_schema::<CheckpointList>(),
         "CheckpointsDeleted": body_schema::<CheckpointsDeleted>(),
+        "Trace": body_schema::<Trace>(),
+        "ProvenanceReport": body_schema::<ProvenanceReport>(),
     })
 }

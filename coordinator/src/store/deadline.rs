@@ -111,7 +111,7 @@ impl ExecutionStore for Deadline {
         self.run("nodes", self.inner.nodes(id)).await
     }
 
-    async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<Value>>, StoreError> {
+    async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<ResultMessage>>, StoreError> {
         self.run("attempts", self.inner.attempts(id)).await
     }
 

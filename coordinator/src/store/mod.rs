@@ -139,7 +139,7 @@ pub trait ExecutionStore: Send + Sync {
     async fn nodes(&self, id: Uuid) -> Result<Vec<NodeRow>, StoreError>;
 
     /// Every attempt result received for an execution, by node, in attempt order.
-    async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<Value>>, StoreError>;
+    async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<ResultMessage>>, StoreError>;
 
     /// Provenance records of an execution, in commit order.
     async fn records(&self, id: Uuid) -> Result<Vec<(i32, Record)>, StoreError>;

@@ -6,8 +6,11 @@
 //! text (sqlx would read a `Uuid` as a blob), and the core's enums are stored by name in both, an
 //! unknown name being a decode error of that column (see [`super::sql::column_enum`]).
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use engine::canonical::ContentHash;
+use engine::messages::ResultMessage;
 use engine::provenance::{Record, Timing};
 use engine::state::{Compensation, ExecutionStatus, Halt, NodeStatus, SkipReason};
 use serde_json::Value;
@@ -245,4 +248,16 @@ pub(crate) fn record(r: &impl SqlRow) -> Result<(i32, Record), StoreError> {
         record_hash: hash("record_hash")?,
     };
     Ok((r.read("seq")?, record))
+}
+
+/// `(node_id, result)` rows in attempt order, grouped by node. Only parsed result messages are
+/// ever stored, so one that does not parse makes the execution's attempts corrupt.
+pub(crate) fn attempts_by_node(rows: Vec<(String, Value)>) -> Result<HashMap<String, Vec<ResultMessage>>, StoreError> {
+    let mut by_node: HashMap<String, Vec<ResultMessage>> = HashMap::new();
+    for (node, result) in rows {
+        let message = serde_json::from_value(result)
+            .map_err(|e| StoreError::Corrupt(format!("an attempt result of node {node:?}: {e}")))?;
+        by_node.entry(node).or_default().push(message);
+    }
+    Ok(by_node)
 }

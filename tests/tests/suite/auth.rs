@@ -164,6 +164,14 @@ fn every_ref_resolves_and_answers_are_typed(doc: &Value) {
     assert!(accepted["properties"]["execution_id"].is_object(), "{accepted}");
     let resumed = answer("/executions/{execution_id}/resume", "post", "202");
     assert!(resumed["properties"]["checkpoints_rejected"].is_object(), "{resumed}");
+    let trace = answer("/executions/{execution_id}/trace", "get", "200");
+    assert!(
+        trace["properties"]["nodes"]["items"]["properties"]["attempts"]["items"]["properties"]["outcome"].is_object()
+    );
+    let provenance = answer("/executions/{execution_id}/provenance", "get", "200");
+    for field in ["chain_valid", "provenance_chain_hash", "nodes"] {
+        assert!(provenance["properties"][field].is_object(), "{field} in {provenance}");
+    }
 }
 
 /// A test-only Ed25519 key pair (generated with `openssl genpkey -algorithm ed25519`).

@@ -80,7 +80,19 @@ async fn a_flaky_node_succeeds_on_its_third_attempt(backend: Backend) {
     assert_eq!(trace["f"]["attempts"][0]["error_type"], "TransientError");
     assert_eq!(trace["f"]["outputs"], json!({"attempt": 3}));
     assert_eq!(trace["after"]["outputs"]["f"], json!({"attempt": 3}), "the dependent sees the final outputs");
+    the_reports_fit_their_documented_schemas(&stack, e["execution_id"].as_str().expect("id")).await;
     stack.shutdown().await;
+}
+
+/// What the trace and the provenance report serve is what the OpenAPI document says they serve
+/// (failed attempts included, so the optional fields are exercised with values and with nulls).
+async fn the_reports_fit_their_documented_schemas(stack: &Stack, id: &str) {
+    let (status, doc) = stack.call(reqwest::Method::GET, "/openapi.json", None).await;
+    assert_eq!(status, 200);
+    let (status, trace) = stack.call(reqwest::Method::GET, &format!("/executions/{id}/trace"), None).await;
+    assert_eq!(status, 200, "{trace}");
+    tests::assert_fits(&doc, "Trace", &trace);
+    tests::assert_fits(&doc, "ProvenanceReport", &stack.provenance(id).await);
 }
 
 async fn a_timeout_stops_the_attempt_and_on_timeout_is_honoured(backend: Backend) {

@@ -144,18 +144,14 @@ impl ExecutionStore for PgStore {
         rows.iter().map(read::node).collect::<Result<_, sqlx::Error>>().map_err(StoreError::from)
     }
 
-    async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<Value>>, StoreError> {
+    async fn attempts(&self, id: Uuid) -> Result<HashMap<String, Vec<ResultMessage>>, StoreError> {
         let rows: Vec<(String, Value)> = sqlx::query_as(
             "SELECT node_id, result FROM node_attempts WHERE execution_id = $1 ORDER BY node_id, kind DESC, attempt",
         )
         .bind(id)
         .fetch_all(&mut *self.conn().await?)
         .await?;
-        let mut by_node: HashMap<String, Vec<Value>> = HashMap::new();
-        for (node, result) in rows {
-            by_node.entry(node).or_default().push(result);
-        }
-        Ok(by_node)
+        read::attempts_by_node(rows)
     }
 
     async fn records(&self, id: Uuid) -> Result<Vec<(i32, Record)>, StoreError> {
