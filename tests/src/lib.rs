@@ -1,4 +1,7 @@
-//! The integration harness.
+//! The integration harness, by role: [`Stack`] (one test's world), `processes` (signals, bounded
+//! termination, child processes), `services` (the machine's PostgreSQL, RabbitMQ and Redis as a test
+//! meets them), `fixtures` (the DAGs and workloads tests run) and `samplers` (what a test measures
+//! while the system runs).
 //!
 //! [`Stack::start`] gives a test its own world: a freshly created and migrated PostgreSQL
 //! database, a unique RabbitMQ prefix, coordinators on port 0 and in-process workers, all talking
@@ -8,22 +11,24 @@
 //! or the broker is bounded, so a failure is a message saying what was awaited, never a hang.
 //! `GL_TEST_LOG=debug` (an `EnvFilter` directive) prints the in-process components' logs.
 
-mod drill;
+mod fixtures;
 mod processes;
+mod samplers;
+mod schema;
+mod services;
 mod stack;
-mod workloads;
 
 use serde_json::Value;
 use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use drill::{DRILL_GRACE_SECONDS, DRILL_PAUSE, DrillFigures, PauseDrill, pause_drill};
-pub use processes::{
-    KillOnDrop, OwnRedis, Paused, broker_pids, free_port, pgrep, postgres_pids, signal, terminate_within,
-};
-pub use stack::{Backend, Stack, StackOptions, StoreUnderTest, delete_topology, delete_topology_with_pools};
-pub use workloads::{RunningPeak, assert_limited_run_ends_well, example, limited_stack, mixed_workload, sleep_chain};
+pub use fixtures::{assert_limited_run_ends_well, example, limited_stack, mixed_workload, sleep_chain};
+pub use processes::{KillOnDrop, free_port, pgrep, signal, terminate_within};
+pub use samplers::{DRILL_GRACE_SECONDS, DRILL_PAUSE, DrillFigures, PauseDrill, RunningPeak, pause_drill};
+pub use schema::assert_fits;
+pub use services::{OwnRedis, Paused, broker_pids, delete_topology, delete_topology_with_pools, postgres_pids};
+pub use stack::{Backend, Stack, StackOptions, StoreUnderTest};
 
 /// The repository root (this crate lives in `tests/`).
 pub fn repo_root() -> PathBuf {

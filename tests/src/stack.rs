@@ -3,8 +3,6 @@
 
 use coordinator::app::Coordinator;
 use engine::config::Settings;
-use engine::topology::Topology;
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::oneshot;
@@ -12,7 +10,8 @@ use tokio::task::JoinHandle;
 use worker::agents::Registry;
 
 use crate::processes::free_port;
-use crate::{AMQP, API_CALL, BROKER_CALL, POSTGRES, REDIS, init_test_log};
+use crate::services::remove_leftovers;
+use crate::{AMQP, API_CALL, POSTGRES, REDIS, init_test_log};
 mod client;
 
 /// Which adapters a stack runs on.
@@ -267,46 +266,6 @@ impl Drop for Stack {
         });
         let _ = cleanup.join();
     }
-}
-
-/// Deletes a stack's database (if it has one) and its exchanges and queues.
-pub(crate) async fn remove_leftovers(database: &str, prefix: &str) {
-    if !database.is_empty()
-        && let Ok(admin) = sqlx::PgPool::connect(&format!("{POSTGRES}/postgres")).await
-    {
-        let drop = format!("DROP DATABASE IF EXISTS {database} WITH (FORCE)");
-        let _ = sqlx::query(sqlx::AssertSqlSafe(drop)).execute(&admin).await;
-        admin.close().await;
-    }
-    delete_topology(prefix).await;
-}
-
-/// Best-effort removal of a test's exchanges and queues, bounded by [`BROKER_CALL`] in all
-/// (a broker that does not answer leaves them to `scripts/sweep-test-leftovers.sh`).
-pub async fn delete_topology(prefix: &str) {
-    delete_topology_with_pools(prefix, &["default"]).await;
-}
-
-/// [`delete_topology`] for a test whose tasks went to other pools (their queues) too.
-pub async fn delete_topology_with_pools(prefix: &str, pools: &[&str]) {
-    let _ = tokio::time::timeout(BROKER_CALL, async {
-        let Ok(conn) = lapin::Connection::connect(AMQP, lapin::ConnectionProperties::default()).await else {
-            return;
-        };
-        let Ok(channel) = conn.create_channel().await else {
-            return;
-        };
-        let t = Topology::new(prefix, 1);
-        let queues = pools.iter().map(|p| t.task_queue(p)).chain([t.dead_queue(), t.results_queue()]);
-        for queue in queues {
-            let _ = channel.queue_delete(queue.as_str().into(), QueueDeleteOptions::default()).await;
-        }
-        for exchange in [t.tasks_exchange(), t.dead_exchange(), t.results_exchange(), t.cancel_exchange()] {
-            let _ = channel.exchange_delete(exchange.as_str().into(), ExchangeDeleteOptions::default()).await;
-        }
-        let _ = conn.close(200, "bye".into()).await;
-    })
-    .await;
 }
 
 /// A store under test, and the stack to tear down after it (PostgreSQL only).

@@ -5,9 +5,10 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 use crate::eventually;
-use crate::processes::{KillOnDrop, Paused, terminate_within};
+use crate::fixtures::mixed_workload;
+use crate::processes::{KillOnDrop, terminate_within};
+use crate::services::Paused;
 use crate::stack::{Stack, StackOptions};
-use crate::workloads::mixed_workload;
 
 /// A dependency paused under load (`SIGSTOP`: alive, holding its sockets, answering nothing),
 /// longer than every deadline, with a coordinator process and a worker process sent SIGTERM

@@ -1,13 +1,11 @@
-//! Workloads and samplers: the mixed fault workload, sleep chains, the seed examples, limited
-//! stacks and the peak of running executions.
+//! Fixtures: the DAGs and workloads tests run (the seed examples, sleep chains, the mixed fault
+//! workload) and the limit tests' stack with the checks that end them.
 
 use serde_json::{Value, json};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::time::Duration;
-use tokio::task::JoinHandle;
 
 use crate::repo_root;
+use crate::samplers::RunningPeak;
 use crate::stack::{Stack, StackOptions};
 
 /// The fault matrix's workload, `copies` executions of one DAG: a fan-out and fan-in through a
@@ -46,39 +44,6 @@ pub async fn limited_stack(settings: Vec<(&'static str, String)>) -> Stack {
             "b": {"agent_id": "sleep", "params": {"ms": 20}, "depends_on": ["a"]}}}))
         .await;
     stack
-}
-
-/// Samples how many executions are running, every 5 ms, until stopped.
-#[derive(Debug)]
-pub struct RunningPeak {
-    done: Arc<AtomicBool>,
-    peak: Arc<AtomicI64>,
-    task: JoinHandle<()>,
-}
-
-impl RunningPeak {
-    pub fn start(db: sqlx::PgPool) -> Self {
-        let (done, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicI64::new(0)));
-        let (stop, most) = (done.clone(), peak.clone());
-        let task = tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let running: i64 = sqlx::query_scalar("SELECT count(*) FROM dag_executions WHERE status = 'running'")
-                    .fetch_one(&db)
-                    .await
-                    .unwrap_or(0);
-                most.fetch_max(running, Ordering::Relaxed);
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        });
-        Self { done, peak, task }
-    }
-
-    /// Stops sampling; the most executions seen running at once.
-    pub async fn stop(self) -> i64 {
-        self.done.store(true, Ordering::Relaxed);
-        self.task.await.expect("sampler");
-        self.peak.load(Ordering::Relaxed)
-    }
 }
 
 /// The end of a limit test: every execution completes, the sampled peak never exceeded 10, and
