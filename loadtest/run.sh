@@ -3,8 +3,8 @@
 # deployment on this machine. Distributed (default): a fresh PostgreSQL database, one coordinator
 # and two workers; results in loadtest/results/<scenario>.json (and soak.svg). With MODE=embedded:
 # one `coordinator dev --memory --workers 2` process; results in loadtest/results/embedded/.
-# Usage: [MODE=embedded] loadtest/run.sh [chain fanout concurrent concurrent-500 memory validate
-# shapes soak]; SOAK_EXECUTIONS sets the soak's size (default 10,000).
+# Usage: [MODE=embedded] loadtest/run.sh [chain fanout concurrent concurrent-500 memory amplify
+# validate shapes soak]; SOAK_EXECUTIONS sets the soak's size (default 10,000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh
@@ -48,6 +48,7 @@ for s in "${scenarios[@]}"; do
   case $s in
     concurrent-500) args=(concurrent --n 500) ;;
     memory) args=(memory --executions 1000 --pid "${pids[0]}" --metrics "http://127.0.0.1:18080/metrics") ;;
+    amplify) args=(amplify --pid "${pids[0]}") ;;
     soak) args=(soak --executions "${SOAK_EXECUTIONS:-10000}" --in-flight 100 --metrics "http://127.0.0.1:18080/metrics"
                 --watch "$watch" --svg "$out/soak.svg") ;;
     # 2 workers x GL_ORCHESTRATOR_WORKER_CONCURRENCY=8 worker slots, in both modes.

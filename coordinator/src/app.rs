@@ -94,6 +94,7 @@ impl Coordinator {
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
         let (stop, stop_rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::new());
+        let intake_bounds = settings.bounds();
         // Until the lock backend first answers, the store's lease alone fences the work.
         metrics.lock_backend.with_label_values(&["postgres"]).set(1);
         metrics.lock_backend.with_label_values(&[locks.backend()]).set(0);
@@ -102,6 +103,7 @@ impl Coordinator {
             lease_ttl: Duration::from_secs(u64::from(settings.lease_ttl_seconds)),
             topology: queue.topology().clone(),
             parallel_cap: settings.max_parallel_nodes,
+            attempt_grace_ms: settings.attempt_grace_ms(),
             max_owned: settings.max_concurrent_executions as usize,
             max_concurrent: settings.max_concurrent_executions,
             metrics: metrics.clone(),
@@ -128,6 +130,7 @@ impl Coordinator {
                 db.clone(),
                 queue.clone(),
                 name.to_owned(),
+                inbox::Intake { bounds: intake_bounds, invalid: metrics.invalid_messages.clone() },
                 health.component(INBOX),
                 stop_rx.clone(),
             )),

@@ -3,14 +3,21 @@
 //! A result is acknowledged only after the transaction that records it commits; a duplicate
 //! hits the primary key and is dropped. Tasks dead-lettered after too many deliveries (a poison
 //! task that kills every worker) are recorded as failed attempts with error type `poison`.
+//!
+//! Every result is held to the core's bounds ([`engine::bounds`]) as it is decoded: one that names
+//! no attempt is counted and dropped; one that cannot be applied as sent is recorded as an
+//! `invalid_result` failure; one the store refuses even then is counted and acknowledged. Nothing
+//! on the queue is retried for ever, and no attempt waits for a result that was already refused.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use engine::bounds::Bounds;
 use engine::messages::{Message, ResultMessage, WIRE_VERSION};
 use engine::state::{NodeError, Outcome};
 use engine::topology::Source;
 use futures_util::{FutureExt, StreamExt};
+use prometheus::IntCounterVec;
 use runtime::liveness::Component;
 use runtime::queue::{Connector, Delivery, QueueError};
 use tokio::sync::watch;
@@ -18,6 +25,20 @@ use tokio::sync::watch;
 use crate::store::SharedStore;
 
 const BATCH: usize = 256;
+
+/// What the consumer holds results to, and where it counts what it could not apply
+/// (`gl_orchestrator_invalid_messages_total{reason}`).
+#[derive(Debug, Clone)]
+pub struct Intake {
+    pub bounds: Bounds,
+    pub invalid: IntCounterVec,
+}
+
+impl Intake {
+    fn count(&self, reason: &str) {
+        self.invalid.with_label_values(&[reason]).inc();
+    }
+}
 /// How often an idle consumer checks that the broker still answers (a paused broker leaves the
 /// connection open and silent).
 const PROBE: Duration = Duration::from_secs(5);
@@ -27,15 +48,16 @@ pub async fn run(
     db: SharedStore,
     queue: Arc<dyn Connector>,
     name: String,
+    intake: Intake,
     progress: Arc<Component>,
     stop: watch::Receiver<bool>,
 ) {
     runtime::queue::reconnecting("result consumer", stop.clone(), || {
         let (db, queue, name, mut stop) = (db.clone(), queue.clone(), name.clone(), stop.clone());
-        let progress = progress.clone();
+        let (progress, intake) = (progress.clone(), intake.clone());
         async move {
             let broker = queue.connect(&format!("{name}-inbox")).await?;
-            let outcome = session(&db, broker.as_ref(), &name, &progress, &mut stop).await;
+            let outcome = session(&db, broker.as_ref(), &name, &intake, &progress, &mut stop).await;
             broker.close().await;
             outcome
         }
@@ -49,6 +71,7 @@ async fn session(
     db: &SharedStore,
     broker: &dyn runtime::queue::Queue,
     name: &str,
+    intake: &Intake,
     progress: &Component,
     stop: &mut watch::Receiver<bool>,
 ) -> Result<(), QueueError> {
@@ -78,14 +101,14 @@ async fn session(
                         _ => break,
                     }
                 }
-                recording = record(db, batch, decode_result).await;
+                recording = record(db, batch, intake, decode_result).await;
                 if recording {
                     progress.beat();
                 }
             }
             poisoned = dead.next() => {
                 let Some(poisoned) = poisoned else { return Err(QueueError::Closed) };
-                recording = record(db, vec![poisoned?], poison_result).await;
+                recording = record(db, vec![poisoned?], intake, poison_result).await;
                 if recording {
                     progress.beat();
                 }
@@ -94,19 +117,23 @@ async fn session(
     }
 }
 
+/// How a delivery becomes the result to record, or why it cannot.
+type Decode = fn(&Delivery, &Intake) -> Result<ResultMessage, String>;
+
 /// Records a batch; acknowledges after commit, or returns everything to the queue on failure.
 /// False when the database could not be reached (no progress).
-async fn record(db: &SharedStore, deliveries: Vec<Delivery>, decode: fn(&Delivery) -> Option<ResultMessage>) -> bool {
+async fn record(db: &SharedStore, deliveries: Vec<Delivery>, intake: &Intake, decode: Decode) -> bool {
     let mut good = Vec::with_capacity(deliveries.len());
     let mut messages = Vec::with_capacity(deliveries.len());
     for d in deliveries {
-        match decode(&d) {
-            Some(m) => {
+        match decode(&d, intake) {
+            Ok(m) => {
                 messages.push(m);
                 good.push(d);
             }
-            None => {
-                tracing::error!(size = d.body.len(), "undecodable result message dropped");
+            Err(why) => {
+                tracing::error!(size = d.body.len(), reason = %why, "a message that names no attempt dropped");
+                intake.count("unaddressable");
                 d.dead_letter().await;
             }
         }
@@ -129,7 +156,7 @@ async fn record(db: &SharedStore, deliveries: Vec<Delivery>, decode: fn(&Deliver
         // One bad result must not hold the others back: record them one by one.
         Err(_) => {
             for (d, m) in good.into_iter().zip(messages) {
-                record_one(db, d, m).await;
+                record_one(db, d, m, intake).await;
             }
             true
         }
@@ -137,14 +164,16 @@ async fn record(db: &SharedStore, deliveries: Vec<Delivery>, decode: fn(&Deliver
 }
 
 /// Records one result; a result the database refuses becomes a failed attempt of type
-/// `invalid_result`, so its node ends cleanly instead of waiting for ever.
-async fn record_one(db: &SharedStore, delivery: Delivery, mut message: ResultMessage) {
+/// `invalid_result`, so its node ends cleanly instead of waiting for ever. One refused even then
+/// (its execution does not exist, say) can never be applied: it is counted and acknowledged.
+async fn record_one(db: &SharedStore, delivery: Delivery, mut message: ResultMessage, intake: &Intake) {
     let stored = match db.record_results(std::slice::from_ref(&message)).await {
         Ok(()) => Ok(()),
         Err(e) if e.is_unavailable() => Err(e),
         Err(e) => {
             tracing::error!(error = %e, execution_id = %message.execution_id, node_id = %message.node_id,
                 attempt = message.attempt, "result refused by the database; recording it as invalid_result");
+            intake.count("invalid_result");
             message.outcome = Outcome::Failed {
                 error: NodeError::new("invalid_result", "the worker's result could not be stored"),
                 retryable: false,
@@ -154,24 +183,41 @@ async fn record_one(db: &SharedStore, delivery: Delivery, mut message: ResultMes
     };
     match stored {
         Ok(()) => delivery.ack().await,
-        Err(_) => delivery.requeue().await,
+        Err(e) if e.is_unavailable() => delivery.requeue().await,
+        Err(e) => {
+            tracing::error!(error = %e, execution_id = %message.execution_id, node_id = %message.node_id,
+                attempt = message.attempt, "a result that can never be applied dropped");
+            intake.count("unappliable");
+            delivery.ack().await;
+        }
     }
 }
 
-fn decode_result(d: &Delivery) -> Option<ResultMessage> {
-    match Message::from_bytes(&d.body) {
-        Ok(Message::Result(r)) => Some(r),
-        _ => None,
+fn decode_result(d: &Delivery, intake: &Intake) -> Result<ResultMessage, String> {
+    let result = engine::bounds::decode_result(&d.body, &intake.bounds, &now_text()).map_err(|e| e.0)?;
+    if let Outcome::Failed { error, .. } = &result.outcome
+        && error.error_type == "invalid_result"
+    {
+        tracing::warn!(execution_id = %result.execution_id, node_id = %result.node_id, attempt = result.attempt,
+            reason = %error.message, "a result that cannot be applied as sent ends its attempt as invalid_result");
+        intake.count("invalid_result");
     }
+    Ok(result)
+}
+
+fn now_text() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
 }
 
 /// A dead-lettered task becomes a failed attempt of type `poison`, never retried.
-fn poison_result(d: &Delivery) -> Option<ResultMessage> {
-    let Ok(Message::Task(task)) = Message::from_bytes(&d.body) else {
-        return None;
+fn poison_result(d: &Delivery, _: &Intake) -> Result<ResultMessage, String> {
+    let task = match Message::from_bytes(&d.body) {
+        Ok(Message::Task(task)) => task,
+        Ok(other) => return Err(format!("a dead-lettered {} message", other.type_name())),
+        Err(e) => return Err(format!("a dead-lettered message: {e}")),
     };
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
-    Some(ResultMessage {
+    let now = now_text();
+    Ok(ResultMessage {
         v: WIRE_VERSION,
         execution_id: task.execution_id,
         node_id: task.node_id,

@@ -33,6 +33,9 @@ pub struct Metrics {
     pub parallel_nodes_per_level: HistogramVec,
     pub dag_validation_errors: IntCounterVec,
     pub provenance_verifications: IntCounterVec,
+    /// Results the inbox could not apply as sent (`reason`: unaddressable, invalid_result,
+    /// unappliable; see `inbox`).
+    pub invalid_messages: IntCounterVec,
     pub queued_executions: IntGauge,
     pub outbox_backlog: IntGauge,
     pub queue_depth: IntGaugeVec,
@@ -161,6 +164,12 @@ impl Metrics {
                 "Provenance chain verifications by result (valid, invalid)",
                 &["result"],
             ),
+            invalid_messages: counter(
+                &r,
+                "gl_orchestrator_invalid_messages_total",
+                "Messages on the results queue that could not be applied as sent, by reason",
+                &["reason"],
+            ),
             queued_executions: gauge(
                 &r,
                 "gl_orchestrator_queued_executions",
@@ -235,6 +244,9 @@ impl Metrics {
         }
         for result in ["valid", "invalid"] {
             self.provenance_verifications.with_label_values(&[result]);
+        }
+        for reason in ["unaddressable", "invalid_result", "unappliable"] {
+            self.invalid_messages.with_label_values(&[reason]);
         }
         self
     }

@@ -45,6 +45,8 @@ pub struct SchedulerOptions {
     pub topology: Topology,
     /// `GL_ORCHESTRATOR_MAX_PARALLEL_NODES`: cap on any execution's nodes in flight.
     pub parallel_cap: u32,
+    /// `GL_ORCHESTRATOR_ATTEMPT_GRACE_SECONDS`, in ms.
+    pub attempt_grace_ms: u64,
     /// Most executions one replica drives at once.
     pub max_owned: usize,
     /// `GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS`: running executions in the whole cluster.
@@ -318,6 +320,7 @@ impl Scheduler {
         let snapshot = snapshot(&dag, &row, rows)?;
         let mut exec = Execution::restore(dag, &row.execution_id.to_string(), row.input_data.clone(), snapshot);
         exec.set_parallel_cap(self.options.parallel_cap);
+        exec.set_attempt_grace_ms(self.options.attempt_grace_ms);
         let chain = records.iter().map(|(_, r)| (r.node_id.clone(), r.chain_hash.clone())).collect();
         let last_record = records
             .last()
@@ -448,6 +451,7 @@ pub(crate) fn snapshot(dag: &Dag, row: &ExecutionRow, rows: Vec<db::NodeRow>) ->
             attempt: u32::try_from(r.attempt).unwrap_or(0),
             attempt_base: u32::try_from(r.attempt_base).unwrap_or(0),
             retry_at_ms: r.retry_at_ms.and_then(|t| u64::try_from(t).ok()),
+            deadline_ms: r.deadline_ms.and_then(|t| u64::try_from(t).ok()),
             skip_reason: r.skip_reason,
             error: r.error_type.map(|t| NodeError::new(&t, r.error.unwrap_or_default())),
             outputs: if status == NodeStatus::Completed { r.outputs } else { None },

@@ -83,6 +83,7 @@ impl Embedded {
             concurrency: settings.worker_concurrency,
             worker_id: format!("w{i}"),
             grace: settings.component_grace(),
+            bounds: settings.bounds(),
             registry: options.registry.clone(),
             metrics: Default::default(),
             liveness: Default::default(),

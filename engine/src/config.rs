@@ -36,9 +36,12 @@ pub const SETTINGS: &[(&str, Option<&str>)] = &[
     ("MAX_CONCURRENT_EXECUTIONS", Some("50")),
     ("ACCEPT_NEW_EXECUTIONS", Some("true")),
     ("MAX_BODY_BYTES", Some("1048576")),
+    ("MAX_NODE_OUTPUT_BYTES", Some("1048576")),
+    ("MAX_JSON_DEPTH", Some("64")),
     ("DB_POOL_SIZE", Some("10")),
     ("DB_POOL_MAX_OVERFLOW", Some("5")),
     ("LEASE_TTL_SECONDS", Some("15")),
+    ("ATTEMPT_GRACE_SECONDS", Some("600")),
     ("DELIVERY_LIMIT", Some("5")),
     ("SHUTDOWN_GRACE_SECONDS", Some("30")),
     ("AMQP_TIMEOUT_SECONDS", Some("10")),
@@ -113,9 +116,15 @@ pub struct Settings {
     pub max_concurrent_executions: u32,
     pub accept_new_executions: bool,
     pub max_body_bytes: usize,
+    /// What a node's outputs may be: compact JSON bytes and nesting (see [`crate::bounds`]).
+    pub max_node_output_bytes: usize,
+    pub max_json_depth: usize,
     pub db_pool_size: u32,
     pub db_pool_max_overflow: u32,
     pub lease_ttl_seconds: u32,
+    /// How long past its timeout an attempt may go without a result before the coordinator ends
+    /// it as `worker_lost` (the time its task waits in the queue counts too).
+    pub attempt_grace_seconds: u32,
     /// Deliveries of one task before it is dead-lettered as poison.
     pub delivery_limit: u32,
     pub shutdown_grace_seconds: u32,
@@ -212,9 +221,13 @@ impl Settings {
             max_concurrent_executions: number("MAX_CONCURRENT_EXECUTIONS", 1, 1_000_000)?,
             accept_new_executions: boolean(required("ACCEPT_NEW_EXECUTIONS")?, "ACCEPT_NEW_EXECUTIONS")?,
             max_body_bytes: number("MAX_BODY_BYTES", 1024, 1 << 30)? as usize,
+            max_node_output_bytes: number("MAX_NODE_OUTPUT_BYTES", 1024, 1 << 30)? as usize,
+            // Past 100 a dependent's input (one level deeper) nears the decoders' own limit, 128.
+            max_json_depth: number("MAX_JSON_DEPTH", 2, 100)? as usize,
             db_pool_size: number("DB_POOL_SIZE", 1, 1000)?,
             db_pool_max_overflow: number("DB_POOL_MAX_OVERFLOW", 0, 1000)?,
             lease_ttl_seconds: number("LEASE_TTL_SECONDS", 1, 3600)?,
+            attempt_grace_seconds: number("ATTEMPT_GRACE_SECONDS", 1, 7 * 86_400)?,
             delivery_limit: number("DELIVERY_LIMIT", 1, 1000)?,
             shutdown_grace_seconds: number("SHUTDOWN_GRACE_SECONDS", 0, 86_400)?,
             amqp_timeout_seconds: number("AMQP_TIMEOUT_SECONDS", 1, 3600)?,
@@ -245,9 +258,19 @@ impl Settings {
         Ok(settings)
     }
 
+    /// The limits every result is held to, by the worker that sends it and the coordinator that
+    /// records it.
+    pub fn bounds(&self) -> crate::bounds::Bounds {
+        crate::bounds::Bounds { max_output_bytes: self.max_node_output_bytes, max_json_depth: self.max_json_depth }
+    }
+
     /// Connections the database pool may open: `DB_POOL_SIZE + DB_POOL_MAX_OVERFLOW`.
     pub fn db_max_connections(&self) -> u32 {
         self.db_pool_size.saturating_add(self.db_pool_max_overflow)
+    }
+
+    pub fn attempt_grace_ms(&self) -> u64 {
+        u64::from(self.attempt_grace_seconds) * 1000
     }
 
     pub fn amqp_timeout(&self) -> std::time::Duration {

@@ -23,6 +23,7 @@
 //! - [`topology`]: the names of exchanges and queues, and the sources of deliveries.
 
 pub mod admission;
+pub mod bounds;
 pub mod canonical;
 pub mod condition;
 pub mod config;

@@ -33,6 +33,15 @@ impl Message {
         }
     }
 
+    /// The `type` tag.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Message::Task(_) => "task",
+            Message::Result(_) => "result",
+            Message::Cancel(_) => "cancel",
+        }
+    }
+
     pub fn to_bytes(&self) -> Vec<u8> {
         // Serialising these types cannot fail: string keys only, finite numbers only.
         serde_json::to_vec(self).unwrap_or_default()

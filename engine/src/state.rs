@@ -53,6 +53,12 @@ pub struct Execution {
     /// Ready nodes by (level under level barriers else 0, canonical position).
     ready: BinaryHeap<Reverse<(u32, u32)>>,
     retries: BinaryHeap<Reverse<(u64, u32)>>,
+    /// Running attempts by (deadline, canonical position); an entry whose node has moved on is
+    /// skipped when it comes up.
+    deadlines: BinaryHeap<Reverse<(u64, u32)>>,
+    /// How long past its timeout an attempt may go without a result before the coordinator ends it
+    /// (`GL_ORCHESTRATOR_ATTEMPT_GRACE_SECONDS`): it also covers the time the task waits in its queue.
+    attempt_grace_ms: u64,
     running: u32,
     /// Operator cap on nodes in flight (`GL_ORCHESTRATOR_MAX_PARALLEL_NODES`), over the DAG's own.
     parallel_cap: u32,
@@ -89,6 +95,8 @@ impl Execution {
             waiting_on: vec![0; len],
             ready: BinaryHeap::new(),
             retries: BinaryHeap::new(),
+            deadlines: BinaryHeap::new(),
+            attempt_grace_ms: DEFAULT_ATTEMPT_GRACE_MS,
             running: 0,
             parallel_cap: u32::MAX,
             cancel_again_ms: None,
@@ -112,7 +120,12 @@ impl Execution {
                 self.running += 1;
             }
             match state.status {
-                NodeStatus::Running => self.running += 1,
+                NodeStatus::Running => {
+                    self.running += 1;
+                    if let Some(at) = state.deadline_ms {
+                        self.deadlines.push(Reverse((at, self.position[v as usize])));
+                    }
+                }
                 NodeStatus::Retrying => {
                     self.retries.push(Reverse((state.retry_at_ms.unwrap_or(0), self.position[v as usize])))
                 }
@@ -134,6 +147,10 @@ impl Execution {
     }
 
     /// Caps nodes in flight below the DAG's `max_parallel_nodes`.
+    pub fn set_attempt_grace_ms(&mut self, grace_ms: u64) {
+        self.attempt_grace_ms = grace_ms;
+    }
+
     pub fn set_parallel_cap(&mut self, cap: u32) {
         self.parallel_cap = cap.max(1);
     }
@@ -170,8 +187,9 @@ impl Execution {
     /// When the next retry is due, if one is waiting.
     pub fn next_wake_ms(&self) -> Option<u64> {
         let retry = self.retries.peek().map(|Reverse((at, _))| *at);
+        let deadline = self.deadlines.peek().map(|Reverse((at, _))| *at);
         let cancel = self.cancel_again_ms.filter(|_| self.running > 0);
-        retry.into_iter().chain(cancel).min()
+        retry.into_iter().chain(deadline).chain(cancel).min()
     }
 
     /// Cancel signals are best effort (a worker may not have received the task yet, or may have
@@ -269,6 +287,7 @@ impl Execution {
         if self.status != ExecutionStatus::Running {
             return effects;
         }
+        self.end_lapsed_attempts(now_ms, &mut effects);
         while let Some(&Reverse((at, p))) = self.retries.peek() {
             if at > now_ms {
                 break;
@@ -332,19 +351,23 @@ impl Execution {
                 }
             }
         }
+        let timeout_ms = timeout_ms(compiled.timeout.timeout_seconds);
+        let deadline = now_ms.saturating_add(timeout_ms).saturating_add(self.attempt_grace_ms);
         let state = &mut self.nodes[node as usize];
         state.attempt += 1;
         state.retry_at_ms = None;
+        state.deadline_ms = Some(deadline);
         let attempt = state.attempt;
         self.set_status(node, NodeStatus::Running);
         self.running += 1;
+        self.deadlines.push(Reverse((deadline, self.position[node as usize])));
         effects.push(Effect::Dispatch(Task {
             node,
             attempt,
             kind: TaskKind::Run,
             agent_id: self.dag.node_spec(node).agent_id.clone(),
             input: self.node_input(node),
-            timeout_ms: timeout_ms(compiled.timeout.timeout_seconds),
+            timeout_ms,
         }));
     }
 
@@ -460,10 +483,15 @@ pub fn resume(dag: &Dag, snapshot: &Snapshot, trusted: impl Fn(NodeIndex) -> boo
 /// Interval between repeated cancel signals.
 const CANCEL_RESEND_MS: u64 = 2_000;
 
+/// Default of `GL_ORCHESTRATOR_ATTEMPT_GRACE_SECONDS`, in ms.
+pub const DEFAULT_ATTEMPT_GRACE_MS: u64 = 600_000;
+
 fn timeout_ms(seconds: f64) -> u64 {
     (seconds * 1000.0).ceil().clamp(1.0, 86_400_000.0) as u64
 }
 
+#[cfg(test)]
+mod deadline_tests;
 #[cfg(test)]
 mod model_tests;
 #[cfg(test)]

@@ -69,6 +69,8 @@ pub struct NodeUpdate {
     pub attempt: i32,
     pub attempt_base: i32,
     pub retry_at_ms: Option<i64>,
+    /// While running: when the coordinator ends the attempt without a result.
+    pub deadline_ms: Option<i64>,
     pub skip_reason: Option<SkipReason>,
     pub error_type: Option<String>,
     pub error: Option<String>,
@@ -304,6 +306,10 @@ fn node_update(
         attempt: i32::try_from(state.attempt).unwrap_or(i32::MAX),
         attempt_base: i32::try_from(state.attempt_base).unwrap_or(i32::MAX),
         retry_at_ms: state.retry_at_ms.and_then(|t| i64::try_from(t).ok()),
+        deadline_ms: state
+            .deadline_ms
+            .filter(|_| state.status == NodeStatus::Running)
+            .and_then(|t| i64::try_from(t).ok()),
         skip_reason: state.skip_reason,
         error_type: state.error.as_ref().map(|e| e.error_type.clone()),
         error: state.error.as_ref().map(|e| e.message.clone()),

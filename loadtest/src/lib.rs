@@ -7,6 +7,7 @@
 //! sampled), [`validate`] (a 100,000-node DAG through the API) and [`shapes`] (real workflow
 //! shapes against a zero-overhead simulation). The Celery peer lives in `loadtest/peers/celery`.
 
+pub mod amplify;
 pub mod chain;
 pub mod concurrent;
 pub mod fanout;

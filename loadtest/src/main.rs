@@ -43,6 +43,19 @@ enum Scenario {
         #[arg(long, default_value = "http://127.0.0.1:8080/metrics")]
         metrics: String,
     },
+    /// Issue 17's amplification DAG (WIDTH echo nodes per layer, all-to-all between layers, an
+    /// input of INPUT_BYTES): how it ends and the coordinator's peak resident memory meanwhile.
+    Amplify {
+        #[arg(long, default_value_t = 2)]
+        width: usize,
+        #[arg(long, default_value_t = 20)]
+        layers: usize,
+        #[arg(long, default_value_t = 1024)]
+        input_bytes: usize,
+        /// The coordinator's process id.
+        #[arg(long)]
+        pid: u32,
+    },
     /// Store, then validate and plan as stored, a random DAG of NODES nodes and 2×NODES edges.
     /// The server must allow it (`GL_ORCHESTRATOR_MAX_DAG_NODES`, `..._MAX_BODY_BYTES`).
     Validate {
@@ -99,6 +112,10 @@ async fn main() -> std::process::ExitCode {
         Scenario::Concurrent { n } => loadtest::concurrent::run(&client, n.max(1), HOUR).await.map(|r| r.to_json()),
         Scenario::Memory { executions, pid, metrics } => {
             loadtest::memory::run(&client, &metrics, pid, executions.max(1), HOUR).await.map(|r| r.to_json())
+        }
+        Scenario::Amplify { width, layers, input_bytes, pid } => {
+            let (width, layers) = (width.max(1), layers.max(1));
+            loadtest::amplify::run(&client, pid, width, layers, input_bytes, HOUR).await.map(|r| r.to_json())
         }
         Scenario::Validate { nodes } => loadtest::validate::run(&client, nodes.max(2)).await.map(|r| r.to_json()),
         Scenario::Shapes { files, slots, target_ms } => {

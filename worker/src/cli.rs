@@ -84,6 +84,7 @@ fn options(settings: &Settings, registry: Registry) -> WorkerOptions {
         concurrency: settings.worker_concurrency,
         worker_id: settings.worker_id.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
         grace: settings.component_grace(),
+        bounds: settings.bounds(),
         registry,
         metrics: Default::default(),
         liveness: Default::default(),

@@ -19,6 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use chrono::{SecondsFormat, Utc};
+use engine::bounds::{Bounds, bound_outcome};
 use engine::messages::{Message, ResultMessage, TaskMessage, TraceContext, WIRE_VERSION};
 use engine::state::{NodeError, Outcome};
 use engine::topology::{Source, Topology};
@@ -39,6 +40,9 @@ pub struct WorkerOptions {
     pub worker_id: String,
     /// How long in-flight attempts may run after a shutdown request.
     pub grace: Duration,
+    /// What a result may carry: outputs over a limit fail the attempt here, before they are
+    /// published (the coordinator holds every result to the same bounds again).
+    pub bounds: Bounds,
     pub registry: Registry,
     pub metrics: Arc<metrics::WorkerMetrics>,
     /// Each pool's consumer beats here (`consumer:<pool>`); `/health` reads it.
@@ -267,7 +271,7 @@ async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage,
     if let Ok(mut attempts) = running.lock() {
         attempts.running.remove(&key);
     }
-    let outcome = storable(outcome);
+    let outcome = bound_outcome(outcome, &options.bounds);
     options.metrics.in_flight.dec();
     options.metrics.attempts.with_label_values(&[outcome_label(&outcome)]).inc();
     options.metrics.attempt_duration.observe(clock.elapsed().as_secs_f64());
@@ -313,41 +317,6 @@ fn outcome_label(outcome: &Outcome) -> &'static str {
         Outcome::Failed { error, .. } if error.error_type == "cancelled" => "cancelled",
         Outcome::Failed { .. } => "failed",
     }
-}
-
-/// PostgreSQL cannot store U+0000: outputs holding one fail the attempt (not retryable), and error
-/// texts lose it.
-fn storable(outcome: Outcome) -> Outcome {
-    match outcome {
-        Outcome::Succeeded { outputs } if has_nul(&outputs) => Outcome::Failed {
-            error: NodeError::new("invalid_output", "the outputs contain a NUL character (U+0000)"),
-            retryable: false,
-        },
-        Outcome::Failed { mut error, retryable } => {
-            error.message.retain(|c| c != '\0');
-            error.error_type.retain(|c| c != '\0');
-            Outcome::Failed { error, retryable }
-        }
-        ok => ok,
-    }
-}
-
-fn has_nul(value: &serde_json::Value) -> bool {
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
-        match v {
-            serde_json::Value::String(s) if s.contains('\0') => return true,
-            serde_json::Value::Array(items) => stack.extend(items),
-            serde_json::Value::Object(map) => {
-                if map.keys().any(|k| k.contains('\0')) {
-                    return true;
-                }
-                stack.extend(map.values());
-            }
-            _ => {}
-        }
-    }
-    false
 }
 
 /// The wall clock as RFC 3339 UTC with microseconds (timing only; never in a content hash).

@@ -281,6 +281,7 @@ pub struct NodeRow {
     pub attempt_base: i32,
     pub level_index: i32,
     pub retry_at_ms: Option<i64>,
+    pub deadline_ms: Option<i64>,
     pub skip_reason: Option<SkipReason>,
     pub error_type: Option<String>,
     pub error: Option<String>,

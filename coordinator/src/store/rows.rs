@@ -157,6 +157,7 @@ pub(crate) fn node(r: &impl SqlRow) -> Result<NodeRow, sqlx::Error> {
         attempt_base: r.read("attempt_base")?,
         level_index: r.read("level_index")?,
         retry_at_ms: r.read("retry_at_ms")?,
+        deadline_ms: r.read("deadline_ms")?,
         skip_reason: r.read("skip_reason")?,
         error_type: r.read("error_type")?,
         error: r.read("error")?,

@@ -1,5 +1,6 @@
 //! A model-based property test of the state machine over random DAGs, outcomes, duplicates,
-//! reordering, cancels and crash-restore.
+//! reordering, cancels, crash-restore and attempts that outlive their deadline (their worker
+//! lost: the coordinator ends them, and their results, should they still come, are stale).
 
 use proptest::prelude::*;
 use serde_json::json;
@@ -18,6 +19,8 @@ enum Step {
     /// Let time pass so retries fall due.
     Tick,
     Cancel,
+    /// Two days pass: every running attempt is past its deadline.
+    Lapse,
 }
 
 fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
@@ -28,6 +31,7 @@ fn arb_steps() -> impl Strategy<Value = Vec<Step>> {
             1 => Just(Step::Restore),
             2 => Just(Step::Tick),
             1 => Just(Step::Cancel),
+            1 => Just(Step::Lapse),
         ],
         0..200,
     )
@@ -110,6 +114,10 @@ impl Simulation {
                 Vec::new()
             }
             Step::Cancel => self.e.cancel(self.now),
+            Step::Lapse => {
+                self.now += 2 * 86_400_000;
+                self.e.tick(self.now)
+            }
             _ => {
                 self.now += 100;
                 self.e.tick(self.now)

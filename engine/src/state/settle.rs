@@ -7,9 +7,34 @@ use crate::retry;
 use std::cmp::Reverse;
 use std::sync::Arc;
 
-use super::{Execution, Halt, NodeError, NodeState, NodeStatus, SkipReason};
+use super::{Effect, Execution, Halt, NodeError, NodeState, NodeStatus, SkipReason};
 
 impl Execution {
+    /// Ends every running attempt past its deadline as if its worker had reported `worker_lost`
+    /// (retryable, so the node's retry policy decides), and asks whichever worker may still hold
+    /// it to stop. A result of that attempt arriving later is stale and changes nothing.
+    pub(super) fn end_lapsed_attempts(&mut self, now_ms: u64, effects: &mut Vec<Effect>) {
+        while let Some(&Reverse((at, p))) = self.deadlines.peek() {
+            if at > now_ms {
+                break;
+            }
+            self.deadlines.pop();
+            let v = self.dag.order()[p as usize];
+            let state = &self.nodes[v as usize];
+            if state.status != NodeStatus::Running || state.deadline_ms != Some(at) {
+                continue;
+            }
+            effects.push(Effect::CancelRunning { node: v, attempt: state.attempt });
+            self.running -= 1;
+            let message = format!(
+                "no result within the attempt's timeout plus {} s of grace (GL_ORCHESTRATOR_ATTEMPT_GRACE_SECONDS); \
+                 the coordinator ended the attempt",
+                self.attempt_grace_ms / 1000
+            );
+            self.fail_attempt(v, NodeError::new("worker_lost", message), true, now_ms);
+        }
+    }
+
     pub(super) fn fail_attempt(&mut self, node: NodeIndex, error: NodeError, retryable: bool, now_ms: u64) {
         let compiled = self.dag.node(node);
         let state = &self.nodes[node as usize];

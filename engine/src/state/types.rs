@@ -110,6 +110,10 @@ pub struct NodeState {
     /// Attempts made before the latest resume: the retry budget counts from here.
     pub attempt_base: u32,
     pub retry_at_ms: Option<u64>,
+    /// While running: when the coordinator ends the attempt if no result has come (dispatch +
+    /// timeout + grace). Absent in snapshots from before it existed: no deadline then.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
     pub skip_reason: Option<SkipReason>,
     pub error: Option<NodeError>,
     pub outputs: Option<Value>,
@@ -123,6 +127,7 @@ impl Default for NodeState {
             attempt: 0,
             attempt_base: 0,
             retry_at_ms: None,
+            deadline_ms: None,
             skip_reason: None,
             error: None,
             outputs: None,

@@ -52,6 +52,7 @@ impl Stack {
             concurrency: self.options.worker_concurrency,
             worker_id: id.into(),
             grace: Duration::from_secs(5),
+            bounds: settings.bounds(),
             registry: self.options.registry.clone(),
             metrics: Default::default(),
             liveness: Default::default(),

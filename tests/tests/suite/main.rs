@@ -10,8 +10,10 @@
 mod api;
 mod auth;
 mod bad_input;
+mod bounds;
 mod code_shape;
 mod crate_graph;
+mod deadlines;
 mod deploy;
 mod durability;
 mod embedded;

@@ -132,7 +132,8 @@ impl ExecutionStore for PgStore {
 
     async fn nodes(&self, id: Uuid) -> Result<Vec<NodeRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT n.node_id, n.agent_id, n.status, n.attempt, n.attempt_base, n.level_index, n.retry_at_ms, n.skip_reason,
+            "SELECT n.node_id, n.agent_id, n.status, n.attempt, n.attempt_base, n.level_index, n.retry_at_ms, n.deadline_ms,
+                    n.skip_reason,
                     n.error_type, n.error, n.input_hash, n.output_hash, n.compensation, n.started_at,
                     n.completed_at, n.duration_ms, n.worker_id, n.trace_id, c.outputs
              FROM node_traces n LEFT JOIN dag_checkpoints c USING (execution_id, node_id)
@@ -207,7 +208,8 @@ impl ExecutionStore for PgStore {
             return Ok(false);
         }
         sqlx::query(
-            "UPDATE node_traces SET status = 'pending', attempt_base = attempt, retry_at_ms = NULL, skip_reason = NULL,
+            "UPDATE node_traces SET status = 'pending', attempt_base = attempt, retry_at_ms = NULL, deadline_ms = NULL,
+                 skip_reason = NULL,
                  error_type = NULL, error = NULL, compensation = 'none', input_hash = NULL, output_hash = NULL,
                  started_at = NULL, completed_at = NULL, duration_ms = NULL, worker_id = NULL
              WHERE execution_id = $1 AND node_id = ANY($2)",

@@ -228,12 +228,13 @@ async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate
     let attempts: Vec<i32> = nodes.iter().map(|n| n.attempt).collect();
     let bases: Vec<i32> = nodes.iter().map(|n| n.attempt_base).collect();
     let retry_at: Vec<Option<i64>> = nodes.iter().map(|n| n.retry_at_ms).collect();
+    let deadlines: Vec<Option<i64>> = nodes.iter().map(|n| n.deadline_ms).collect();
     let compensation: Vec<String> = nodes.iter().map(|n| text(&n.compensation)).collect();
     let dispatched: Vec<bool> = nodes.iter().map(|n| n.dispatched).collect();
     let durations: Vec<Option<i64>> = nodes.iter().map(|n| n.duration_ms).collect();
     sqlx::query(
         "UPDATE node_traces t SET status = u.status, attempt = u.attempt, attempt_base = u.attempt_base,
-             retry_at_ms = u.retry_at_ms,
+             retry_at_ms = u.retry_at_ms, deadline_ms = u.deadline_ms,
              skip_reason = u.skip_reason, error_type = u.error_type, error = u.error, compensation = u.compensation,
              started_at = CASE WHEN u.dispatched THEN now()
                                ELSE COALESCE(u.started_at::timestamptz, t.started_at) END,
@@ -246,10 +247,10 @@ async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate
              trace_id = COALESCE(u.trace_id, t.trace_id)
          FROM UNNEST($2::text[], $3::text[], $4::int[], $5::bigint[], $6::text[], $7::text[], $8::text[], $9::text[],
                      $10::bool[], $11::text[], $12::text[], $13::bigint[], $14::text[], $15::text[], $16::text[],
-                     $17::int[], $18::text[])
+                     $17::int[], $18::text[], $19::bigint[])
               AS u(node_id, status, attempt, retry_at_ms, skip_reason, error_type, error, compensation,
                    dispatched, started_at, completed_at, duration_ms, worker_id, input_hash, output_hash,
-                   attempt_base, trace_id)
+                   attempt_base, trace_id, deadline_ms)
          WHERE t.execution_id = $1 AND t.node_id = u.node_id",
     )
     .bind(id)
@@ -270,6 +271,7 @@ async fn update_nodes(tx: &mut sqlx::PgConnection, id: Uuid, nodes: &[NodeUpdate
     .bind(col(|n| n.output_hash.clone()))
     .bind(&bases)
     .bind(col(|n| n.trace_id.clone()))
+    .bind(&deadlines)
     .execute(&mut *tx)
     .await?;
     Ok(())

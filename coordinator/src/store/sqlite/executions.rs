@@ -109,7 +109,7 @@ impl ExecutionStore for SqliteStore {
 
     async fn nodes(&self, id: Uuid) -> Result<Vec<NodeRow>, StoreError> {
         let rows = sqlx::query(
-            "SELECT n.node_id, n.agent_id, n.status, n.attempt, n.attempt_base, n.level_index, n.retry_at_ms,
+            "SELECT n.node_id, n.agent_id, n.status, n.attempt, n.attempt_base, n.level_index, n.retry_at_ms, n.deadline_ms,
                     n.skip_reason, n.error_type, n.error, n.input_hash, n.output_hash, n.compensation, n.started_at,
                     n.completed_at, n.duration_ms, n.worker_id, n.trace_id, c.outputs
              FROM node_traces n LEFT JOIN dag_checkpoints c USING (execution_id, node_id)
@@ -189,7 +189,8 @@ impl ExecutionStore for SqliteStore {
         }
         let remaining = json_list(remaining.iter().map(|n| json!(n)).collect());
         sqlx::query(
-            "UPDATE node_traces SET status = 'pending', attempt_base = attempt, retry_at_ms = NULL, skip_reason = NULL,
+            "UPDATE node_traces SET status = 'pending', attempt_base = attempt, retry_at_ms = NULL, deadline_ms = NULL,
+                 skip_reason = NULL,
                  error_type = NULL, error = NULL, compensation = 'none', input_hash = NULL, output_hash = NULL,
                  started_at = NULL, completed_at = NULL, duration_ms = NULL, worker_id = NULL
              WHERE execution_id = ?1 AND node_id IN (SELECT value FROM json_each(?2))",

@@ -258,7 +258,7 @@ async fn mark_processed(
 fn node_update(n: &NodeUpdate) -> Result<Value, StoreError> {
     Ok(json!({
         "node_id": n.node_id, "status": n.status, "attempt": n.attempt, "attempt_base": n.attempt_base,
-        "retry_at_ms": n.retry_at_ms, "skip_reason": n.skip_reason, "error_type": n.error_type,
+        "retry_at_ms": n.retry_at_ms, "deadline_ms": n.deadline_ms, "skip_reason": n.skip_reason, "error_type": n.error_type,
         "error": n.error, "compensation": n.compensation, "dispatched": n.dispatched,
         "started_at": n.started_at.as_deref().map(stored_time).transpose()?,
         "completed_at": n.completed_at.as_deref().map(stored_time).transpose()?,
@@ -286,7 +286,7 @@ async fn update_nodes(
 async fn update_node(tx: &mut sqlx::SqliteConnection, id: Uuid, update: &Value, at: &str) -> Result<(), StoreError> {
     sqlx::query(
         "UPDATE node_traces SET status = u.u_status, attempt = u.u_attempt, attempt_base = u.u_attempt_base,
-             retry_at_ms = u.u_retry_at_ms, skip_reason = u.u_skip_reason, error_type = u.u_error_type,
+             retry_at_ms = u.u_retry_at_ms, deadline_ms = u.u_deadline_ms, skip_reason = u.u_skip_reason, error_type = u.u_error_type,
              error = u.u_error, compensation = u.u_compensation,
              started_at = CASE WHEN u.u_dispatched THEN ?2 ELSE COALESCE(u.u_started_at, started_at) END,
              completed_at = CASE WHEN u.u_dispatched THEN NULL ELSE COALESCE(u.u_completed_at, completed_at) END,
@@ -297,7 +297,8 @@ async fn update_node(tx: &mut sqlx::SqliteConnection, id: Uuid, update: &Value, 
              trace_id = COALESCE(u.u_trace_id, trace_id)
          FROM (SELECT value ->> 'node_id' AS u_node_id, value ->> 'status' AS u_status,
                       value ->> 'attempt' AS u_attempt, value ->> 'attempt_base' AS u_attempt_base,
-                      value ->> 'retry_at_ms' AS u_retry_at_ms, value ->> 'skip_reason' AS u_skip_reason,
+                      value ->> 'retry_at_ms' AS u_retry_at_ms, value ->> 'deadline_ms' AS u_deadline_ms,
+                      value ->> 'skip_reason' AS u_skip_reason,
                       value ->> 'error_type' AS u_error_type, value ->> 'error' AS u_error,
                       value ->> 'compensation' AS u_compensation, value ->> 'dispatched' AS u_dispatched,
                       value ->> 'started_at' AS u_started_at, value ->> 'completed_at' AS u_completed_at,

@@ -61,7 +61,7 @@ pub(super) async fn steps_are_fenced(db: &dyn Store) {
     let step = StepWrite {
         status: ExecutionStatus::Running,
         completed_nodes: 1,
-        nodes: vec![running("b", 1)],
+        nodes: vec![NodeUpdate { deadline_ms: Some(1_796_400_000_123), ..running("b", 1) }],
         outbox: vec![message(1)],
         ..StepWrite::default()
     };
@@ -80,6 +80,7 @@ pub(super) async fn steps_are_fenced(db: &dyn Store) {
     let nodes = db.nodes(id).await.expect("nodes");
     let b = &nodes[1];
     assert_eq!((b.node_id.as_str(), text(&b.status).as_str(), b.attempt), ("b", "running", 1));
+    assert_eq!(b.deadline_ms, Some(1_796_400_000_123), "the running attempt's deadline is kept");
     assert_eq!(
         (b.started_at, b.completed_at, b.trace_id.as_deref()),
         (Some(started), None, Some("0af7651916cd43dd8448eb211c80319c"))
@@ -105,6 +106,7 @@ async fn worker_timing_is_stored_as_given(
         worker_id: Some("w7".into()),
         output_hash: Some("out".into()),
         trace_id: None,
+        deadline_ms: None,
         ..running("b", 1)
     };
     let last = StepWrite {
@@ -133,6 +135,7 @@ async fn worker_timing_is_stored_as_given(
         (Some(1377), Some("w7"), Some("out"))
     );
     assert_eq!(b.trace_id.as_deref(), Some("0af7651916cd43dd8448eb211c80319c"), "a missing value keeps the old one");
+    assert_eq!(b.deadline_ms, None, "a node no longer running has no deadline");
 }
 
 /// An expired lease writes nothing, even with the right owner and epoch.
