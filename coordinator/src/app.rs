@@ -104,6 +104,7 @@ impl Coordinator {
             topology: queue.topology().clone(),
             parallel_cap: settings.max_parallel_nodes,
             attempt_grace_ms: settings.attempt_grace_ms(),
+            max_input_bytes: settings.max_task_input_bytes,
             max_owned: settings.max_concurrent_executions as usize,
             max_concurrent: settings.max_concurrent_executions,
             metrics: metrics.clone(),

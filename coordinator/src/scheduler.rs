@@ -47,6 +47,8 @@ pub struct SchedulerOptions {
     pub parallel_cap: u32,
     /// `GL_ORCHESTRATOR_ATTEMPT_GRACE_SECONDS`, in ms.
     pub attempt_grace_ms: u64,
+    /// `GL_ORCHESTRATOR_MAX_TASK_INPUT_BYTES`.
+    pub max_input_bytes: usize,
     /// Most executions one replica drives at once.
     pub max_owned: usize,
     /// `GL_ORCHESTRATOR_MAX_CONCURRENT_EXECUTIONS`: running executions in the whole cluster.
@@ -321,6 +323,7 @@ impl Scheduler {
         let mut exec = Execution::restore(dag, &row.execution_id.to_string(), row.input_data.clone(), snapshot);
         exec.set_parallel_cap(self.options.parallel_cap);
         exec.set_attempt_grace_ms(self.options.attempt_grace_ms);
+        exec.set_max_input_bytes(self.options.max_input_bytes);
         let chain = records.iter().map(|(_, r)| (r.node_id.clone(), r.chain_hash.clone())).collect();
         let last_record = records
             .last()

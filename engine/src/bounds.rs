@@ -16,6 +16,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::canonical::compact_len;
 use crate::ids::check_id;
 use crate::messages::{Message, ResultMessage, WIRE_VERSION};
 use crate::state::{NodeError, Outcome, TaskKind};
@@ -119,7 +120,7 @@ pub fn bound_outcome(outcome: Outcome, bounds: &Bounds) -> Outcome {
 }
 
 fn output_problem(outputs: &Value, bounds: &Bounds) -> Option<NodeError> {
-    let size = compact_size(outputs);
+    let size = compact_len(outputs);
     if size > bounds.max_output_bytes {
         let message = format!(
             "the outputs are {size} bytes; the limit is {} (GL_ORCHESTRATOR_MAX_NODE_OUTPUT_BYTES)",
@@ -218,24 +219,6 @@ fn storable_text(mut text: String) -> String {
 fn cut(text: &str, max: usize) -> &str {
     let end = (0..=max.min(text.len())).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
     &text[..end]
-}
-
-/// Bytes of the value as compact JSON, counted without building the text.
-fn compact_size(value: &Value) -> usize {
-    struct Count(usize);
-    impl std::io::Write for Count {
-        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-            self.0 += bytes.len();
-            Ok(bytes.len())
-        }
-        fn flush(&mut self) -> std::io::Result<()> {
-            Ok(())
-        }
-    }
-    let mut count = Count(0);
-    // Writing into a counter cannot fail: string keys only, finite numbers only.
-    let _ = serde_json::to_writer(&mut count, value);
-    count.0
 }
 
 /// Nesting depth: a scalar is 0, `[]` and `{}` are 1, `[[1]]` is 2.

@@ -89,6 +89,24 @@ pub fn value_hash(value: &Value) -> ContentHash {
     ContentHash::of_bytes(&out)
 }
 
+/// Bytes of the value as compact JSON, counted without building the text.
+pub fn compact_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+            self.0 += bytes.len();
+            Ok(bytes.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Writing into a counter cannot fail: string keys only, finite numbers only.
+    let _ = serde_json::to_writer(&mut count, value);
+    count.0
+}
+
 /// Appends the canonical form of `value` to `out`.
 pub fn write_canonical(out: &mut Vec<u8>, value: &Value) {
     match value {

@@ -38,6 +38,7 @@ pub const SETTINGS: &[(&str, Option<&str>)] = &[
     ("MAX_BODY_BYTES", Some("1048576")),
     ("MAX_NODE_OUTPUT_BYTES", Some("1048576")),
     ("MAX_JSON_DEPTH", Some("64")),
+    ("MAX_TASK_INPUT_BYTES", Some("16777216")),
     ("DB_POOL_SIZE", Some("10")),
     ("DB_POOL_MAX_OVERFLOW", Some("5")),
     ("LEASE_TTL_SECONDS", Some("15")),
@@ -119,6 +120,8 @@ pub struct Settings {
     /// What a node's outputs may be: compact JSON bytes and nesting (see [`crate::bounds`]).
     pub max_node_output_bytes: usize,
     pub max_json_depth: usize,
+    /// A node whose input is larger fails as `input_too_large` without being dispatched.
+    pub max_task_input_bytes: usize,
     pub db_pool_size: u32,
     pub db_pool_max_overflow: u32,
     pub lease_ttl_seconds: u32,
@@ -224,6 +227,7 @@ impl Settings {
             max_node_output_bytes: number("MAX_NODE_OUTPUT_BYTES", 1024, 1 << 30)? as usize,
             // Past 100 a dependent's input (one level deeper) nears the decoders' own limit, 128.
             max_json_depth: number("MAX_JSON_DEPTH", 2, 100)? as usize,
+            max_task_input_bytes: number("MAX_TASK_INPUT_BYTES", 1024, 1 << 30)? as usize,
             db_pool_size: number("DB_POOL_SIZE", 1, 1000)?,
             db_pool_max_overflow: number("DB_POOL_MAX_OVERFLOW", 0, 1000)?,
             lease_ttl_seconds: number("LEASE_TTL_SECONDS", 1, 3600)?,

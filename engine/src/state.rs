@@ -22,15 +22,17 @@
 //! - cancelling dispatches nothing new, asks running nodes to stop, and ends the rest `cancelled`.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeSet, BinaryHeap};
 use std::sync::Arc;
 
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use crate::condition::Scope;
 use crate::dag::{Dag, NodeIndex, Scheduling};
 
+mod dispatch;
 mod settle;
+
+use dispatch::timeout_ms;
 mod types;
 
 pub use types::{
@@ -59,6 +61,8 @@ pub struct Execution {
     /// How long past its timeout an attempt may go without a result before the coordinator ends it
     /// (`GL_ORCHESTRATOR_ATTEMPT_GRACE_SECONDS`): it also covers the time the task waits in its queue.
     attempt_grace_ms: u64,
+    /// A node whose input (as compact JSON) is larger fails as `input_too_large`, undispatched.
+    max_input_bytes: usize,
     running: u32,
     /// Operator cap on nodes in flight (`GL_ORCHESTRATOR_MAX_PARALLEL_NODES`), over the DAG's own.
     parallel_cap: u32,
@@ -97,6 +101,7 @@ impl Execution {
             retries: BinaryHeap::new(),
             deadlines: BinaryHeap::new(),
             attempt_grace_ms: DEFAULT_ATTEMPT_GRACE_MS,
+            max_input_bytes: DEFAULT_MAX_INPUT_BYTES,
             running: 0,
             parallel_cap: u32::MAX,
             cancel_again_ms: None,
@@ -149,6 +154,10 @@ impl Execution {
     /// Caps nodes in flight below the DAG's `max_parallel_nodes`.
     pub fn set_attempt_grace_ms(&mut self, grace_ms: u64) {
         self.attempt_grace_ms = grace_ms;
+    }
+
+    pub fn set_max_input_bytes(&mut self, bytes: usize) {
+        self.max_input_bytes = bytes;
     }
 
     pub fn set_parallel_cap(&mut self, cap: u32) {
@@ -333,73 +342,6 @@ impl Execution {
         self.unfinished_per_level[..level].iter().all(|&n| n == 0)
     }
 
-    fn start_node(&mut self, node: NodeIndex, now_ms: u64, effects: &mut Vec<Effect>) {
-        let dag = Arc::clone(&self.dag);
-        let compiled = dag.node(node);
-        let first_attempt = self.nodes[node as usize].attempt == self.nodes[node as usize].attempt_base;
-        if let (true, Some(condition)) = (first_attempt, &compiled.condition) {
-            let results = self.results_for(condition.referenced_nodes().into_iter());
-            match condition.evaluate(&Scope { input: &self.input, results: &results }) {
-                Ok(true) => {}
-                Ok(false) => {
-                    self.nodes[node as usize].skip_reason = Some(SkipReason::Condition);
-                    return self.finish_node(node, NodeStatus::Skipped);
-                }
-                Err(e) => {
-                    self.nodes[node as usize].attempt += 1;
-                    return self.fail_attempt(node, NodeError::new("condition_error", e.to_string()), false, now_ms);
-                }
-            }
-        }
-        let timeout_ms = timeout_ms(compiled.timeout.timeout_seconds);
-        let deadline = now_ms.saturating_add(timeout_ms).saturating_add(self.attempt_grace_ms);
-        let state = &mut self.nodes[node as usize];
-        state.attempt += 1;
-        state.retry_at_ms = None;
-        state.deadline_ms = Some(deadline);
-        let attempt = state.attempt;
-        self.set_status(node, NodeStatus::Running);
-        self.running += 1;
-        self.deadlines.push(Reverse((deadline, self.position[node as usize])));
-        effects.push(Effect::Dispatch(Task {
-            node,
-            attempt,
-            kind: TaskKind::Run,
-            agent_id: self.dag.node_spec(node).agent_id.clone(),
-            input: self.node_input(node),
-            timeout_ms,
-        }));
-    }
-
-    /// The input object an agent receives: the `input_mapping` applied, or, without one,
-    /// `{"_input": <execution input>, "<dep id>": <dep outputs or null>, ...}`.
-    pub fn node_input(&self, node: NodeIndex) -> Value {
-        let compiled = self.dag.node(node);
-        if compiled.input_mapping.is_empty() {
-            let mut object = Map::new();
-            object.insert("_input".to_owned(), self.input.clone());
-            for &d in &compiled.deps {
-                let outputs = self.nodes[d as usize].outputs.clone().unwrap_or(Value::Null);
-                object.insert(self.dag.node_id(d).to_owned(), outputs);
-            }
-            return Value::Object(object);
-        }
-        let results = self.results_for(compiled.input_mapping.iter().filter_map(|(_, p)| p.node()));
-        let scope = Scope { input: &self.input, results: &results };
-        Value::Object(
-            compiled.input_mapping.iter().map(|(target, path)| (target.clone(), path.lookup(&scope))).collect(),
-        )
-    }
-
-    fn results_for<'a>(&self, nodes: impl Iterator<Item = &'a str>) -> BTreeMap<String, Value> {
-        nodes
-            .filter_map(|id| {
-                let v = self.dag.index_of(id)?;
-                Some((id.to_owned(), self.nodes[v as usize].outputs.clone()?))
-            })
-            .collect()
-    }
-
     fn finish_or_compensate(&mut self, effects: &mut Vec<Effect>) {
         if self.halt == Some(Halt::Compensate)
             && let Some(task) = self.next_compensation()
@@ -486,9 +428,8 @@ const CANCEL_RESEND_MS: u64 = 2_000;
 /// Default of `GL_ORCHESTRATOR_ATTEMPT_GRACE_SECONDS`, in ms.
 pub const DEFAULT_ATTEMPT_GRACE_MS: u64 = 600_000;
 
-fn timeout_ms(seconds: f64) -> u64 {
-    (seconds * 1000.0).ceil().clamp(1.0, 86_400_000.0) as u64
-}
+/// Default of `GL_ORCHESTRATOR_MAX_TASK_INPUT_BYTES`: sixteen dependencies at the output limit.
+pub const DEFAULT_MAX_INPUT_BYTES: usize = 16 * 1024 * 1024;
 
 #[cfg(test)]
 mod deadline_tests;

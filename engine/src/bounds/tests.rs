@@ -117,7 +117,7 @@ fn a_result_deeper_than_the_decoder_accepts_still_ends_its_attempt() {
 fn outputs_over_a_limit_fail_the_attempt_naming_the_limit() {
     let bounds = Bounds { max_output_bytes: 100, max_json_depth: 3 };
     let exactly = json!({"s": "x".repeat(100 - r#"{"s":""}"#.len())});
-    assert_eq!(compact_size(&exactly), 100);
+    assert_eq!(compact_len(&exactly), 100);
     assert_eq!(bounded(succeeded(exactly.clone()), &bounds), succeeded(exactly));
     let over = bounded(succeeded(json!({"s": "x".repeat(100)})), &bounds);
     let (error_type, text, retryable) = failure(&over);

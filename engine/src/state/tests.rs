@@ -347,3 +347,20 @@ fn compensated_nodes_run_again_on_resume_and_compensate_under_a_new_attempt() {
     );
     assert!(again.record_compensation(id(&d, "a"), 2, ok(json!({})), 13).is_ok());
 }
+
+#[test]
+fn a_node_whose_input_is_over_the_limit_fails_undispatched() {
+    let d = dag(json!({"name": "t", "nodes": {
+        "a": {"agent_id": "x"}, "b": {"agent_id": "x", "depends_on": ["a"], "retry_policy": {"max_retries": 3}}}}));
+    let mut e = Execution::new(d.clone(), "e1", json!({}));
+    e.set_max_input_bytes(100);
+    assert_eq!(dispatched(&e.start(0)), vec![(id(&d, "a"), 1)], "a's input is small");
+    let fx = e.record(id(&d, "a"), 1, ok(json!({"blob": "x".repeat(200)})), 1).expect("current");
+    assert!(dispatched(&fx).is_empty(), "b is never dispatched: {fx:?}");
+    let b = e.node_state(id(&d, "b"));
+    assert_eq!((b.status, b.attempt), (NodeStatus::Failed, 1), "not retried");
+    let error = b.error.clone().expect("error");
+    assert_eq!(error.error_type, "input_too_large");
+    assert!(error.message.contains("the limit is 100 (GL_ORCHESTRATOR_MAX_TASK_INPUT_BYTES)"), "{}", error.message);
+    assert_eq!(finished(&fx), Some(ExecutionStatus::Failed));
+}

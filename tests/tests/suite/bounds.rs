@@ -1,5 +1,6 @@
 //! Bounded results: outputs over a limit fail their node fast (the amplification DAG of issue 17,
-//! and a chain that nests one level deeper per hop), and malformed results published straight
+//! and a chain that nests one level deeper per hop), an input over its limit is never dispatched,
+//! and malformed results published straight
 //! onto the broker wedge neither the inbox nor the execution they name.
 
 use std::collections::BTreeMap;
@@ -74,9 +75,23 @@ async fn a_chain_that_nests_deeper_per_hop_stops_at_the_depth_limit(backend: Bac
     stack.shutdown().await;
 }
 
+async fn a_node_whose_input_is_over_the_limit_fails_without_being_dispatched(backend: Backend) {
+    let settings = vec![("MAX_TASK_INPUT_BYTES", "1024".to_owned())];
+    let stack = Stack::start(StackOptions { backend, settings, ..StackOptions::default() }).await;
+    stack.create_dag(json!({"dag_id": "wide-in", "name": "wide-in", "nodes": {"a": {"agent_id": "echo"}}})).await;
+    let id = stack.execute("wide-in", json!({"blob": "x".repeat(2000)})).await;
+    assert_eq!(stack.wait_finished(&id, WITHIN).await["status"], "failed");
+    let a = &stack.nodes(&id).await["a"];
+    assert_eq!((&a["error_type"], &a["attempt_count"]), (&json!("input_too_large"), &json!(1)), "{a}");
+    assert!(a["error"].as_str().unwrap_or("").contains("the limit is 1024 (GL_ORCHESTRATOR_MAX_TASK_INPUT_BYTES)"));
+    assert_eq!(a["worker_id"], Value::Null, "no worker saw it");
+    stack.shutdown().await;
+}
+
 tests::on_both_backends!(
     an_amplifying_dag_fails_fast_with_output_too_large,
     a_chain_that_nests_deeper_per_hop_stops_at_the_depth_limit,
+    a_node_whose_input_is_over_the_limit_fails_without_being_dispatched,
 );
 
 /// The counters of what the inbox could not apply.
