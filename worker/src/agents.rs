@@ -1,30 +1,47 @@
 //! Agents: what a node's `agent_id` runs.
 //!
-//! An agent receives `{"execution_id", "node_id", "attempt", "clock", "params", "input"}` and
-//! returns an outputs object, or an error with a type (matched by `retryable_exceptions`) and
-//! whether retrying can help. Three kinds:
+//! An agent receives `{"execution_id", "node_id", "attempt", "kind", "idempotency_key", "clock",
+//! "params", "input"}` and returns an outputs object, or an error with a type (matched by
+//! `retryable_exceptions`) and whether retrying can help. Calls are at least once (RELIABILITY.md
+//! lists when the same attempt runs again): `idempotency_key` is `execution:node:attempt:kind`,
+//! the same for every delivery of one attempt and different for its compensation, so an agent with
+//! side effects can recognise a repeat. Three kinds:
 //!
 //! - built-in: `noop`, `echo`, `sleep`, `fail`, `flaky`, and the emissions agents
 //!   `activity_intake`, `emission_factor`, `sum`;
-//! - `http`: POST the call as JSON to a URL; a 2xx JSON object is the outputs, 4xx is not
-//!   retryable, 5xx, connection errors and timeouts are;
+//! - `http`: POST the call as JSON to a URL with the key as the `Idempotency-Key` header; a 2xx
+//!   JSON object is the outputs, 4xx is not retryable, 5xx, connection errors and timeouts are;
+//!   redirects are not followed (a 3xx fails the attempt, not retryable: the registry names the
+//!   real URL);
 //! - `command`: run a program with the call as JSON on stdin; a JSON object on stdout is the
-//!   outputs; a non-zero exit is a failure. The process is killed when the attempt times out.
+//!   outputs; a non-zero exit is a failure. The child gets a cleared environment (only
+//!   [`COMMAND_ENV`] and the entry's own `pass_env` names pass, so the worker's broker credentials
+//!   never do), runs in a process group of its own, and the whole group is killed when the attempt
+//!   ends, times out or is cancelled. Its stdout is read up to the output limit and its stderr up
+//!   to [`STDERR_CAP`]; more fails the attempt as `output_too_large` (the rest is drained, not kept).
 //!
 //! The registry file (`GL_ORCHESTRATOR_AGENTS_FILE`, YAML) names the `http` and `command` agents:
 //!
 //! ```yaml
 //! agents:
 //!   geocoder: {type: http, url: "http://geo.internal/run"}
-//!   legacy_calc: {type: command, program: /usr/bin/python3, args: [calc.py]}
+//!   legacy_calc: {type: command, program: /usr/bin/python3, args: [calc.py], pass_env: [PYTHONPATH]}
 //! ```
 
 use std::collections::BTreeMap;
-use std::process::Stdio;
 
+use engine::messages::TaskMessage;
+use engine::state::TaskKind;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
-use tokio::io::AsyncWriteExt;
+
+mod command;
+
+/// The environment variables a `command` child keeps from the worker's (if set).
+pub const COMMAND_ENV: &[&str] = &["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
+/// How much of a `command` child's stderr is kept (for the error message).
+pub const STDERR_CAP: usize = 64 * 1024;
 
 /// What an agent is called with.
 #[derive(Debug, Clone, Serialize)]
@@ -32,9 +49,31 @@ pub struct Call {
     pub execution_id: String,
     pub node_id: String,
     pub attempt: u32,
+    pub kind: TaskKind,
+    /// `execution:node:attempt:kind`: the same for every delivery of one attempt.
+    pub idempotency_key: String,
     pub clock: String,
     pub params: Map<String, Value>,
     pub input: Value,
+}
+
+impl Call {
+    pub fn of(task: &TaskMessage) -> Self {
+        let kind = match task.kind {
+            TaskKind::Run => "run",
+            TaskKind::Compensate => "compensate",
+        };
+        Self {
+            execution_id: task.execution_id.clone(),
+            node_id: task.node_id.clone(),
+            attempt: task.attempt,
+            kind: task.kind,
+            idempotency_key: format!("{}:{}:{}:{kind}", task.execution_id, task.node_id, task.attempt),
+            clock: task.clock.clone(),
+            params: task.params.clone(),
+            input: task.input.clone(),
+        }
+    }
 }
 
 /// Why an agent failed.
@@ -62,6 +101,9 @@ pub enum External {
         program: String,
         #[serde(default)]
         args: Vec<String>,
+        /// Names of the worker's environment variables the child may see, beyond [`COMMAND_ENV`].
+        #[serde(default)]
+        pass_env: Vec<String>,
     },
 }
 
@@ -73,10 +115,12 @@ struct RegistryFile {
 }
 
 /// Resolves `agent_id`s.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Registry {
     external: BTreeMap<String, External>,
     http: reqwest::Client,
+    /// Bytes of a `command` agent's stdout read at most (`GL_ORCHESTRATOR_MAX_NODE_OUTPUT_BYTES`).
+    output_cap: usize,
 }
 
 /// `GL_ORCHESTRATOR_AGENT_CONNECT_TIMEOUT_SECONDS`'s default.
@@ -85,7 +129,21 @@ const DEFAULT_CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_s
 fn http_client(connect_timeout: std::time::Duration) -> reqwest::Client {
     // Building fails only when the TLS backend cannot initialise; the plain client then still
     // serves plain-HTTP agents.
-    reqwest::Client::builder().connect_timeout(connect_timeout).build().unwrap_or_default()
+    reqwest::Client::builder()
+        .connect_timeout(connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap_or_default()
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self {
+            external: BTreeMap::new(),
+            http: http_client(DEFAULT_CONNECT_TIMEOUT),
+            output_cap: engine::bounds::DEFAULT_MAX_OUTPUT_BYTES,
+        }
+    }
 }
 
 const BUILT_IN: &[&str] = &["noop", "echo", "sleep", "fail", "flaky", "activity_intake", "emission_factor", "sum"];
@@ -100,7 +158,13 @@ impl Registry {
         if let Some(clash) = external.keys().find(|k| BUILT_IN.contains(&k.as_str())) {
             return Err(format!("agents file: {clash:?} is a built-in agent"));
         }
-        Ok(Self { external, http: http_client(DEFAULT_CONNECT_TIMEOUT) })
+        Ok(Self { external, ..Self::default() })
+    }
+
+    /// A `command` agent's stdout beyond `bytes` fails its attempt as `output_too_large`.
+    pub fn with_output_cap(mut self, bytes: usize) -> Self {
+        self.output_cap = bytes;
+        self
     }
 
     /// Connecting to an `http` agent fails after `limit` (the attempt's own timeout bounds the
@@ -129,7 +193,9 @@ impl Registry {
             "sum" => sum(call),
             other => match self.external.get(other) {
                 Some(External::Http { url }) => self.http(other, url, call).await,
-                Some(External::Command { program, args }) => command(program, args, call).await,
+                Some(External::Command { program, args, pass_env }) => {
+                    command::run(program, args, pass_env, call, self.output_cap).await
+                }
                 None => Err(AgentError::new("agent_not_found", format!("no agent named {other:?}"), false)),
             },
         }?;
@@ -144,10 +210,14 @@ impl Registry {
     /// Errors name the agent, never its URL, which may carry credentials.
     async fn http(&self, agent_id: &str, url: &str, call: &Call) -> Result<Value, AgentError> {
         let response =
-            self.http.post(url).json(call).send().await.map_err(|e| {
-                AgentError::new("ConnectionError", format!("agent {agent_id}: {}", e.without_url()), true)
-            })?;
+            self.http.post(url).header("Idempotency-Key", &call.idempotency_key).json(call).send().await.map_err(
+                |e| AgentError::new("ConnectionError", format!("agent {agent_id}: {}", e.without_url()), true),
+            )?;
         let status = response.status();
+        if status.is_redirection() {
+            let message = format!("agent {agent_id} answered {status}; redirects are not followed");
+            return Err(AgentError::new("HttpRedirect", message, false));
+        }
         let body = response
             .text()
             .await
@@ -163,32 +233,6 @@ impl Registry {
         serde_json::from_str(&body)
             .map_err(|e| AgentError::new("invalid_output", format!("agent {agent_id}: {e}"), false))
     }
-}
-
-async fn command(program: &str, args: &[String], call: &Call) -> Result<Value, AgentError> {
-    let mut child = tokio::process::Command::new(program)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .map_err(|e| AgentError::new("CommandError", format!("cannot start {program}: {e}"), false))?;
-    let payload = serde_json::to_vec(call).unwrap_or_default();
-    if let Some(mut stdin) = child.stdin.take() {
-        stdin.write_all(&payload).await.map_err(|e| AgentError::new("CommandError", e.to_string(), true))?;
-    }
-    let output = child.wait_with_output().await.map_err(|e| AgentError::new("CommandError", e.to_string(), true))?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        return Err(AgentError::new(
-            "CommandError",
-            format!("{program} exited with {}: {}", output.status, clip(&stderr)),
-            true,
-        ));
-    }
-    serde_json::from_slice(&output.stdout)
-        .map_err(|e| AgentError::new("invalid_output", format!("{program} did not print a JSON object: {e}"), false))
 }
 
 fn clip(text: &str) -> String {
@@ -283,76 +327,4 @@ fn sum(call: &Call) -> Result<Value, AgentError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn call(params: Value, input: Value, attempt: u32) -> Call {
-        Call {
-            execution_id: "e".into(),
-            node_id: "n".into(),
-            attempt,
-            clock: "2026-01-01T00:00:00Z".into(),
-            params: params.as_object().cloned().unwrap_or_default(),
-            input,
-        }
-    }
-
-    #[tokio::test]
-    async fn built_ins_behave_as_documented() {
-        let r = Registry::default();
-        assert_eq!(r.run("noop", &call(json!({}), json!({}), 1)).await, Ok(Map::new()));
-        let echoed = r.run("echo", &call(json!({}), json!({"a": 1}), 1)).await.expect("echo");
-        assert_eq!(Value::Object(echoed), json!({"a": 1}));
-        let flaky = call(json!({"failures": 2}), json!({}), 2);
-        assert_eq!(r.run("flaky", &flaky).await.map_err(|e| e.error_type), Err("TransientError".to_owned()));
-        let third = r.run("flaky", &call(json!({"failures": 2}), json!({}), 3)).await.expect("third attempt");
-        assert_eq!(third.get("attempt"), Some(&json!(3)));
-        let failed = r.run("fail", &call(json!({"error_type": "ValueError"}), json!({}), 1)).await;
-        assert_eq!(failed.map_err(|e| e.error_type), Err("ValueError".to_owned()));
-        let missing = r.run("nope", &call(json!({}), json!({}), 1)).await.expect_err("unknown agent");
-        assert_eq!((missing.error_type.as_str(), missing.retryable), ("agent_not_found", false));
-        let not_object = r.run("echo", &call(json!({}), json!([1]), 1)).await.expect_err("array output");
-        assert_eq!(not_object.error_type, "invalid_output");
-    }
-
-    #[tokio::test]
-    async fn emissions_are_quantity_times_factor() {
-        let r = Registry::default();
-        let activities = json!({"activities": [
-            {"scope": 1, "activity": "diesel_l", "quantity": 1000},
-            {"scope": 2, "activity": "electricity_kwh", "quantity": 5000},
-            {"scope": 1, "activity": "diesel_l", "quantity": 500}]});
-        let scope1 = r
-            .run("emission_factor", &call(json!({"scope": 1, "factors": {"diesel_l": 0.002}}), activities.clone(), 1))
-            .await;
-        let scope1 = scope1.expect("scope 1");
-        assert_eq!(scope1.get("tco2e"), Some(&json!(3.0)));
-        let unknown = r.run("emission_factor", &call(json!({"scope": 2, "factors": {}}), activities, 1)).await;
-        assert_eq!(unknown.map_err(|e| e.error_type), Err("UnknownActivity".to_owned()));
-        let total = r
-            .run("sum", &call(json!({}), json!({"_input": {}, "s1": {"tco2e": 3.0}, "s2": {"tco2e": 1.5}}), 1))
-            .await
-            .expect("sum");
-        assert_eq!(total.get("total"), Some(&json!(4.5)));
-    }
-
-    #[tokio::test]
-    async fn command_agents_read_stdin_and_write_stdout() {
-        let r = Registry::default()
-            .with("cat", External::Command { program: "/bin/sh".into(), args: vec!["-c".into(), "cat".into()] })
-            .with("boom", External::Command { program: "/bin/sh".into(), args: vec!["-c".into(), "exit 3".into()] });
-        let out = r.run("cat", &call(json!({"k": 1}), json!({"x": 2}), 1)).await.expect("cat");
-        assert_eq!(out.get("input"), Some(&json!({"x": 2})));
-        assert_eq!(
-            r.run("boom", &call(json!({}), json!({}), 1)).await.map_err(|e| e.error_type),
-            Err("CommandError".to_owned())
-        );
-    }
-
-    #[test]
-    fn registry_file_is_validated() {
-        assert!(Registry::from_yaml(Some("agents:\n  g: {type: http, url: 'http://x'}\n")).is_ok());
-        assert!(Registry::from_yaml(Some("agents:\n  echo: {type: http, url: 'http://x'}\n")).is_err());
-        assert!(Registry::from_yaml(Some("agents:\n  g: {type: ftp}\n")).is_err());
-    }
-}
+mod tests;

@@ -109,5 +109,7 @@ pub fn agents(settings: &Settings) -> Result<Registry, String> {
         None => None,
     };
     let limit = Duration::from_secs(u64::from(settings.agent_connect_timeout_seconds));
-    Ok(Registry::from_yaml(text.as_deref())?.with_connect_timeout(limit))
+    Ok(Registry::from_yaml(text.as_deref())?
+        .with_connect_timeout(limit)
+        .with_output_cap(settings.max_node_output_bytes))
 }

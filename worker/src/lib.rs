@@ -257,14 +257,7 @@ async fn execute(options: &WorkerOptions, running: &Running, task: &TaskMessage,
     }
     let started_at = now_text();
     let clock = Instant::now();
-    let call = Call {
-        execution_id: task.execution_id.clone(),
-        node_id: task.node_id.clone(),
-        attempt: task.attempt,
-        clock: task.clock.clone(),
-        params: task.params.clone(),
-        input: task.input.clone(),
-    };
+    let call = Call::of(task);
     options.metrics.in_flight.inc();
     tracing::debug!(execution_id = %task.execution_id, node_id = %task.node_id, attempt = task.attempt, "running attempt");
     let outcome = run_bounded(options, task, &call, &cancel).await;

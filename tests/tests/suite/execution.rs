@@ -223,11 +223,13 @@ async fn http_and_command_agents_run(backend: Backend) {
     let app = axum::Router::new()
         .route(
             "/score",
-            axum::routing::post(|axum::Json(call): axum::Json<Value>| async move {
+            axum::routing::post(|headers: axum::http::HeaderMap, axum::Json(call): axum::Json<Value>| async move {
                 let rows = call["input"]["_input"]["rows"].as_i64().unwrap_or(0);
-                axum::Json(json!({"score": rows * 2, "node": call["node_id"]}))
+                let key = headers.get("idempotency-key").and_then(|k| k.to_str().ok()).unwrap_or("none").to_owned();
+                axum::Json(json!({"score": rows * 2, "node": call["node_id"], "key": key}))
             }),
         )
+        .route("/moved", axum::routing::post(|| async { (axum::http::StatusCode::FOUND, [("location", "/score")]) }))
         .route("/nul", axum::routing::post(|| async { axum::Json(json!({"text": "a\u{0}b"})) }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -236,30 +238,56 @@ async fn http_and_command_agents_run(backend: Backend) {
         .with("scorer", External::Http { url: format!("http://{addr}/score") })
         .with("missing", External::Http { url: format!("http://{addr}/nope") })
         .with("nul", External::Http { url: format!("http://{addr}/nul") })
-        .with("cat", External::Command { program: "/bin/sh".into(), args: vec!["-c".into(), "cat".into()] });
+        .with("moved", External::Http { url: format!("http://{addr}/moved") })
+        .with(
+            "cat",
+            External::Command { program: "/bin/sh".into(), args: vec!["-c".into(), "cat".into()], pass_env: vec![] },
+        );
     let stack = Stack::start(StackOptions { backend, registry, ..StackOptions::default() }).await;
     let dag = json!({"dag_id": "ext", "name": "e", "nodes": {
         "score": node("scorer"),
         "shell": {"agent_id": "cat", "depends_on": ["score"], "params": {"mode": "audit"}}}});
     let (e, trace) = run(&stack, dag, json!({"rows": 21})).await;
     assert_eq!(e["status"], "completed", "{e}");
-    assert_eq!(trace["score"]["outputs"], json!({"score": 42, "node": "score"}));
+    let key = format!("{}:score:1:run", e["execution_id"].as_str().expect("id"));
+    assert_eq!(
+        trace["score"]["outputs"],
+        json!({"score": 42, "node": "score", "key": key}),
+        "the Idempotency-Key header"
+    );
+    let shell_key = format!("{}:shell:1:run", e["execution_id"].as_str().expect("id"));
+    assert_eq!(trace["shell"]["outputs"]["idempotency_key"], json!(shell_key));
+    assert_eq!(trace["shell"]["outputs"]["kind"], "run");
     assert_eq!(trace["shell"]["outputs"]["params"], json!({"mode": "audit"}));
     assert_eq!(trace["shell"]["outputs"]["input"]["score"]["score"], 42);
+    failing_http_agents_end_their_node_cleanly(&stack).await;
+    stack.shutdown().await;
+    server.abort();
+}
 
+/// A 4xx (not retried, and no URL in the error), a redirect (not followed), outputs PostgreSQL
+/// cannot store.
+async fn failing_http_agents_end_their_node_cleanly(stack: &Stack) {
     let dag = json!({"dag_id": "ext404", "name": "e", "nodes": {"x": node("missing")}});
-    let (e, trace) = run(&stack, dag, json!({})).await;
+    let (e, trace) = run(stack, dag, json!({})).await;
     assert_eq!(e["status"], "failed");
     assert_eq!(trace["x"]["error_type"], "HttpClientError");
     assert_eq!(trace["x"]["attempt_count"], 1, "a 4xx is not retried");
     assert!(!trace["x"]["error"].as_str().unwrap_or("").contains("127.0.0.1"), "errors never show agent URLs");
 
+    let dag = json!({"dag_id": "extmoved", "name": "e", "nodes": {"x": node("moved")}});
+    let (e, trace) = run(stack, dag, json!({})).await;
+    assert_eq!(e["status"], "failed");
+    assert_eq!(
+        (&trace["x"]["error_type"], &trace["x"]["attempt_count"]),
+        (&json!("HttpRedirect"), &json!(1)),
+        "{trace:?}"
+    );
+
     let dag = json!({"dag_id": "extnul", "name": "e", "nodes": {"x": node("nul")}});
-    let (e, trace) = run(&stack, dag, json!({})).await;
+    let (e, trace) = run(stack, dag, json!({})).await;
     assert_eq!(e["status"], "failed", "outputs PostgreSQL cannot store fail the node cleanly");
     assert_eq!(trace["x"]["error_type"], "invalid_output");
-    stack.shutdown().await;
-    server.abort();
 }
 
 async fn the_same_input_gives_the_same_provenance_hash(backend: Backend) {
