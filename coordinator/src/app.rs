@@ -94,7 +94,7 @@ impl Coordinator {
         let addr = listener.local_addr().map_err(|source| StartError::Bind { addr: settings.http_addr, source })?;
         let (stop, stop_rx) = watch::channel(false);
         let metrics = Arc::new(Metrics::new());
-        let intake_bounds = settings.bounds();
+        let intake = inbox::Intake::of(&settings, metrics.invalid_messages.clone());
         // Until the lock backend first answers, the store's lease alone fences the work.
         metrics.lock_backend.with_label_values(&["postgres"]).set(1);
         metrics.lock_backend.with_label_values(&[locks.backend()]).set(0);
@@ -131,7 +131,7 @@ impl Coordinator {
                 db.clone(),
                 queue.clone(),
                 name.to_owned(),
-                inbox::Intake { bounds: intake_bounds, invalid: metrics.invalid_messages.clone() },
+                intake,
                 health.component(INBOX),
                 stop_rx.clone(),
             )),

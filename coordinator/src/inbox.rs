@@ -14,6 +14,7 @@ use std::time::Duration;
 
 use engine::bounds::Bounds;
 use engine::messages::{Message, ResultMessage, WIRE_VERSION};
+use engine::signing::{Keyring, MAC_HEADER};
 use engine::state::{NodeError, Outcome};
 use engine::topology::Source;
 use futures_util::{FutureExt, StreamExt};
@@ -31,10 +32,16 @@ const BATCH: usize = 256;
 #[derive(Debug, Clone)]
 pub struct Intake {
     pub bounds: Bounds,
+    /// When set, a result is applied only if its MAC verifies (`engine::signing`).
+    pub keys: Option<Keyring>,
     pub invalid: IntCounterVec,
 }
 
 impl Intake {
+    pub fn of(settings: &engine::config::Settings, invalid: IntCounterVec) -> Self {
+        Self { bounds: settings.bounds(), keys: settings.result_keys.clone(), invalid }
+    }
+
     fn count(&self, reason: &str) {
         self.invalid.with_label_values(&[reason]).inc();
     }
@@ -117,8 +124,11 @@ async fn session(
     }
 }
 
+/// Why a delivery was dropped: the metric's reason and what to log.
+type Dropped = (&'static str, String);
+
 /// How a delivery becomes the result to record, or why it cannot.
-type Decode = fn(&Delivery, &Intake) -> Result<ResultMessage, String>;
+type Decode = fn(&Delivery, &Intake) -> Result<ResultMessage, Dropped>;
 
 /// Records a batch; acknowledges after commit, or returns everything to the queue on failure.
 /// False when the database could not be reached (no progress).
@@ -131,9 +141,9 @@ async fn record(db: &SharedStore, deliveries: Vec<Delivery>, intake: &Intake, de
                 messages.push(m);
                 good.push(d);
             }
-            Err(why) => {
-                tracing::error!(size = d.body.len(), reason = %why, "a message that names no attempt dropped");
-                intake.count("unaddressable");
+            Err((reason, why)) => {
+                tracing::error!(size = d.body.len(), reason, why = %why, "a message the inbox cannot apply dropped");
+                intake.count(reason);
                 d.dead_letter().await;
             }
         }
@@ -193,8 +203,13 @@ async fn record_one(db: &SharedStore, delivery: Delivery, mut message: ResultMes
     }
 }
 
-fn decode_result(d: &Delivery, intake: &Intake) -> Result<ResultMessage, String> {
-    let result = engine::bounds::decode_result(&d.body, &intake.bounds, &now_text()).map_err(|e| e.0)?;
+fn decode_result(d: &Delivery, intake: &Intake) -> Result<ResultMessage, Dropped> {
+    if let Some(keys) = &intake.keys {
+        let mac = d.headers.get(MAC_HEADER).map(String::as_str);
+        keys.verify(&d.body, mac).map_err(|refusal| (refusal.reason(), refusal.to_string()))?;
+    }
+    let result =
+        engine::bounds::decode_result(&d.body, &intake.bounds, &now_text()).map_err(|e| ("unaddressable", e.0))?;
     if let Outcome::Failed { error, .. } = &result.outcome
         && error.error_type == "invalid_result"
     {
@@ -210,11 +225,11 @@ fn now_text() -> String {
 }
 
 /// A dead-lettered task becomes a failed attempt of type `poison`, never retried.
-fn poison_result(d: &Delivery, _: &Intake) -> Result<ResultMessage, String> {
+fn poison_result(d: &Delivery, _: &Intake) -> Result<ResultMessage, Dropped> {
     let task = match Message::from_bytes(&d.body) {
         Ok(Message::Task(task)) => task,
-        Ok(other) => return Err(format!("a dead-lettered {} message", other.type_name())),
-        Err(e) => return Err(format!("a dead-lettered message: {e}")),
+        Ok(other) => return Err(("unaddressable", format!("a dead-lettered {} message", other.type_name()))),
+        Err(e) => return Err(("unaddressable", format!("a dead-lettered message: {e}"))),
     };
     let now = now_text();
     Ok(ResultMessage {

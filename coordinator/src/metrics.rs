@@ -34,7 +34,7 @@ pub struct Metrics {
     pub dag_validation_errors: IntCounterVec,
     pub provenance_verifications: IntCounterVec,
     /// Results the inbox could not apply as sent (`reason`: unaddressable, invalid_result,
-    /// unappliable; see `inbox`).
+    /// unappliable; unsigned, bad_mac, unknown_key when results must be signed; see `inbox`).
     pub invalid_messages: IntCounterVec,
     pub queued_executions: IntGauge,
     pub outbox_backlog: IntGauge,
@@ -245,7 +245,7 @@ impl Metrics {
         for result in ["valid", "invalid"] {
             self.provenance_verifications.with_label_values(&[result]);
         }
-        for reason in ["unaddressable", "invalid_result", "unappliable"] {
+        for reason in ["unaddressable", "invalid_result", "unappliable", "unsigned", "bad_mac", "unknown_key"] {
             self.invalid_messages.with_label_values(&[reason]);
         }
         self

@@ -84,6 +84,7 @@ impl Embedded {
             worker_id: format!("w{i}"),
             grace: settings.component_grace(),
             bounds: settings.bounds(),
+            result_keys: settings.result_keys.clone(),
             registry: options.registry.clone(),
             metrics: Default::default(),
             liveness: Default::default(),

@@ -55,6 +55,7 @@ pub const SETTINGS: &[(&str, Option<&str>)] = &[
     ("CHECKPOINT_RETENTION_HOURS", Some("720")),
     ("AUTH", Some("enabled")),
     ("JWT_SECRET", None),
+    ("RESULT_KEYS", None),
     ("JWT_PUBLIC_KEY", None),
     ("JWT_ALGORITHM", Some("HS256")),
     ("JWT_ISSUER", None),
@@ -149,6 +150,9 @@ pub struct Settings {
     pub checkpoint_retention_hours: u32,
     pub auth: AuthMode,
     pub jwt_secret: Option<Secret>,
+    /// Workers sign results with the first key, coordinators accept any (`id:secret,...`); unset:
+    /// results are not authenticated (development only).
+    pub result_keys: Option<crate::signing::Keyring>,
     pub jwt_public_key: Option<Secret>,
     pub jwt_algorithm: String,
     pub jwt_issuer: Option<String>,
@@ -247,6 +251,9 @@ impl Settings {
                 _ => AuthMode::Disabled,
             },
             jwt_secret: get("JWT_SECRET").map(Secret::new),
+            result_keys: get("RESULT_KEYS")
+                .map(|keys| crate::signing::Keyring::parse(keys).map_err(|e| error("RESULT_KEYS", e)))
+                .transpose()?,
             jwt_public_key: get("JWT_PUBLIC_KEY").map(Secret::new),
             jwt_algorithm: one_of(required("JWT_ALGORITHM")?, "JWT_ALGORITHM", &["HS256", "RS256", "EdDSA"])?
                 .to_owned(),

@@ -32,6 +32,7 @@ pub mod ids;
 pub mod messages;
 pub mod provenance;
 pub mod retry;
+pub mod signing;
 pub mod state;
 pub mod step;
 pub mod topology;

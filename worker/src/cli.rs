@@ -85,6 +85,7 @@ fn options(settings: &Settings, registry: Registry) -> WorkerOptions {
         worker_id: settings.worker_id.clone().unwrap_or_else(|| format!("worker-{}", std::process::id())),
         grace: settings.component_grace(),
         bounds: settings.bounds(),
+        result_keys: settings.result_keys.clone(),
         registry,
         metrics: Default::default(),
         liveness: Default::default(),

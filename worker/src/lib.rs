@@ -43,6 +43,8 @@ pub struct WorkerOptions {
     /// What a result may carry: outputs over a limit fail the attempt here, before they are
     /// published (the coordinator holds every result to the same bounds again).
     pub bounds: Bounds,
+    /// When set, every result is signed (`engine::signing`, the `gl-mac` header).
+    pub result_keys: Option<engine::signing::Keyring>,
     pub registry: Registry,
     pub metrics: Arc<metrics::WorkerMetrics>,
     /// Each pool's consumer beats here (`consumer:<pool>`); `/health` reads it.
@@ -224,11 +226,17 @@ async fn handle(queue: &dyn Queue, options: &WorkerOptions, running: &Running, d
     }
     let result = tracing::Instrument::instrument(execute(options, running, &task, deliveries), span).await;
     let forward = delivery.headers.iter().filter(|(k, _)| *k == "traceparent" || *k == "tracestate");
+    let mut headers: std::collections::BTreeMap<String, String> =
+        forward.map(|(k, v)| (k.clone(), v.clone())).collect();
+    let body = Message::Result(result).to_bytes();
+    if let Some(keys) = &options.result_keys {
+        headers.insert(engine::signing::MAC_HEADER.to_owned(), keys.sign(&body));
+    }
     let message = Outgoing {
         exchange: options.queue.topology().results_exchange(),
         routing_key: Topology::RESULT_KEY.to_owned(),
-        body: Message::Result(result).to_bytes(),
-        headers: forward.map(|(k, v)| (k.clone(), v.clone())).collect(),
+        body,
+        headers,
         mandatory: true,
     };
     match queue.publish(std::slice::from_ref(&message)).await {

@@ -53,6 +53,7 @@ impl Stack {
             worker_id: id.into(),
             grace: Duration::from_secs(5),
             bounds: settings.bounds(),
+            result_keys: settings.result_keys.clone(),
             registry: self.options.registry.clone(),
             metrics: Default::default(),
             liveness: Default::default(),

@@ -22,6 +22,7 @@ fn the_configmap_keys_are_exactly_the_settings_the_binaries_read() {
         "REDIS_URL",
         "JWT_SECRET",
         "JWT_PUBLIC_KEY",
+        "RESULT_KEYS",
         "CONFIG_FILE",
         "WORKER_ID",
         "AGENTS_FILE",

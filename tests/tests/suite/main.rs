@@ -30,5 +30,6 @@ mod offline_cli;
 mod queue_contract;
 mod redis;
 mod runbook;
+mod signing;
 mod store_contract;
 mod tracing;
