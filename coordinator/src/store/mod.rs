@@ -218,7 +218,9 @@ pub trait MessageStore: Send + Sync {
     async fn inbox(&self, id: Uuid) -> Result<(Vec<ResultMessage>, bool), StoreError>;
 
     /// Records attempt results (duplicates are ignored by the primary key) and wakes the
-    /// coordinators; results for unknown executions are dropped.
+    /// coordinators; results for unknown executions, and for attempts never dispatched (a
+    /// number above the node's current attempt), are dropped: such a result must not take the
+    /// inbox key that the real result of that attempt will need.
     async fn record_results(&self, results: &[ResultMessage]) -> Result<(), StoreError>;
 
     /// Claims up to `limit` unsent outbox rows for `claim` (a relay that dies leaves them to be

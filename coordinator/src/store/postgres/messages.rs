@@ -45,7 +45,8 @@ impl MessageStore for PgStore {
             let body = serde_json::to_value(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             sqlx::query(
                 "INSERT INTO node_attempts (execution_id, node_id, attempt, kind, result)
-                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS (SELECT 1 FROM dag_executions WHERE execution_id = $1)
+                 SELECT $1, $2, $3, $4, $5 WHERE EXISTS
+                     (SELECT 1 FROM node_traces WHERE execution_id = $1 AND node_id = $2 AND attempt >= $3)
                  ON CONFLICT DO NOTHING",
             )
             .bind(id)

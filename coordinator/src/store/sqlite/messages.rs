@@ -49,7 +49,8 @@ impl MessageStore for SqliteStore {
             // The WHERE also keeps SQLite from reading `ON CONFLICT` as a join constraint.
             sqlx::query(
                 "INSERT INTO node_attempts (execution_id, node_id, attempt, kind, result, received_at)
-                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS (SELECT 1 FROM dag_executions WHERE execution_id = ?1)
+                 SELECT ?1, ?2, ?3, ?4, ?5, ?6 WHERE EXISTS
+                     (SELECT 1 FROM node_traces WHERE execution_id = ?1 AND node_id = ?2 AND attempt >= ?3)
                  ON CONFLICT DO NOTHING",
             )
             .bind(uid(id))

@@ -6,15 +6,29 @@ use super::*;
 pub(super) async fn results_are_recorded_once(db: &dyn Store) {
     let id = chain_execution(db, "inbox").await;
     assert_eq!(db.inbox(id).await.expect("inbox"), (vec![], false));
+    // Attempt 3 of a and attempt 2 of b were dispatched: results name those or earlier attempts.
+    let owned = claim_one(db, "replica-a", TTL, id).await;
+    let dispatch = StepWrite {
+        status: ExecutionStatus::Running,
+        nodes: vec![running("a", 3), running("b", 2)],
+        ..Default::default()
+    };
+    assert!(db.commit_step("replica-a", owned, &dispatch).await.expect("step"));
     // One batch shares its arrival time: within it, results come by node and attempt.
     db.record_results(&[result(id, "b", 2), result(id, "a", 1)]).await.expect("record");
     let unknown = result(Uuid::now_v7(), "a", 1);
     let mut garbled = result(id, "a", 9);
     garbled.execution_id = "not-a-uuid".into();
-    db.record_results(&[result(id, "a", 1), unknown, garbled, result(id, "a", 3)]).await.expect("record again");
+    let never_dispatched = result(id, "b", 3);
+    let strays = [result(id, "a", 1), unknown, garbled, never_dispatched, result(id, "a", 3)];
+    db.record_results(&strays).await.expect("record again");
     let (inbox, cancel) = db.inbox(id).await.expect("inbox");
     assert!(!cancel);
-    assert_eq!(inbox, [result(id, "a", 1), result(id, "b", 2), result(id, "a", 3)], "duplicates and strays dropped");
+    assert_eq!(
+        inbox,
+        [result(id, "a", 1), result(id, "b", 2), result(id, "a", 3)],
+        "duplicates, strays and results of attempts never dispatched dropped"
+    );
     let attempts = db.attempts(id).await.expect("attempts");
     assert_eq!(attempts.len(), 2);
     assert_eq!(attempts["a"], [result(id, "a", 1), result(id, "a", 3)], "in attempt order, as received");
@@ -24,12 +38,11 @@ pub(super) async fn results_are_recorded_once(db: &dyn Store) {
     let idle = chain_execution(db, "idle").await;
     assert_eq!(db.with_pending_inbox(&[id, idle]).await.expect("pending"), [id]);
     let leases = db.claim("replica-a", TTL, 10, 100).await.expect("claim");
-    assert_eq!(leases, [Lease { execution_id: id, epoch: 1 }, Lease { execution_id: idle, epoch: 1 }]);
-    let held = db.leased_execution(leases[1]).await.expect("read").expect("ours");
+    assert_eq!(leases, [Lease { execution_id: idle, epoch: 1 }], "the held execution is not claimed again");
+    let held = db.leased_execution(leases[0]).await.expect("read").expect("ours");
     assert_eq!(held.execution_id, idle);
     assert!(db.leased_execution(Lease { execution_id: idle, epoch: 7 }).await.expect("read").is_none());
 
-    let owned = leases[0];
     let step = StepWrite {
         status: ExecutionStatus::Running,
         processed: vec![processed("a", 1), processed("b", 2)],
@@ -92,12 +105,14 @@ pub(super) async fn subscriptions_wake_after_commit(db: &dyn Store) {
     let mut inbox = db.subscribe(Topic::Inbox).await.expect("subscribe");
     let mut outbox = db.subscribe(Topic::Outbox).await.expect("subscribe");
     let id = chain_execution(db, "woken").await;
+    let lease = claim_one(db, "replica-a", TTL, id).await;
+    let dispatch = StepWrite { status: ExecutionStatus::Running, nodes: vec![running("a", 1)], ..Default::default() };
+    assert!(db.commit_step("replica-a", lease, &dispatch).await.expect("step"));
     db.record_results(&[result(id, "a", 1)]).await.expect("record");
     assert_eq!(wake(&mut inbox).await, id.to_string());
     db.request_cancel(TENANT, id).await.expect("cancel");
     assert_eq!(wake(&mut inbox).await, id.to_string());
 
-    let lease = claim_one(db, "replica-a", TTL, id).await;
     let quiet = StepWrite { status: ExecutionStatus::Running, ..StepWrite::default() };
     assert!(db.commit_step("replica-a", lease, &quiet).await.expect("step"));
     let loud = StepWrite { status: ExecutionStatus::Running, outbox: vec![message(1)], ..StepWrite::default() };
