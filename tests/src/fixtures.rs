@@ -62,6 +62,22 @@ pub async fn assert_limited_run_ends_well(stack: &Stack, ids: &[String], sampler
     assert!(slots.windows(2).all(|w| w[0] < w[1]), "slots are granted in submission order: {slots:?}");
 }
 
+/// A message for the results exchange as a worker publishes it (or as a forger would): `body`
+/// as given, with `headers`.
+pub fn onto_results(
+    topology: &engine::topology::Topology,
+    body: Vec<u8>,
+    headers: std::collections::BTreeMap<String, String>,
+) -> runtime::queue::Outgoing {
+    runtime::queue::Outgoing {
+        exchange: topology.results_exchange(),
+        routing_key: engine::topology::Topology::RESULT_KEY.to_owned(),
+        body,
+        headers,
+        mandatory: true,
+    }
+}
+
 /// A DAG document from `examples/`, as JSON.
 pub fn example(name: &str) -> Value {
     let text = std::fs::read_to_string(repo_root().join("examples").join(name)).expect("example exists");

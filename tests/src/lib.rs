@@ -23,7 +23,7 @@ use std::ffi::OsString;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-pub use fixtures::{assert_limited_run_ends_well, example, limited_stack, mixed_workload, sleep_chain};
+pub use fixtures::{assert_limited_run_ends_well, example, limited_stack, mixed_workload, onto_results, sleep_chain};
 pub use processes::{KillOnDrop, free_port, pgrep, signal, terminate_within};
 pub use samplers::{DRILL_GRACE_SECONDS, DRILL_PAUSE, DrillFigures, PauseDrill, RunningPeak, pause_drill};
 pub use schema::assert_fits;

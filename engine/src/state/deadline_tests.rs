@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::tests::{dag, ok};
+use super::tests::{dag, dispatched, ok};
 use super::*;
 
 fn cancels(effects: &[Effect]) -> Vec<(NodeIndex, u32)> {
@@ -11,16 +11,6 @@ fn cancels(effects: &[Effect]) -> Vec<(NodeIndex, u32)> {
         .iter()
         .filter_map(|e| match e {
             Effect::CancelRunning { node, attempt } => Some((*node, *attempt)),
-            _ => None,
-        })
-        .collect()
-}
-
-fn dispatched(effects: &[Effect]) -> Vec<(NodeIndex, u32)> {
-    effects
-        .iter()
-        .filter_map(|e| match e {
-            Effect::Dispatch(t) => Some((t.node, t.attempt)),
             _ => None,
         })
         .collect()

@@ -18,7 +18,7 @@ pub(super) fn err(kind: &str) -> Outcome {
     Outcome::Failed { error: NodeError::new(kind, "boom"), retryable: true }
 }
 
-fn dispatched(effects: &[Effect]) -> Vec<(NodeIndex, u32)> {
+pub(super) fn dispatched(effects: &[Effect]) -> Vec<(NodeIndex, u32)> {
     effects
         .iter()
         .filter_map(|e| match e {

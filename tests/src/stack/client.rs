@@ -103,6 +103,13 @@ impl Stack {
         response.text().await.map_err(|e| e.to_string())
     }
 
+    /// `gl_orchestrator_invalid_messages_total{reason}` of the first coordinator (-1 when absent).
+    pub async fn invalid_messages(&self, reason: &str) -> f64 {
+        let text = self.prometheus().await.unwrap_or_default();
+        let series = format!("gl_orchestrator_invalid_messages_total{{reason=\"{reason}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+    }
+
     /// Stores a DAG (JSON form); panics unless created.
     pub async fn create_dag(&self, dag: Value) -> Value {
         let (status, body) = self.call(reqwest::Method::POST, "/dags", Some(dag)).await;

@@ -8,9 +8,9 @@ use std::time::Duration;
 
 use engine::topology::Topology;
 use runtime::amqp::Broker;
-use runtime::queue::{Outgoing, Queue};
+use runtime::queue::Queue;
 use serde_json::{Value, json};
-use tests::{AMQP, Backend, Stack, StackOptions, eventually};
+use tests::{AMQP, Backend, Stack, StackOptions, eventually, onto_results};
 
 const WITHIN: Duration = Duration::from_secs(90);
 
@@ -94,23 +94,6 @@ tests::on_both_backends!(
     a_node_whose_input_is_over_the_limit_fails_without_being_dispatched,
 );
 
-/// The counters of what the inbox could not apply.
-async fn invalid_messages(stack: &Stack, reason: &str) -> f64 {
-    let text = stack.prometheus().await.unwrap_or_default();
-    let series = format!("gl_orchestrator_invalid_messages_total{{reason=\"{reason}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
-}
-
-fn raw(topology: &Topology, body: Vec<u8>) -> Outgoing {
-    Outgoing {
-        exchange: topology.results_exchange(),
-        routing_key: Topology::RESULT_KEY.to_owned(),
-        body,
-        headers: BTreeMap::new(),
-        mandatory: true,
-    }
-}
-
 fn result_json(execution_id: &str, node_id: &str, attempt: u32) -> Value {
     json!({"type": "result", "v": 1, "execution_id": execution_id, "node_id": node_id, "attempt": attempt,
            "kind": "run", "worker_id": "forger", "started_at": "2026-12-04T00:00:00.000000Z",
@@ -143,7 +126,7 @@ async fn malformed_results_wedge_neither_the_inbox_nor_an_execution() {
         result_json(&uuid::Uuid::now_v7().to_string(), "wait", 1).to_string().into_bytes(),
         bad_time.to_string().into_bytes(),
     ];
-    broker.publish(&junk.map(|body| raw(&topology, body))).await.expect("publish");
+    broker.publish(&junk.map(|body| onto_results(&topology, body, BTreeMap::new()))).await.expect("publish");
     broker.close().await;
     let e = stack.wait_finished(&id, WITHIN).await;
     assert_eq!(e["status"], "failed", "{e}");
@@ -154,9 +137,9 @@ async fn malformed_results_wedge_neither_the_inbox_nor_an_execution() {
         "{wait}"
     );
     eventually(WITHIN, "the junk is counted", || async {
-        invalid_messages(&stack, "unaddressable").await == 2.0
-            && invalid_messages(&stack, "invalid_result").await == 1.0
-            && invalid_messages(&stack, "unappliable").await == 0.0
+        stack.invalid_messages("unaddressable").await == 2.0
+            && stack.invalid_messages("invalid_result").await == 1.0
+            && stack.invalid_messages("unappliable").await == 0.0
     })
     .await;
     stack.create_dag(json!({"dag_id": "next", "name": "next", "nodes": {"a": {"agent_id": "echo"}}})).await;

@@ -181,13 +181,7 @@ async fn a_coordinator_with_a_skewed_clock_breaks_nothing() {
 
 /// A result as a worker publishes it.
 fn result_message(topology: &Topology, result: &engine::messages::ResultMessage) -> Outgoing {
-    Outgoing {
-        exchange: topology.results_exchange(),
-        routing_key: Topology::RESULT_KEY.to_owned(),
-        body: Message::Result(result.clone()).to_bytes(),
-        headers: BTreeMap::new(),
-        mandatory: true,
-    }
+    tests::onto_results(topology, Message::Result(result.clone()).to_bytes(), BTreeMap::new())
 }
 
 /// A step that cannot reach the database must be tried again. Here the scheduler leases a new

@@ -13,7 +13,7 @@ use engine::topology::Topology;
 use runtime::amqp::Broker;
 use runtime::queue::{Outgoing, Queue};
 use serde_json::json;
-use tests::{AMQP, Stack, StackOptions, eventually};
+use tests::{AMQP, Stack, StackOptions, eventually, onto_results};
 
 const WITHIN: Duration = Duration::from_secs(90);
 const KEYS: &str = "w-2026:the-workers-result-key-of-32-bytes-or-more";
@@ -35,19 +35,7 @@ fn forged(execution_id: &str) -> ResultMessage {
 }
 
 fn publishable(topology: &Topology, body: Vec<u8>, mac: Option<String>) -> Outgoing {
-    Outgoing {
-        exchange: topology.results_exchange(),
-        routing_key: Topology::RESULT_KEY.to_owned(),
-        body,
-        headers: mac.map(|m| BTreeMap::from([(MAC_HEADER.to_owned(), m)])).unwrap_or_default(),
-        mandatory: true,
-    }
-}
-
-async fn refused(stack: &Stack, reason: &str) -> f64 {
-    let text = stack.prometheus().await.unwrap_or_default();
-    let series = format!("gl_orchestrator_invalid_messages_total{{reason=\"{reason}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&series)).and_then(|v| v.parse().ok()).unwrap_or(-1.0)
+    onto_results(topology, body, mac.map(|m| BTreeMap::from([(MAC_HEADER.to_owned(), m)])).unwrap_or_default())
 }
 
 #[tokio::test]
@@ -85,9 +73,9 @@ async fn forged_results_change_nothing_when_results_must_be_signed() {
     let provenance = stack.provenance(&id).await;
     assert_eq!(provenance["chain_valid"], true, "{provenance}");
     eventually(WITHIN, "each forgery is counted", || async {
-        refused(&stack, "unsigned").await == 1.0
-            && refused(&stack, "unknown_key").await == 1.0
-            && refused(&stack, "bad_mac").await == 2.0
+        stack.invalid_messages("unsigned").await == 1.0
+            && stack.invalid_messages("unknown_key").await == 1.0
+            && stack.invalid_messages("bad_mac").await == 2.0
     })
     .await;
     stack.shutdown().await;
