@@ -68,7 +68,7 @@ pub const ENDPOINTS: &[Endpoint] = &[
         Some("DagSaved"),
     ),
     op("delete", "/dags/{dag_id}", DAGS_DELETE, "Delete a DAG", 200, &[404], None, Some("DagDeleted")),
-    op("post", "/dags/{dag_id}/validate", DAGS_READ, "Validate a stored DAG", 200, &[404], None, None),
+    op("post", "/dags/{dag_id}/validate", DAGS_READ, "Validate a stored DAG", 200, &[404], None, Some("Validation")),
     op(
         "post",
         "/dags/{dag_id}/execute",

@@ -216,3 +216,38 @@ pub struct CheckpointsDeleted {
     pub deleted: u64,
     pub message: String,
 }
+
+/// A DAG's validation report (`engine::dag::ValidationReport`), as the API answers it.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Validation {
+    pub valid: bool,
+    pub errors: Vec<Finding>,
+    pub warnings: Vec<Finding>,
+    pub error_count: usize,
+}
+
+/// One finding: its stable type (an error type for errors, a warning type for warnings), a
+/// sentence for people, and the nodes involved.
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Finding {
+    pub error_type: String,
+    pub message: String,
+    pub nodes: Vec<String>,
+}
+
+impl<T: Serialize> From<engine::dag::Issue<T>> for Finding {
+    fn from(issue: engine::dag::Issue<T>) -> Self {
+        Self { error_type: text(&issue.error_type), message: issue.message, nodes: issue.nodes }
+    }
+}
+
+impl From<engine::dag::ValidationReport> for Validation {
+    fn from(r: engine::dag::ValidationReport) -> Self {
+        Self {
+            valid: r.valid,
+            error_count: r.error_count,
+            errors: r.errors.into_iter().map(Finding::from).collect(),
+            warnings: r.warnings.into_iter().map(Finding::from).collect(),
+        }
+    }
+}

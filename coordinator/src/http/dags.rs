@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use engine::dag::{DagSpec, Limits};
 use serde_json::{Value, json};
 
-use super::answers::{DagDeleted, DagExport, DagGraph, DagListItem, DagSaved, DagView, Page};
+use super::answers::{DagDeleted, DagExport, DagGraph, DagListItem, DagSaved, DagView, Page, Validation};
 use super::bodies::{ImportRequest, read};
 use super::pagination::{decode_text_cursor, encode_text_cursor, page_limit};
 use super::{ApiResult, AppState, json_body};
@@ -139,9 +139,9 @@ pub(super) async fn validate_dag(
     State(state): State<AppState>,
     Tenant(tenant): Tenant,
     Path(dag_id): Path<String>,
-) -> ApiResult<Json<Value>> {
+) -> ApiResult<Json<Validation>> {
     let report = catalog(&state).validate(&tenant, &dag_id).await?;
-    Ok(Json(json!(report)))
+    Ok(Json(Validation::from(report)))
 }
 
 pub(super) async fn export_dag(

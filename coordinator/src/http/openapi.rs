@@ -11,7 +11,7 @@ use serde_json::{Map, Value, json};
 
 use super::answers::{
     CancelRequested, CheckpointList, CheckpointsDeleted, DagDeleted, DagExport, DagGraph, DagListItem, DagSaved,
-    DagView, ExecutionAccepted, ExecutionSummary, ExecutionView, Page,
+    DagView, ExecutionAccepted, ExecutionSummary, ExecutionView, Page, Validation,
 };
 use super::bodies::{ExecuteRequest, ImportRequest, body_schema};
 use super::reports::{ProvenanceReport, Trace};
@@ -175,6 +175,7 @@ fn schemas() -> Value {
         "DagDeleted": body_schema::<DagDeleted>(),
         "DagExport": body_schema::<DagExport>(),
         "DagGraph": body_schema::<DagGraph>(),
+        "Validation": body_schema::<Validation>(),
         "ExecutionAccepted": body_schema::<ExecutionAccepted>(),
         "ExecutionPage": body_schema::<Page<ExecutionSummary>>(),
         "ExecutionView": body_schema::<ExecutionView>(),

@@ -93,6 +93,16 @@ async fn the_reports_fit_their_documented_schemas(stack: &Stack, id: &str) {
     assert_eq!(status, 200, "{trace}");
     tests::assert_fits(&doc, "Trace", &trace);
     tests::assert_fits(&doc, "ProvenanceReport", &stack.provenance(id).await);
+    // A stored DAG with a warning (a compensation handler no failure policy calls), so the
+    // findings have an entry.
+    stack
+        .create_dag(json!({"dag_id": "warned", "name": "warned", "nodes": {
+            "a": {"agent_id": "echo", "compensation_handler": "undo"}}}))
+        .await;
+    let (status, report) = stack.call(reqwest::Method::POST, "/dags/warned/validate", None).await;
+    assert_eq!(status, 200, "{report}");
+    assert_eq!(report["warnings"][0]["error_type"], "unused_compensation_handler", "{report}");
+    tests::assert_fits(&doc, "Validation", &report);
 }
 
 async fn a_timeout_stops_the_attempt_and_on_timeout_is_honoured(backend: Backend) {
