@@ -12,7 +12,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use engine::bounds::Bounds;
+use engine::bounds::{Bounds, Decoded};
 use engine::messages::{Message, ResultMessage, WIRE_VERSION};
 use engine::signing::{Keyring, MAC_HEADER};
 use engine::state::{NodeError, Outcome};
@@ -208,16 +208,14 @@ fn decode_result(d: &Delivery, intake: &Intake) -> Result<ResultMessage, Dropped
         let mac = d.headers.get(MAC_HEADER).map(String::as_str);
         keys.verify(&d.body, mac).map_err(|refusal| (refusal.reason(), refusal.to_string()))?;
     }
-    let result =
+    let decoded =
         engine::bounds::decode_result(&d.body, &intake.bounds, &now_text()).map_err(|e| ("unaddressable", e.0))?;
-    if let Outcome::Failed { error, .. } = &result.outcome
-        && error.error_type == "invalid_result"
-    {
+    if let Decoded::Invalid { result, problem } = &decoded {
         tracing::warn!(execution_id = %result.execution_id, node_id = %result.node_id, attempt = result.attempt,
-            reason = %error.message, "a result that cannot be applied as sent ends its attempt as invalid_result");
+            reason = %problem, "a result that cannot be applied as sent ends its attempt as invalid_result");
         intake.count("invalid_result");
     }
-    Ok(result)
+    Ok(decoded.into_result())
 }
 
 fn now_text() -> String {

@@ -53,6 +53,23 @@ impl Default for Bounds {
 #[error("{0}")]
 pub struct Unaddressable(pub String);
 
+/// What a message from the results queue becomes.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Decoded {
+    /// The result as sent, its outcome held to the bounds.
+    AsSent(ResultMessage),
+    /// An `invalid_result` failure standing for a result that could not be applied as sent, and why.
+    Invalid { result: ResultMessage, problem: String },
+}
+
+impl Decoded {
+    pub fn into_result(self) -> ResultMessage {
+        match self {
+            Decoded::AsSent(result) | Decoded::Invalid { result, .. } => result,
+        }
+    }
+}
+
 /// The fields that say which attempt a result ends, read on their own so that a result whose
 /// body cannot be decoded still ends its attempt.
 #[derive(Debug, Deserialize)]
@@ -69,15 +86,16 @@ struct Address {
 
 /// Decodes a message from the results queue into the result to record: as sent, bounded, or
 /// replaced by an `invalid_result` failure stamped `now` (RFC 3339).
-pub fn decode_result(bytes: &[u8], bounds: &Bounds, now: &str) -> Result<ResultMessage, Unaddressable> {
+pub fn decode_result(bytes: &[u8], bounds: &Bounds, now: &str) -> Result<Decoded, Unaddressable> {
     match Message::from_bytes(bytes) {
         Ok(Message::Result(result)) => {
             check_address(&result.execution_id, &result.node_id, result.attempt)?;
             Ok(match body_problem(&result) {
-                Some(problem) => {
-                    invalid(&result.execution_id, &result.node_id, result.attempt, result.kind, problem, now)
-                }
-                None => bounded(result, bounds),
+                Some(problem) => Decoded::Invalid {
+                    result: invalid(&result.execution_id, &result.node_id, result.attempt, result.kind, &problem, now),
+                    problem,
+                },
+                None => Decoded::AsSent(bounded(result, bounds)),
             })
         }
         Ok(other) => Err(Unaddressable(format!("a {} message on the results queue", other.type_name()))),
@@ -88,11 +106,11 @@ pub fn decode_result(bytes: &[u8], bounds: &Bounds, now: &str) -> Result<ResultM
             }
             check_address(&address.execution_id, &address.node_id, address.attempt)?;
             let mut result =
-                invalid(&address.execution_id, &address.node_id, address.attempt, address.kind, undecodable, now);
+                invalid(&address.execution_id, &address.node_id, address.attempt, address.kind, &undecodable, now);
             if let Some(worker) = address.worker_id.filter(|w| worker_id_problem(w).is_none()) {
                 result.worker_id = worker;
             }
-            Ok(result)
+            Ok(Decoded::Invalid { result, problem: undecodable })
         }
     }
 }
@@ -128,7 +146,7 @@ fn output_problem(outputs: &Value, bounds: &Bounds) -> Option<NodeError> {
         );
         return Some(NodeError::new("output_too_large", message));
     }
-    let depth = depth(outputs);
+    let Shape { depth, has_nul } = shape(outputs);
     if depth > bounds.max_json_depth {
         let message = format!(
             "the outputs nest {depth} levels deep; the limit is {} (GL_ORCHESTRATOR_MAX_JSON_DEPTH)",
@@ -136,7 +154,7 @@ fn output_problem(outputs: &Value, bounds: &Bounds) -> Option<NodeError> {
         );
         return Some(NodeError::new("output_too_large", message));
     }
-    has_nul(outputs).then(|| NodeError::new("invalid_output", "the outputs contain a NUL character (U+0000)"))
+    has_nul.then(|| NodeError::new("invalid_output", "the outputs contain a NUL character (U+0000)"))
 }
 
 /// Why a result's address names no attempt: the execution id must be a UUID (the stores key on
@@ -177,14 +195,7 @@ fn worker_id_problem(worker_id: &str) -> Option<String> {
 }
 
 /// The failed attempt that stands for a result that could not be applied as sent.
-fn invalid(
-    execution_id: &str,
-    node_id: &str,
-    attempt: u32,
-    kind: TaskKind,
-    problem: String,
-    now: &str,
-) -> ResultMessage {
+fn invalid(execution_id: &str, node_id: &str, attempt: u32, kind: TaskKind, problem: &str, now: &str) -> ResultMessage {
     ResultMessage {
         v: WIRE_VERSION,
         execution_id: execution_id.to_owned(),
@@ -209,10 +220,8 @@ fn invalid(
 /// A text PostgreSQL can store, of bounded length: NUL removed, cut at a character boundary.
 fn storable_text(mut text: String) -> String {
     text.retain(|c| c != '\0');
-    if text.len() > MAX_ERROR_TEXT_BYTES {
-        let end = (0..=MAX_ERROR_TEXT_BYTES).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
-        text.truncate(end);
-    }
+    let end = cut(&text, MAX_ERROR_TEXT_BYTES).len();
+    text.truncate(end);
     text
 }
 
@@ -221,38 +230,32 @@ fn cut(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
-/// Nesting depth: a scalar is 0, `[]` and `{}` are 1, `[[1]]` is 2.
-fn depth(value: &Value) -> usize {
-    let mut deepest = 0;
-    let mut stack = vec![(value, 0)];
-    while let Some((v, level)) = stack.pop() {
-        let children: Box<dyn Iterator<Item = &Value>> = match v {
-            Value::Array(items) => Box::new(items.iter()),
-            Value::Object(map) => Box::new(map.values()),
-            _ => continue,
-        };
-        deepest = deepest.max(level + 1);
-        stack.extend(children.map(|c| (c, level + 1)));
-    }
-    deepest
+/// What one walk over a value finds: its nesting depth (a scalar is 0, `[]` and `{}` are 1,
+/// `[[1]]` is 2) and whether a string or key holds a NUL character.
+#[derive(Debug, PartialEq, Eq)]
+struct Shape {
+    depth: usize,
+    has_nul: bool,
 }
 
-fn has_nul(value: &Value) -> bool {
-    let mut stack = vec![value];
-    while let Some(v) = stack.pop() {
+fn shape(value: &Value) -> Shape {
+    let mut found = Shape { depth: 0, has_nul: false };
+    let mut stack = vec![(value, 0)];
+    while let Some((v, level)) = stack.pop() {
         match v {
-            Value::String(s) if s.contains('\0') => return true,
-            Value::Array(items) => stack.extend(items),
+            Value::String(s) => found.has_nul |= s.contains('\0'),
+            Value::Array(items) => stack.extend(items.iter().map(|c| (c, level + 1))),
             Value::Object(map) => {
-                if map.keys().any(|k| k.contains('\0')) {
-                    return true;
-                }
-                stack.extend(map.values());
+                found.has_nul |= map.keys().any(|k| k.contains('\0'));
+                stack.extend(map.values().map(|c| (c, level + 1)));
             }
-            _ => {}
+            _ => continue,
+        }
+        if v.is_array() || v.is_object() {
+            found.depth = found.depth.max(level + 1);
         }
     }
-    false
+    found
 }
 
 /// `8-4-4-4-12` hexadecimal digits.

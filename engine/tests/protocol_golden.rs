@@ -4,7 +4,7 @@
 
 use std::path::PathBuf;
 
-use engine::bounds::{Bounds, Unaddressable, decode_result};
+use engine::bounds::{Bounds, Decoded, Unaddressable, decode_result};
 use engine::messages::Message;
 use engine::state::Outcome;
 use serde_json::Value;
@@ -34,7 +34,7 @@ fn every_golden_message_round_trips_and_results_are_recorded_as_sent() {
         assert_eq!(written, golden, "{} encodes back to itself", path.display());
         if let Message::Result(result) = &message {
             let recorded = decode_result(&bytes, &Bounds::default(), NOW);
-            assert_eq!(recorded.as_ref(), Ok(result), "{} is recorded as sent", path.display());
+            assert_eq!(recorded, Ok(Decoded::AsSent(result.clone())), "{} is recorded as sent", path.display());
         }
         seen.push(message.type_name());
     }
@@ -58,7 +58,8 @@ fn every_invalid_golden_message_gets_its_documented_classification() {
     for (file, classification) in expected {
         let got = match decode_result(&read(&dir.join(file)), &Bounds::default(), NOW) {
             Err(Unaddressable(_)) => "unaddressable",
-            Ok(r) => match r.outcome {
+            Ok(Decoded::AsSent(r)) => panic!("{file}: recorded as sent: {r:?}"),
+            Ok(Decoded::Invalid { result: r, .. }) => match r.outcome {
                 Outcome::Failed { error, retryable: false } if error.error_type == "invalid_result" => "invalid_result",
                 other => panic!("{file}: recorded as {other:?}"),
             },

@@ -43,7 +43,7 @@ fn failure(r: &ResultMessage) -> (&str, &str, bool) {
 fn a_well_formed_result_is_recorded_as_sent() {
     let sent = succeeded(json!({"total": 12.5}));
     let decoded = decode_result(&Message::Result(sent.clone()).to_bytes(), &Bounds::default(), NOW);
-    assert_eq!(decoded, Ok(sent));
+    assert_eq!(decoded, Ok(Decoded::AsSent(sent)));
 }
 
 #[test]
@@ -89,7 +89,10 @@ fn an_addressable_result_that_cannot_be_applied_ends_its_attempt_as_invalid_resu
     for (field, value, expected) in cases {
         let mut message = as_json(&succeeded(json!({"x": 1})));
         message[field] = value;
-        let decoded = decode_result(&bytes(message), &Bounds::default(), NOW).expect("addressable");
+        let Ok(Decoded::Invalid { result: decoded, .. }) = decode_result(&bytes(message), &Bounds::default(), NOW)
+        else {
+            panic!("{field}: not recorded as an invalid result");
+        };
         let (error_type, text, retryable) = failure(&decoded);
         assert_eq!((error_type, retryable), ("invalid_result", false), "{field}");
         assert!(text.contains(expected), "{field}: {text}");
@@ -108,7 +111,9 @@ fn a_result_deeper_than_the_decoder_accepts_still_ends_its_attempt() {
         r#"{{"type":"result","v":1,"execution_id":"{EXECUTION}","node_id":"n","attempt":3,"kind":"run","worker_id":"w9","outcome":"succeeded","outputs":{}}}"#,
         outputs
     );
-    let decoded = decode_result(text.as_bytes(), &Bounds::default(), NOW).expect("addressable");
+    let Ok(Decoded::Invalid { result: decoded, .. }) = decode_result(text.as_bytes(), &Bounds::default(), NOW) else {
+        panic!("not recorded as an invalid result");
+    };
     assert_eq!(failure(&decoded).0, "invalid_result");
     assert_eq!((decoded.attempt, decoded.worker_id.as_str()), (3, "w9"));
 }
@@ -143,7 +148,8 @@ fn error_texts_are_cut_and_lose_nul_characters() {
 
 #[test]
 fn depth_counts_containers() {
-    assert_eq!(depth(&json!(1)), 0);
-    assert_eq!(depth(&json!({})), 1);
-    assert_eq!(depth(&json!([[1], {"a": {"b": []}}])), 4);
+    assert_eq!(shape(&json!(1)).depth, 0);
+    assert_eq!(shape(&json!({})).depth, 1);
+    assert_eq!(shape(&json!([[1], {"a": {"b": []}}])), Shape { depth: 4, has_nul: false });
+    assert!(shape(&json!([{"k\u{0}": 1}])).has_nul && shape(&json!(["a\u{0}"])).has_nul);
 }
